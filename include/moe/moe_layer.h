@@ -1,0 +1,154 @@
+// The MoE layer (DESIGN.md §4): router -> capacity -> permute -> experts -> combine -> aux losses.
+// y = MoE(x) without the residual: a dropped token-slot adds 0 and the caller's residual
+// connection carries x through.
+//
+// Parameters live in one flat buffer described by params() (name, shape, offset), in the names
+// of the safetensors interface (see docs/layer.md): router.weight [E,d], router.noise_weight [E,d]
+// (noisy-topk), router.group_weight [G,d] (hierarchical), experts.J.w1 [f,d], experts.J.w3 [f,d]
+// (swiglu only), experts.J.w2 [d,f], shared_experts.J.* likewise. The router matrices come first
+// and are contiguous (one GEMM computes every router logit); each expert's w1 and w3 are adjacent
+// so SwiGLU's two input projections are one GEMM over [2f, d].
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/rng.h"
+#include "moe/tensor.h"
+
+namespace moe {
+
+enum class Activation { relu, gelu, swiglu };
+Activation activation_from_string(const std::string& s);  // throws on unknown names
+const char* activation_name(Activation a);
+
+struct MoeConfig {
+    int d_model = 0;  // d
+    int d_ff = 0;     // f, per expert
+    int n_experts = 0;  // E
+    int top_k = 1;      // k (for hierarchical: experts per token in total)
+    std::string router = "topk";  // softmax noisy-topk topk switch gshard expert-choice hierarchical
+    Activation activation = Activation::swiglu;
+
+    int n_shared_experts = 0;  // always-on experts (DeepSeekMoE), each of width d_ff_shared
+    int d_ff_shared = 0;       // 0: same as d_ff
+
+    // Capacity C = ceil(cf * T * k / E). dropless ignores it (token-choice routers). Expert choice
+    // always uses C = ceil(cf * T / E) with cf defaulting to k when capacity_factor <= 0.
+    bool dropless = true;
+    float capacity_factor = 1.0f;
+    std::string priority = "token";  // "token" (first come first served) or "weight" (batch prioritised)
+
+    float temperature = 1.0f;  // logits / temperature
+    bool renormalize = true;   // topk: w = p / sum_topk p
+    std::string score = "softmax";  // topk: "softmax" or "sigmoid" (DeepSeek-V3)
+    float jitter = 0.0f;        // multiplicative router-input noise U(1-j, 1+j), training only
+    float gate_dropout = 0.0f;  // dropout on gate probabilities after softmax, training only
+    int n_groups = 0;           // hierarchical: G groups of E/G experts
+    int topk_groups = 1;        // hierarchical: groups chosen per token; k/topk_groups experts in each
+
+    // Balancing loss weights (0 = off; every loss is still computed and reported).
+    float w_importance = 0.0f, w_load = 0.0f, w_switch = 0.0f, w_zloss = 0.0f;
+    float bias_update_rate = 0.0f;  // aux-loss-free balancing (DeepSeek-V3): 0 = off
+
+    uint64_t seed = 1234;  // random draws (noise, jitter, u, dropout) and init
+
+    void validate() const;  // throws moe::Error naming the bad field
+};
+
+// Routing statistics, filled on every forward.
+struct MoeStats {
+    std::vector<int64_t> tokens_per_expert;  // kept token-slots per expert
+    int64_t dropped = 0;                     // token-slots dropped by capacity
+    int64_t routed = 0;                      // token-slots routed (kept + dropped)
+    double load_cv = 0;           // std/mean of tokens_per_expert (population std)
+    double router_entropy = 0;    // mean over tokens of -sum_i p_i log p_i of the router scores
+    double mean_top1_weight = 0;  // mean over tokens of the largest combine weight
+};
+
+struct AuxLosses {  // each already multiplied by its weight; `total` is what backward adds
+    double importance = 0, load = 0, switch_loss = 0, z_loss = 0;
+    double total() const { return importance + load + switch_loss + z_loss; }
+};
+
+// Random draws a router may use. The layer draws them from its Rng when not given; tests and the
+// safetensors interface pass them in so a peer can reproduce a noisy step exactly.
+struct RouterNoise {
+    const float* normal = nullptr;   // [T,E] N(0,1): noisy top-k
+    const float* uniform = nullptr;  // [T,E] U(0,1): gate dropout (keep if u >= p)
+    const float* jitter = nullptr;   // [T,d] U(0,1): router input x * (1 - j + 2 j u)
+    const float* gshard_u = nullptr; // [T]   U(0,1): GShard second-expert test 2 g2 > u
+};
+
+struct ParamSpec {
+    std::string name;
+    Shape shape;
+    size_t offset = 0;  // in floats, within the layer's flat buffer
+};
+
+class MoeLayer {
+   public:
+    explicit MoeLayer(const MoeConfig& cfg);  // validates cfg
+    ~MoeLayer();
+    MoeLayer(const MoeLayer&) = delete;
+    MoeLayer& operator=(const MoeLayer&) = delete;
+
+    const MoeConfig& config() const { return cfg_; }
+    const std::vector<ParamSpec>& params() const { return specs_; }
+    size_t n_params() const { return n_params_; }
+    const ParamSpec& param(const std::string& name) const;  // throws when unknown
+
+    // By default the layer owns its parameter and gradient buffers; a model that keeps all
+    // parameters in one flat buffer binds views into it instead (n_params() floats each).
+    void bind(float* params, float* grads);
+    float* param_data() { return params_; }
+    float* grad_data() { return grads_; }
+    void zero_grad();
+    void init_params(uint64_t seed, float router_std = 0.02f);  // experts: U(+-1/sqrt(fan_in))
+
+    // x [T,d] -> y [T,d]. training enables noise, jitter and gate dropout. Keeps what backward
+    // needs until the next forward. Checks x for NaN/Inf (error names the token index).
+    void forward(ConstTensorView x, TensorView y, bool training, const RouterNoise* noise = nullptr);
+    // dy [T,d] -> dx [T,d] (overwritten); parameter gradients are accumulated (+=), including the
+    // weighted aux losses' gradients.
+    void backward(ConstTensorView dy, TensorView dx);
+
+    // Aux-loss-free balancing: nudge the selection bias towards equal load using the last
+    // forward's tokens_per_expert. Call once per optimizer step.
+    void update_balance_bias();
+    std::vector<float>& balance_bias() { return balance_bias_; }
+
+    const MoeStats& stats() const { return stats_; }
+    const AuxLosses& aux() const { return aux_; }
+    bool causal() const;  // false for expert choice (it looks at the whole batch)
+
+    // The last forward's assignments (token choice: T*k slots, expert -1 when a slot is unused;
+    // expert choice: E*C), with kept = 0 where capacity dropped the slot. For inspection tools.
+    struct Assignment {
+        int32_t token, expert;
+        float weight;
+        bool kept;
+    };
+    std::vector<Assignment> last_assignments() const;
+
+    // Forward+backward FLOPs actually spent on experts in the last forward (for GFLOP/s).
+    double last_expert_flops_fwd() const { return expert_flops_fwd_; }
+
+    struct Impl;  // routers, workspaces, saved activations (src/moe/moe_layer.cpp)
+
+   private:
+    MoeConfig cfg_;
+    std::vector<ParamSpec> specs_;
+    size_t n_params_ = 0;
+    Buffer own_params_, own_grads_;
+    float* params_ = nullptr;
+    float* grads_ = nullptr;
+    std::vector<float> balance_bias_;
+    MoeStats stats_;
+    AuxLosses aux_;
+    double expert_flops_fwd_ = 0;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe

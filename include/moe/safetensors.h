@@ -1,0 +1,55 @@
+// safetensors (the Hugging Face tensor file): 8-byte little-endian header length, a JSON header
+// {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then raw little-endian data.
+// Reading validates everything (header size, offsets inside the file, sizes matching shapes) and
+// converts F32/F16/BF16/I32/I64 to float. Writing is atomic (file_io.h).
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "moe/tensor.h"
+
+namespace moe {
+
+struct StTensor {
+    std::string dtype;  // dtype as stored: "F32", "BF16", "F16", "I32", "I64"
+    Shape shape;
+    std::vector<float> data;  // converted to float
+};
+
+class SafetensorsReader {
+   public:
+    explicit SafetensorsReader(const std::string& path);  // throws moe::Error on any malformation
+    bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+    // Throws "<file>: missing tensor <name>" or "<file>: tensor <name>: expected shape .., got .."
+    const StTensor& get(const std::string& name) const;
+    const StTensor& get(const std::string& name, const Shape& expected) const;
+    std::vector<std::string> names() const;
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+    const std::string& path() const { return path_; }
+
+   private:
+    std::string path_;
+    std::map<std::string, StTensor> tensors_;
+    std::map<std::string, std::string> metadata_;
+};
+
+class SafetensorsWriter {
+   public:
+    void add(const std::string& name, const Shape& shape, const float* data);        // F32
+    void add_i64(const std::string& name, const Shape& shape, const int64_t* data);  // I64
+    void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+    void save(const std::string& path) const;  // atomic
+    std::string serialize() const;
+
+   private:
+    struct Entry {
+        std::string name, dtype;
+        Shape shape;
+        std::string bytes;
+    };
+    std::vector<Entry> entries_;
+    std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace moe

@@ -1,0 +1,3 @@
+list(APPEND MOE_SOURCES
+  src/io/safetensors.cpp
+)

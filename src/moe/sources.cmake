@@ -1,0 +1,2 @@
+list(APPEND MOE_SOURCES
+)

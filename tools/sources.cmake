@@ -1,0 +1,4 @@
+# One line per subcommand file.
+set(MOE_TOOL_SOURCES
+  tools/main.cpp
+)
