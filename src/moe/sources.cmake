@@ -1,2 +1,4 @@
+# The MoE layer (dispatch, capacity, experts, combine); routers and losses list theirs in routers.cmake.
+include(${CMAKE_CURRENT_LIST_DIR}/routers.cmake)
 list(APPEND MOE_SOURCES
 )

@@ -1,0 +1,3 @@
+# Routers (one file each) and balancing losses.
+list(APPEND MOE_SOURCES
+)
