@@ -63,9 +63,12 @@ class Model {
     // Gradients (accumulated into grad_data()) of mean CE + aux_loss(); needs a forward with targets.
     void backward();
     const float* logits() const;  // [B,S,V] of the last forward
-    double aux_loss() const;      // sum over MoE layers of their weighted aux losses
+    double aux_loss() const;      // sum over MoE layers of aux().weighted_total
     std::vector<LayerRouting> routing_stats() const;
     MoeLayer* moe_layer(int layer);  // nullptr for dense layers
+    // The last forward's FFN input of a layer (after post_attention_layernorm), [B*S, d]: what
+    // the router and experts saw. For inspection (expert output similarity on a probe batch).
+    const float* ffn_input(int layer) const;
     void update_balance_bias();      // aux-loss-free balancing, once per optimizer step
 
     // Generation with a KV cache: reset, then feed tokens (n > 1 = prefill); returns the logits

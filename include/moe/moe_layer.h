@@ -67,9 +67,12 @@ struct MoeStats {
     double mean_top1_weight = 0;  // mean over tokens of the largest combine weight
 };
 
-struct AuxLosses {  // each already multiplied by its weight; `total` is what backward adds
+// Balancing losses of the last forward, unweighted (so they can be logged even when their
+// weight is 0); weighted_total = sum of weight * value, what backward adds to the loss.
+// A loss that does not apply to the router (load without noise) stays 0.
+struct AuxLosses {
     double importance = 0, load = 0, switch_loss = 0, z_loss = 0;
-    double total() const { return importance + load + switch_loss + z_loss; }
+    double weighted_total = 0;
 };
 
 // Random draws a router may use. The layer draws them from its Rng when not given; tests and the
