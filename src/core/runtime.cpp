@@ -56,10 +56,12 @@ void runtime_init(int argc, char** argv) {
     const CpuFeatures& f = cpu_features();
     bool avx512_ok = f.avx512f && f.avx512bw && __builtin_cpu_supports("avx512dq") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
-    if (!avx512_ok || getenv("OPENBLAS_CORETYPE") || getenv("MOE_NO_REEXEC")) return;
+    if (!avx512_ok || getenv("MOE_NO_REEXEC") || getenv("MOE_KEEP_OPENBLAS_CORETYPE")) return;
     if (corename_is_avx512(openblas_get_corename())) return;
-    // OpenBLAS picked AVX2 kernels on an AVX-512 CPU: half the sgemm speed. It reads
-    // OPENBLAS_CORETYPE only at load time, so set it and start this program again.
+    // OpenBLAS runs AVX2 kernels on an AVX-512 CPU (Debian's 0.3.21 does not know AMD Zen 4, and
+    // an inherited OPENBLAS_CORETYPE=Haswell forces the same): half the sgemm speed. OpenBLAS
+    // reads OPENBLAS_CORETYPE only when it is loaded, so set it and start this program again.
+    // MOE_KEEP_OPENBLAS_CORETYPE=1 keeps whatever the environment says.
     setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
     setenv("MOE_NO_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);

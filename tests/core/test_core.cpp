@@ -6,6 +6,7 @@
 
 #include "moe/file_io.h"
 #include "moe/rng.h"
+#include "moe/runtime.h"
 #include "moe/safetensors.h"
 #include "moe/tensor.h"
 #include "test_util.h"
@@ -116,4 +117,16 @@ TEST(FileIo, AtomicWriteReplacesWholeFile) {
     EXPECT_EQ(read_file(p), "second");
     EXPECT_THROW(write_file_atomic("/nonexistent_dir/x.txt", std::string("x")), Error);
     unlink(p.c_str());
+}
+
+// runtime_init (called by the test main like by the moe binary) must leave OpenBLAS on its
+// AVX-512 kernels when the CPU has them: Debian's 0.3.21 otherwise picks Haswell at half speed.
+TEST(Runtime, BlasUsesAvx512KernelsWhenCpuHasThem) {
+    const CpuFeatures& f = cpu_features();
+    std::string info = blas_info();
+    if (!(f.avx512f && f.avx512bw)) {
+        SUCCEED() << "CPU without AVX-512: " << info;
+        return;
+    }
+    EXPECT_NE(info.find("SkylakeX"), std::string::npos) << info;
 }
