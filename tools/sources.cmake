@@ -1,4 +1,11 @@
 # One line per subcommand file (tools/cmd_<name>.cpp).
 set(MOE_TOOL_SOURCES
   tools/main.cpp
+  tools/cmd_train.cpp
+  tools/cmd_eval.cpp
+  tools/cmd_generate.cpp
+  tools/cmd_layer.cpp
+  tools/cmd_bench.cpp
+  tools/cmd_report.cpp
+  tools/cmd_inspect.cpp
 )

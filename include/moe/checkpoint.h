@@ -1,8 +1,11 @@
-// Checkpoints: a folder with config.json (Hugging Face Mixtral keys + moe.cpp's own), 
+// Checkpoints: a folder with config.json (Hugging Face Mixtral keys + moe.cpp's own),
 // model.safetensors (HF Mixtral tensor names), the tokenizer (vocab.json or tokenizer.model),
-// and for resuming optimizer.safetensors + trainer_state.json. Written atomically.
+// and for resuming optimizer.safetensors + trainer_state.json (docs/formats.md).
+// Written atomically: every file goes into a temp folder beside the target, is fsynced, and the
+// folder is then swapped into place, so a crash or a full disk never leaves half a checkpoint.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "moe/model.h"
@@ -20,5 +23,28 @@ struct LoadedModel {
 // missing, truncated or mismatched checkpoint (missing tensor, wrong shape, bad header).
 LoadedModel load_model(const std::string& ckpt_or_run_dir);
 std::string resolve_checkpoint_dir(const std::string& ckpt_or_run_dir);
+// For resuming: a checkpoint folder, or a run folder's latest/ checkpoint.
+std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
+
+// Writes the checkpoint folder `dir` atomically. adam_m/adam_v (n_params floats each, or null)
+// go to optimizer.safetensors under the parameter names; trainer_state (or null) to
+// trainer_state.json. Test hooks (environment): MOE_TEST_CKPT_FAIL_AFTER_BYTES=N fails the write
+// with "No space left on device" once N bytes are written (a full disk);
+// MOE_TEST_CKPT_PAUSE_AT_STEP=S sleeps 30 s half-way through model.safetensors of a checkpoint
+// with optimizer state (latest/) when trainer_state.step == S (a test kills -9 the writer there).
+void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
+                     const float* adam_m, const float* adam_v,
+                     const nlohmann::json* trainer_state);
+
+// Cleans up after a writer killed mid-save: removes dir.tmp-* folders; a dir.old-* left between
+// the two renames of the fallback swap is moved back to dir when dir is missing, else removed.
+void recover_checkpoint_dir(const std::string& dir);
+
+ModelConfig load_model_config(const std::string& dir);  // config.json
+// model.safetensors into model.param_data(): every parameter present with its exact shape, no
+// tensor the model does not have. Errors name the file and the tensor.
+void load_params(Model& model, const std::string& dir);
+void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v);
+nlohmann::json load_trainer_state(const std::string& dir);
 
 }  // namespace moe

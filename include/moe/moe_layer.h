@@ -34,8 +34,8 @@ struct MoeConfig {
     int n_shared_experts = 0;  // always-on experts (DeepSeekMoE), each of width d_ff_shared
     int d_ff_shared = 0;       // 0: same as d_ff
 
-    // Capacity C = ceil(cf * T * k / E). dropless ignores it (token-choice routers). Expert choice
-    // always uses C = ceil(cf * T / E) with cf defaulting to k when capacity_factor <= 0.
+    // Capacity C = ceil(cf * T * k / E) slots per expert; dropless ignores it (token-choice
+    // routers). Expert choice always uses C = min(T, ceil(cf * T * k / E)), whatever dropless says.
     bool dropless = true;
     float capacity_factor = 1.0f;
     std::string priority = "token";  // "token" (first come first served) or "weight" (batch prioritised)
@@ -135,12 +135,15 @@ class MoeLayer {
     };
     std::vector<Assignment> last_assignments() const;
 
-    // Forward+backward FLOPs actually spent on experts in the last forward (for GFLOP/s).
+    // Forward FLOPs actually spent on experts (routed and shared) in the last forward, for
+    // GFLOP/s; backward spends twice as many.
     double last_expert_flops_fwd() const { return expert_flops_fwd_; }
 
     struct Impl;  // routers, workspaces, saved activations (src/moe/moe_layer.cpp)
 
    private:
+    void run_experts_(float* y);  // steps 5-6 and shared experts (src/moe/moe_layer.cpp)
+    void compute_stats_();
     MoeConfig cfg_;
     std::vector<ParamSpec> specs_;
     size_t n_params_ = 0;

@@ -23,4 +23,18 @@ class Tokenizer {
 // Loads whichever tokenizer a checkpoint folder holds (vocab.json or tokenizer.model).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 
+// Character level: a symbol is one UTF-8 code point (bytes for invalid UTF-8); the vocabulary is
+// the sorted distinct symbols of `corpus` (byte order = code point order for UTF-8), so Tiny
+// Shakespeare gives nanoGPT's 65 ids in nanoGPT's order.
+std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus);
+std::unique_ptr<Tokenizer> char_tokenizer_from_symbols(const std::vector<std::string>& symbols);
+
+// SentencePiece trained on `corpus` (model_type "bpe" or "unigram"). Identity normalisation,
+// no dummy prefix and byte fallback, so decode(encode(text)) == text for any text; newlines are
+// the byte piece <0x0A>. Deterministic for a given corpus and settings.
+std::unique_ptr<Tokenizer> train_sentencepiece(const std::string& corpus, int vocab_size,
+                                               const std::string& model_type);
+std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialized_model,
+                                                    const std::string& where);
+
 }  // namespace moe

@@ -1,3 +1,5 @@
 list(APPEND MOE_SOURCES
   src/io/safetensors.cpp
 )
+# Training config and checkpoints (train helper).
+list(APPEND MOE_SOURCES src/io/config.cpp src/io/checkpoint.cpp)

@@ -1,3 +1,11 @@
 list(APPEND MOE_SOURCES
   src/kernels/gemm.cpp
+  src/kernels/activations.cpp
+  src/kernels/rmsnorm.cpp
+  src/kernels/rope.cpp
+  src/kernels/attention.cpp
+  src/kernels/cross_entropy.cpp
+  src/kernels/embedding.cpp
 )
+# AdamW, gradient norm (train helper).
+list(APPEND MOE_SOURCES src/kernels/adamw.cpp)

@@ -1,0 +1,79 @@
+// Training configuration (configs/*.json) and the checkpoint's config.json.
+//
+// A training config is one flat JSON object; every key is also a `moe train` flag (--key VALUE),
+// and one field table (config_fields) gives the defaults, the parser, the flags and the dump, so
+// a key is declared once. Unknown keys are errors that name the key.
+//
+// A checkpoint's config.json uses the Hugging Face Mixtral keys (hidden_size, num_local_experts,
+// ...) plus moe.cpp's own keys under "moe_cpp" (docs/formats.md).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "moe/model.h"
+
+namespace moe {
+
+struct TrainConfig {
+    // data and tokenizer
+    std::string data = "data/tinyshakespeare.txt";  // relative paths: to the working directory
+    double val_fraction = 0.1;          // the last 10% is validation (nanoGPT's split)
+    std::string tokenizer = "char";     // "char" or "sentencepiece"
+    int vocab_size = 512;               // sentencepiece only (char: the corpus' symbols)
+    std::string sp_model_type = "bpe";  // sentencepiece: "bpe" or "unigram"
+
+    ModelConfig model;  // its fields appear flattened (n_layers, n_experts, router, ...)
+
+    // optimisation
+    int batch_size = 12;
+    int max_steps = 2000;     // the schedule's length
+    int stop_after = 0;       // > 0: stop (and save) after this step even if max_steps is later
+    double lr = 1e-3;         // peak learning rate
+    double min_lr = 1e-4;     // cosine floor
+    int warmup_steps = 100;   // linear warmup from 0
+    int lr_decay_steps = 0;   // cosine length (0: max_steps)
+    double weight_decay = 0.1;  // decoupled (AdamW), not on norms or biases
+    double beta1 = 0.9, beta2 = 0.99, adam_eps = 1e-8;
+    double grad_clip = 1.0;   // global-norm clipping, 0 = off
+
+    // evaluation, logging, checkpoints
+    int eval_every = 250;     // steps; 0 = only at the end
+    int eval_batches = 20;    // fixed validation batches used during training
+    int log_every = 10;       // metrics.jsonl line every N steps
+    int save_every = 0;       // latest/ checkpoint every N steps (0: at each evaluation)
+    int print_every = 100;    // plain progress line when stderr is not a terminal
+    double max_time_s = 0;    // > 0: stop when training time exceeds this (then save)
+
+    uint64_t seed = 1337;
+    int threads = 0;  // 0 = all cores
+};
+
+struct ConfigField {
+    enum Type { Int, U64, Double, Float, Bool, String };
+    const char* name;
+    Type type;
+    void* ptr;
+    const char* help;
+};
+
+// The table of every key (pointers into cfg).
+std::vector<ConfigField> config_fields(TrainConfig& cfg);
+
+// Parse a JSON object into cfg (keys not named keep their value). `where` names the source in
+// errors ("configs/x.json"). Unknown keys and wrong types throw moe::Error naming the key.
+void config_apply_json(TrainConfig& cfg, const nlohmann::json& j, const std::string& where);
+TrainConfig config_load(const std::string& path);  // defaults + file
+// Set one key from a command-line string ("--lr 2e-3"): dashes in key become underscores.
+void config_set(TrainConfig& cfg, const std::string& key, const std::string& value);
+nlohmann::json config_to_json(const TrainConfig& cfg);
+// Checks shapes and ranges (and ModelConfig::validate): heads not dividing d, k > E, ...
+void config_validate(const TrainConfig& cfg);
+
+// Checkpoint config.json (HF Mixtral keys + "moe_cpp"). Dense-only models record
+// num_local_experts = 0, num_experts_per_tok = 0 and intermediate_size = the dense d_ff.
+nlohmann::json model_config_to_hf(const ModelConfig& m);
+ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where);
+
+}  // namespace moe

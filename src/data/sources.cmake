@@ -1,0 +1,6 @@
+# Tokenizers, token files, the batch loader.
+list(APPEND MOE_SOURCES
+  src/data/tokenizer.cpp
+  src/data/token_file.cpp
+  src/data/loader.cpp
+)

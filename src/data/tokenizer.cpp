@@ -1,0 +1,270 @@
+// Character and SentencePiece tokenizers (include/moe/tokenizer.h).
+#include "moe/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <unordered_map>
+
+#include "moe/error.h"
+#include "moe/file_io.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+// Length of the UTF-8 code point starting at s[i]; 1 for a byte that does not start a valid one
+// (so arbitrary bytes still tokenize, one symbol per stray byte).
+static size_t utf8_len(const std::string& s, size_t i) {
+    unsigned char c = (unsigned char)s[i];
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return 1;
+    for (size_t j = 1; j < n; j++)
+        if (((unsigned char)s[i + j] >> 6) != 0x2) return 1;
+    return n;
+}
+
+// A symbol as a user can read it in an error message: 'x', or U+000A for control characters.
+static std::string show_symbol(const std::string& sym) {
+    if (sym.size() == 1 && ((unsigned char)sym[0] < 0x20 || sym[0] == 0x7f))
+        return fmt::format("U+{:04X}", (unsigned)(unsigned char)sym[0]);
+    if (sym.size() == 1 && (unsigned char)sym[0] >= 0x80)
+        return fmt::format("byte 0x{:02X}", (unsigned)(unsigned char)sym[0]);
+    return "'" + sym + "'";
+}
+
+class CharTokenizer : public Tokenizer {
+   public:
+    explicit CharTokenizer(std::vector<std::string> symbols) : symbols_(std::move(symbols)) {
+        std::fill(byte_id_, byte_id_ + 256, -1);
+        for (size_t i = 0; i < symbols_.size(); i++) {
+            const std::string& s = symbols_[i];
+            if (s.empty()) fail("char vocabulary: symbol {} is empty", i);
+            if (!ids_.emplace(s, (int32_t)i).second)
+                fail("char vocabulary: symbol {} appears twice", show_symbol(s));
+            if (s.size() == 1) byte_id_[(unsigned char)s[0]] = (int32_t)i;
+        }
+    }
+    std::string kind() const override { return "char"; }
+    int vocab_size() const override { return (int)symbols_.size(); }
+
+    std::vector<int32_t> encode(const std::string& text) const override {
+        std::vector<int32_t> out;
+        out.reserve(text.size());
+        for (size_t i = 0; i < text.size();) {
+            size_t n = utf8_len(text, i);
+            int32_t id = -1;
+            if (n == 1) {
+                id = byte_id_[(unsigned char)text[i]];
+            } else {
+                auto it = ids_.find(text.substr(i, n));
+                if (it != ids_.end()) id = it->second;
+            }
+            if (id < 0)
+                fail("symbol {} at byte {} is not in the character vocabulary ({} symbols)",
+                     show_symbol(text.substr(i, n)), i, symbols_.size());
+            out.push_back(id);
+            i += n;
+        }
+        return out;
+    }
+    std::string decode(const std::vector<int32_t>& ids) const override {
+        std::string s;
+        for (int32_t id : ids) s += piece(id);
+        return s;
+    }
+    std::string piece(int32_t id) const override {
+        if (id < 0 || id >= (int32_t)symbols_.size())
+            fail("token id {} outside the character vocabulary (0..{})", id, symbols_.size() - 1);
+        return symbols_[id];
+    }
+    void save(const std::string& dir) const override {
+        json j = symbols_;
+        // Invalid UTF-8 bytes cannot go through JSON text; replace would lose them, so refuse.
+        std::string text;
+        try {
+            text = j.dump() + "\n";
+        } catch (const std::exception& e) {
+            fail("char vocabulary: cannot save as JSON ({}): the corpus is not valid UTF-8",
+                 e.what());
+        }
+        write_file_atomic(dir + "/vocab.json", text);
+    }
+
+   private:
+    std::vector<std::string> symbols_;
+    std::unordered_map<std::string, int32_t> ids_;
+    int32_t byte_id_[256];
+};
+
+std::unique_ptr<Tokenizer> char_tokenizer_from_symbols(const std::vector<std::string>& symbols) {
+    return std::make_unique<CharTokenizer>(symbols);
+}
+
+std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus) {
+    if (corpus.empty()) fail("cannot build a character vocabulary from an empty text");
+    bool seen[256] = {};
+    std::set<std::string> multi;
+    for (size_t i = 0; i < corpus.size();) {
+        size_t n = utf8_len(corpus, i);
+        if (n == 1) seen[(unsigned char)corpus[i]] = true;
+        else multi.insert(corpus.substr(i, n));
+        i += n;
+    }
+    std::set<std::string> all(multi.begin(), multi.end());
+    for (int b = 0; b < 256; b++)
+        if (seen[b]) all.insert(std::string(1, (char)b));
+    // std::set<std::string> orders by bytes: for UTF-8 that is code point order.
+    return std::make_unique<CharTokenizer>(std::vector<std::string>(all.begin(), all.end()));
+}
+
+// ---- SentencePiece ----
+
+class SpTokenizer : public Tokenizer {
+   public:
+    SpTokenizer(const std::string& serialized, const std::string& where) : model_(serialized) {
+        auto st = sp_.LoadFromSerializedProto(serialized);
+        if (!st.ok()) fail("{}: cannot load SentencePiece model: {}", where, st.ToString());
+        newline_id_ = sp_.PieceToId("<0x0A>");
+        if (newline_id_ == sp_.unk_id())
+            fail("{}: SentencePiece model has no byte piece <0x0A> (train with byte_fallback)", where);
+    }
+    std::string kind() const override { return "sentencepiece"; }
+    int vocab_size() const override { return sp_.GetPieceSize(); }
+    std::vector<int32_t> encode(const std::string& text) const override {
+        std::vector<int32_t> out;
+        size_t start = 0;
+        while (start <= text.size()) {
+            size_t nl = text.find('\n', start);
+            size_t end = nl == std::string::npos ? text.size() : nl;
+            if (end > start) {
+                std::vector<int> ids;
+                auto st = sp_.Encode(std::string_view(text.data() + start, end - start), &ids);
+                if (!st.ok()) fail("SentencePiece encode failed at byte {}: {}", start, st.ToString());
+                for (int id : ids) {
+                    if (id == sp_.unk_id())
+                        fail("SentencePiece: unknown symbol in the line starting at byte {}", start);
+                    out.push_back(id);
+                }
+            }
+            if (nl == std::string::npos) break;
+            out.push_back(newline_id_);
+            start = nl + 1;
+        }
+        return out;
+    }
+    std::string decode(const std::vector<int32_t>& ids) const override {
+        std::vector<int> v(ids.begin(), ids.end());
+        for (int id : v)
+            if (id < 0 || id >= sp_.GetPieceSize())
+                fail("token id {} outside the SentencePiece vocabulary (0..{})", id,
+                     sp_.GetPieceSize() - 1);
+        std::string s;
+        auto st = sp_.Decode(v, &s);
+        if (!st.ok()) fail("SentencePiece decode failed: {}", st.ToString());
+        return s;
+    }
+    std::string piece(int32_t id) const override { return decode({id}); }
+    void save(const std::string& dir) const override {
+        write_file_atomic(dir + "/tokenizer.model", model_);
+    }
+
+   private:
+    std::string model_;
+    sentencepiece::SentencePieceProcessor sp_;
+    int newline_id_ = 0;
+};
+
+namespace {
+// Feeds the corpus' lines to the SentencePiece trainer (newlines are handled outside the model).
+class LineIterator : public sentencepiece::SentenceIterator {
+   public:
+    explicit LineIterator(const std::string& text) : text_(text) { Next(); }
+    bool done() const override { return done_; }
+    void Next() override {
+        while (pos_ <= text_.size()) {
+            size_t nl = text_.find('\n', pos_);
+            size_t end = nl == std::string::npos ? text_.size() : nl;
+            value_.assign(text_, pos_, end - pos_);
+            pos_ = end + 1;
+            if (!value_.empty()) return;
+        }
+        done_ = true;
+    }
+    const std::string& value() const override { return value_; }
+    sentencepiece::util::Status status() const override { return {}; }
+
+   private:
+    const std::string& text_;
+    size_t pos_ = 0;
+    std::string value_;
+    bool done_ = false;
+};
+}  // namespace
+
+std::unique_ptr<Tokenizer> train_sentencepiece(const std::string& corpus, int vocab_size,
+                                               const std::string& model_type) {
+    if (corpus.empty()) fail("cannot train SentencePiece on an empty text");
+    if (model_type != "bpe" && model_type != "unigram")
+        fail("sentencepiece model type '{}' (bpe or unigram)", model_type);
+    if (vocab_size < 260)
+        fail("sentencepiece vocab_size={} too small: byte fallback needs 256 byte pieces + 4",
+             vocab_size);
+    LineIterator it(corpus);
+    std::unordered_map<std::string, std::string> args = {
+        {"model_type", model_type},
+        {"vocab_size", std::to_string(vocab_size)},
+        {"character_coverage", "1.0"},
+        {"byte_fallback", "true"},
+        {"normalization_rule_name", "identity"},
+        {"remove_extra_whitespaces", "false"},
+        {"add_dummy_prefix", "false"},
+        {"split_digits", "true"},
+        {"hard_vocab_limit", "false"},
+        {"num_threads", "1"},  // deterministic
+        {"minloglevel", "2"},
+        {"model_prefix", ""},
+    };
+    std::string model;
+    auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
+    if (!st.ok()) fail("SentencePiece training failed: {}", st.ToString());
+    return std::make_unique<SpTokenizer>(model, "trained SentencePiece model");
+}
+
+std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialized,
+                                                    const std::string& where) {
+    return std::make_unique<SpTokenizer>(serialized, where);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+    std::string vocab = dir + "/vocab.json", spm = dir + "/tokenizer.model";
+    if (file_exists(vocab)) {
+        json j;
+        try {
+            j = json::parse(read_file(vocab));
+        } catch (const Error&) {
+            throw;
+        } catch (const std::exception& e) {
+            fail("{}: not valid JSON: {}", vocab, e.what());
+        }
+        if (!j.is_array() || j.empty()) fail("{}: expected a non-empty JSON array of symbols", vocab);
+        std::vector<std::string> syms;
+        for (auto& s : j) {
+            if (!s.is_string()) fail("{}: every entry must be a string, got {}", vocab, s.dump());
+            syms.push_back(s.get<std::string>());
+        }
+        try {
+            return char_tokenizer_from_symbols(syms);
+        } catch (const Error& e) {
+            fail("{}: {}", vocab, e.what());
+        }
+    }
+    if (file_exists(spm)) return sentencepiece_from_model(read_file(spm), spm);
+    fail("{}: no tokenizer (neither vocab.json nor tokenizer.model)", dir);
+}
+
+}  // namespace moe

@@ -1,0 +1,473 @@
+// The MoE layer (DESIGN.md §4): forward reads as the section does — route, capacity, permute,
+// experts, combine, shared experts, statistics — and backward replays it in reverse.
+#include "moe/moe_layer.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/gemm.h"
+#include "moe/capacity.h"
+#include "moe/experts.h"
+#include "moe/permute.h"
+#include "moe/router.h"
+#include "moe/runtime.h"
+
+namespace moe {
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+Activation activation_from_string(const std::string& s) {
+    if (s == "swiglu") return Activation::swiglu;
+    if (s == "gelu") return Activation::gelu;
+    if (s == "relu") return Activation::relu;
+    fail("unknown activation '{}' (known: swiglu, gelu, relu)", s);
+}
+
+const char* activation_name(Activation a) {
+    switch (a) {
+        case Activation::swiglu: return "swiglu";
+        case Activation::gelu: return "gelu";
+        case Activation::relu: return "relu";
+    }
+    return "?";
+}
+
+void MoeConfig::validate() const {
+    auto names = router_names();
+    if (std::find(names.begin(), names.end(), router) == names.end()) {
+        std::string known;
+        for (auto& n : names) known += (known.empty() ? "" : ", ") + n;
+        fail("MoeConfig: unknown router '{}' (known: {})", router, known);
+    }
+    if (d_model <= 0) fail("MoeConfig: d_model={} must be > 0", d_model);
+    if (d_ff <= 0) fail("MoeConfig: d_ff={} must be > 0", d_ff);
+    if (n_experts <= 0) fail("MoeConfig: n_experts={} must be > 0", n_experts);
+    if (top_k <= 0) fail("MoeConfig: top_k={} must be >= 1", top_k);
+    if (top_k > n_experts)
+        fail("MoeConfig: top_k={} > n_experts={} (a token cannot pick more experts than exist)",
+             top_k, n_experts);
+    const bool expert_choice = router == "expert-choice";
+    if (std::isnan(capacity_factor) || (!dropless && !expert_choice && capacity_factor <= 0))
+        fail("MoeConfig: capacity_factor={} must be > 0 (or set dropless)", capacity_factor);
+    if (priority != "token" && priority != "weight")
+        fail("MoeConfig: priority='{}' (known: token, weight)", priority);
+    if (!(temperature > 0)) fail("MoeConfig: temperature={} must be > 0", temperature);
+    if (score != "softmax" && score != "sigmoid")
+        fail("MoeConfig: score='{}' (known: softmax, sigmoid)", score);
+    if (!(jitter >= 0 && jitter < 1)) fail("MoeConfig: jitter={} must be in [0, 1)", jitter);
+    if (!(gate_dropout >= 0 && gate_dropout < 1))
+        fail("MoeConfig: gate_dropout={} must be in [0, 1)", gate_dropout);
+    if (n_shared_experts < 0) fail("MoeConfig: n_shared_experts={} must be >= 0", n_shared_experts);
+    if (d_ff_shared < 0) fail("MoeConfig: d_ff_shared={} must be >= 0", d_ff_shared);
+    if (router == "hierarchical") {
+        if (n_groups <= 0 || n_experts % n_groups != 0)
+            fail("MoeConfig: hierarchical router needs n_groups > 0 dividing n_experts={} (got {})",
+                 n_experts, n_groups);
+        if (topk_groups <= 0 || topk_groups > n_groups)
+            fail("MoeConfig: topk_groups={} must be in [1, n_groups={}]", topk_groups, n_groups);
+        if (top_k % topk_groups != 0 || top_k / topk_groups > n_experts / n_groups)
+            fail("MoeConfig: top_k={} must be topk_groups={} times at most {} experts per group",
+                 top_k, topk_groups, n_experts / n_groups);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspaces and saved activations: Buffers that grow once per shape and are reused.
+
+struct MoeLayer::Impl {
+    std::unique_ptr<Router> router;
+    int ld = 0;  // router logit columns (all router matrices)
+    Rng rng;
+
+    int T = 0;
+    bool training = false;
+    bool have_forward = false;
+    bool jittered = false;
+    ExpertThreads how = ExpertThreads::blas;
+    ExpertThreads want = ExpertThreads::automatic;
+
+    Buffer x;          // [T,d] copy of the input (shared experts and router read it in backward)
+    Buffer xr;         // [T,d] router input after jitter
+    Buffer jit_u, normal, uniform, gshard_u;  // drawn noise
+    const float* jit_ptr = nullptr;           // the jitter u actually used
+    RouterInput rin;
+    Buffer logits, dlogits, dxr;
+    Routing routing;
+    std::vector<uint8_t> kept;
+    std::vector<int32_t> order;
+    Dispatch disp;
+    Buffer xp, h, a, out;  // permuted rows
+    Buffer dout, dxp, da, dh, dweight;
+    std::vector<Buffer> sh_h, sh_a;  // shared experts, [T, hf_s] and [T, f_s] each
+};
+
+MoeLayer::MoeLayer(const MoeConfig& cfg) : cfg_(cfg), impl_(new Impl) {
+    cfg_.validate();
+    if (cfg_.d_ff_shared == 0) cfg_.d_ff_shared = cfg_.d_ff;
+    impl_->router = make_router(cfg_);
+    impl_->rng.seed_with(cfg_.seed);
+    impl_->want = expert_threads_from_env();
+    const int64_t d = cfg_.d_model, f = cfg_.d_ff, fs = cfg_.d_ff_shared;
+    const bool glu = cfg_.activation == Activation::swiglu;
+    size_t off = 0;
+    auto add = [&](const std::string& name, Shape s) {
+        specs_.push_back({name, s, off});
+        off += (size_t)s.numel();
+    };
+    for (auto& m : impl_->router->logit_matrices(cfg_)) {
+        add(m.first, {m.second, d});
+        impl_->ld += m.second;
+    }
+    for (int e = 0; e < cfg_.n_experts; e++) {
+        std::string p = "experts." + std::to_string(e) + ".";
+        add(p + "w1", {f, d});
+        if (glu) add(p + "w3", {f, d});
+        add(p + "w2", {d, f});
+    }
+    for (int s = 0; s < cfg_.n_shared_experts; s++) {
+        std::string p = "shared_experts." + std::to_string(s) + ".";
+        add(p + "w1", {fs, d});
+        if (glu) add(p + "w3", {fs, d});
+        add(p + "w2", {d, fs});
+    }
+    n_params_ = off;
+    own_params_.resize(n_params_);
+    own_grads_.resize(n_params_);
+    params_ = own_params_.data();
+    grads_ = own_grads_.data();
+    balance_bias_.assign(cfg_.n_experts, 0.f);
+    init_params(cfg_.seed);
+    zero_grad();
+}
+
+MoeLayer::~MoeLayer() = default;
+
+const ParamSpec& MoeLayer::param(const std::string& name) const {
+    for (auto& s : specs_)
+        if (s.name == name) return s;
+    fail("MoeLayer: no parameter named '{}' (router '{}', {} experts, {} shared)", name,
+         cfg_.router, cfg_.n_experts, cfg_.n_shared_experts);
+}
+
+void MoeLayer::bind(float* params, float* grads) {
+    MOE_CHECK(params && grads, "bind needs both buffers");
+    params_ = params;
+    grads_ = grads;
+}
+
+void MoeLayer::zero_grad() { std::memset(grads_, 0, sizeof(float) * n_params_); }
+
+void MoeLayer::init_params(uint64_t seed, float router_std) {
+    Rng r(seed);
+    for (auto& s : specs_) {
+        float* p = params_ + s.offset;
+        if (s.name.rfind("router.", 0) == 0) {
+            r.fill_normal(p, s.shape.numel(), 0.f, router_std);
+        } else {
+            float bound = 1.f / std::sqrt((float)s.shape[1]);  // fan_in: columns (y = x W^T)
+            r.fill_uniform(p, s.shape.numel(), -bound, bound);
+        }
+    }
+    std::fill(balance_bias_.begin(), balance_bias_.end(), 0.f);
+}
+
+bool MoeLayer::causal() const { return impl_->router->causal(); }
+
+// ---------------------------------------------------------------------------------------------
+// Forward, one short step per function.
+
+// First token (and column) holding NaN or Inf. Integer test on the exponent bits, so the scan
+// vectorises; only a row that trips it is looked at closely.
+static void check_finite(const float* x, int T, int d) {
+    for (int t = 0; t < T; t++) {
+        const uint32_t* u = reinterpret_cast<const uint32_t*>(x + (int64_t)t * d);
+        uint32_t bad = 0;
+        for (int j = 0; j < d; j++) bad |= (u[j] & 0x7f800000u) == 0x7f800000u;
+        if (bad) {
+            for (int j = 0; j < d; j++) {
+                float v = x[(int64_t)t * d + j];
+                if (!std::isfinite(v))
+                    fail("MoeLayer::forward: x[{}, {}] = {} (non-finite input at token {})", t, j,
+                         v, t);
+            }
+        }
+    }
+}
+
+static void ensure(Buffer& b, int64_t n) {
+    if ((int64_t)b.size() < n) b.resize((size_t)n);
+}
+
+using Impl = MoeLayer::Impl;
+
+// Step 1-2: jitter, logits, noise, router. Noise is drawn from the layer's Rng in this fixed
+// order, each only when the router needs it in training and the caller did not pass it:
+// jitter u [T,d], normal [T,E], uniform [T,E], gshard_u [T] (docs/layer.md).
+static void route(Impl& m, const MoeConfig& cfg, const float* params, float* bias,
+                  const RouterNoise* noise, AuxLosses& aux) {
+    const int T = m.T, d = cfg.d_model, E = cfg.n_experts;
+    Router& router = *m.router;
+    const float* xr = m.x.data();
+    m.jittered = m.training && cfg.jitter > 0.f;
+    if (m.jittered) {
+        // Kept in the layer's own buffer even when given: backward needs it after the caller's
+        // buffer may be gone.
+        ensure(m.jit_u, (int64_t)T * d);
+        if (noise && noise->jitter)
+            std::memcpy(m.jit_u.data(), noise->jitter, sizeof(float) * T * d);
+        else
+            m.rng.fill_uniform(m.jit_u.data(), (int64_t)T * d);
+        const float* u = m.jit_u.data();
+        m.jit_ptr = u;
+        ensure(m.xr, (int64_t)T * d);
+        const float j = cfg.jitter, *x = m.x.data();
+        float* out = m.xr.data();
+        for (int64_t i = 0; i < (int64_t)T * d; i++) out[i] = x[i] * (1.f - j + 2.f * j * u[i]);
+        xr = out;
+    }
+    // One GEMM for every router matrix: they are contiguous in the parameter buffer.
+    ensure(m.logits, (int64_t)T * m.ld);
+    sgemm(false, true, T, m.ld, d, 1.f, xr, d, params, d, 0.f, m.logits.data(), m.ld);
+
+    RouterInput& in = m.rin;
+    in = RouterInput{};
+    in.T = T;
+    in.d = d;
+    in.E = E;
+    in.cfg = &cfg;
+    in.logits = m.logits.data();
+    in.ld = m.ld;
+    in.training = m.training;
+    in.bias = cfg.bias_update_rate > 0.f ? bias : nullptr;
+    auto draw = [&](bool need, const float* given, Buffer& buf, int64_t n, bool normal) {
+        if (!m.training || !need) return (const float*)nullptr;
+        ensure(buf, n);
+        if (given)  // copied: the router may read it again in backward
+            std::memcpy(buf.data(), given, sizeof(float) * n);
+        else if (normal)
+            m.rng.fill_normal(buf.data(), n);
+        else
+            m.rng.fill_uniform(buf.data(), n);
+        return (const float*)buf.data();
+    };
+    in.normal = draw(router.needs_normal(cfg), noise ? noise->normal : nullptr, m.normal,
+                     (int64_t)T * E, true);
+    in.uniform = draw(router.needs_uniform(cfg), noise ? noise->uniform : nullptr, m.uniform,
+                      (int64_t)T * E, false);
+    in.gshard_u = draw(router.needs_gshard_u(cfg), noise ? noise->gshard_u : nullptr, m.gshard_u,
+                       T, false);
+    aux = AuxLosses{};
+    router.forward(in, m.routing, aux);
+    MOE_CHECK(m.routing.T == T && m.routing.E == E, "router returned T={} E={}", m.routing.T,
+              m.routing.E);
+}
+
+// Steps 3-4: capacity (token choice only; expert choice comes limited), counting sort, gather.
+static void dispatch(Impl& m, const MoeConfig& cfg) {
+    const Routing& r = m.routing;
+    const int d = cfg.d_model;
+    if (r.k > 0) {
+        int64_t C = expert_capacity(cfg.capacity_factor, m.T, r.k, r.E, cfg.dropless);
+        apply_capacity(r, C, cfg.priority == "weight", m.kept, m.order);
+    } else {
+        m.kept.assign(r.n(), 1);
+    }
+    build_dispatch(r, m.kept.data(), m.disp);
+    // Workspaces sized for every slot the routing could fill, so a later step with another
+    // load balance reuses them instead of faulting in fresh pages.
+    const int64_t rows = std::max<int64_t>(r.n(), 1);
+    const int hf = ffn_hidden(cfg.activation, cfg.d_ff);
+    ensure(m.xp, rows * d);
+    ensure(m.h, rows * hf);
+    ensure(m.a, rows * cfg.d_ff);
+    ensure(m.out, rows * d);
+    gather_rows(m.disp, m.x.data(), d, m.xp.data());
+}
+
+static GroupedFfn grouped(const MoeLayer& L, const Impl& m, const float* params, float* grads) {
+    const MoeConfig& cfg = L.config();
+    GroupedFfn g;
+    g.act = cfg.activation;
+    g.E = cfg.n_experts;
+    g.d = cfg.d_model;
+    g.f = cfg.d_ff;
+    g.offsets = m.disp.offsets.data();
+    size_t base = L.param("experts.0.w1").offset;
+    g.weights = params + base;
+    g.grads = grads + base;
+    g.stride = ffn_weight_floats(cfg.activation, cfg.d_model, cfg.d_ff);
+    return g;
+}
+
+// Steps 5-6: experts on their rows, weighted combine into y, shared experts added on top.
+void MoeLayer::run_experts_(float* y) {
+    Impl& m = *impl_;
+    const int T = m.T, d = cfg_.d_model;
+    GroupedFfn g = grouped(*this, m, params_, grads_);
+    m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
+    experts_forward(g, m.xp.data(), m.h.data(), m.a.data(), m.out.data(), m.how);
+    combine_forward(m.disp, m.routing.weight.data(), m.out.data(), d, y);
+    expert_flops_fwd_ = 2.0 * m.disp.n_rows * (double)ffn_weight_floats(cfg_.activation, d, g.f);
+
+    const int S = cfg_.n_shared_experts, fs = cfg_.d_ff_shared;
+    const int hfs = ffn_hidden(cfg_.activation, fs);
+    m.sh_h.resize(S);
+    m.sh_a.resize(S);
+    for (int s = 0; s < S; s++) {
+        ensure(m.sh_h[s], (int64_t)T * hfs);
+        ensure(m.sh_a[s], (int64_t)T * fs);
+        const float* w = params_ + param("shared_experts." + std::to_string(s) + ".w1").offset;
+        ffn_forward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
+                    m.sh_h[s].data(), m.sh_a[s].data(), y, 1.f, true);
+        expert_flops_fwd_ += 2.0 * T * (double)ffn_weight_floats(cfg_.activation, d, fs);
+    }
+}
+
+// Statistics of DESIGN.md §4, from the routing, the kept mask and the router's scores.
+void MoeLayer::compute_stats_() {
+    const Impl& m = *impl_;
+    const Routing& r = m.routing;
+    const int E = cfg_.n_experts, T = m.T;
+    MoeStats& st = stats_;
+    st.tokens_per_expert.assign(E, 0);
+    for (int e = 0; e < E; e++) st.tokens_per_expert[e] = m.disp.offsets[e + 1] - m.disp.offsets[e];
+    st.routed = 0;
+    for (int a = 0; a < r.n(); a++) st.routed += r.expert[a] >= 0;
+    st.dropped = st.routed - m.disp.n_rows;
+    double mean = (double)m.disp.n_rows / E, var = 0;
+    for (int e = 0; e < E; e++) var += (st.tokens_per_expert[e] - mean) * (st.tokens_per_expert[e] - mean);
+    var /= E;
+    st.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
+    const std::vector<float>& p = m.router->probs();
+    double ent = 0;
+    if ((int64_t)p.size() >= (int64_t)T * E) {
+        for (int64_t i = 0; i < (int64_t)T * E; i++)
+            if (p[i] > 0.f) ent -= (double)p[i] * std::log((double)p[i]);
+        ent /= T;
+    }
+    st.router_entropy = ent;
+    std::vector<float> top(T, 0.f);
+    std::vector<uint8_t> any(T, 0);
+    for (int a = 0; a < r.n(); a++) {
+        if (r.expert[a] < 0) continue;
+        int t = r.token[a];
+        if (!any[t] || r.weight[a] > top[t]) top[t] = r.weight[a];
+        any[t] = 1;
+    }
+    double s = 0;
+    for (int t = 0; t < T; t++) s += top[t];
+    st.mean_top1_weight = s / T;
+}
+
+void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const RouterNoise* noise) {
+    Impl& m = *impl_;
+    const int d = cfg_.d_model;
+    if (x.shape.rank() != 2 || x.shape[1] != d || x.shape[0] <= 0)
+        fail("MoeLayer::forward: x: expected shape [T, {}] with T >= 1, got {}", d, x.shape.str());
+    const int T = (int)x.shape[0];
+    check_shape("MoeLayer::forward: y", y.shape, Shape{T, d});
+    MOE_CHECK(x.data && y.data, "null buffer");
+    check_finite(x.data, T, d);
+    m.T = T;
+    m.training = training;
+    m.have_forward = false;
+    // Keep x: backward needs it (shared experts, router) and callers may reuse their buffer.
+    ensure(m.x, (int64_t)T * d);
+    std::memcpy(m.x.data(), x.data, sizeof(float) * T * d);
+
+    route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
+    dispatch(m, cfg_);
+    run_experts_(y.data);
+    compute_stats_();
+    m.have_forward = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: combine -> experts -> scatter into dx -> router -> router input -> shared experts.
+
+void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
+    Impl& m = *impl_;
+    if (!m.have_forward) fail("MoeLayer::backward: no forward to differentiate (call forward first)");
+    const int T = m.T, d = cfg_.d_model;
+    check_shape("MoeLayer::backward: dy", dy.shape, Shape{T, d});
+    check_shape("MoeLayer::backward: dx", dx.shape, Shape{T, d});
+    MOE_CHECK(dy.data && dx.data, "null buffer");
+    const Routing& r = m.routing;
+    const int64_t rows = std::max<int64_t>(r.n(), 1);
+    const int hf = ffn_hidden(cfg_.activation, cfg_.d_ff);
+
+    // Combine: dweight[a] = <dy_t, out(a)>, dout(a) = w_a dy_t.
+    ensure(m.dout, rows * d);
+    ensure(m.dweight, rows);
+    combine_backward(m.disp, r.weight.data(), m.out.data(), dy.data, d, m.dout.data(),
+                     m.dweight.data());
+
+    // Experts (grouped GEMMs, dW accumulated), then each token's rows summed into dx.
+    ensure(m.dxp, rows * d);
+    ensure(m.da, rows * cfg_.d_ff);
+    ensure(m.dh, rows * hf);
+    GroupedFfn g = grouped(*this, m, params_, grads_);
+    experts_backward(g, m.xp.data(), m.h.data(), m.a.data(), m.dout.data(), m.dxp.data(),
+                     m.da.data(), m.dh.data(), m.how);
+    scatter_rows(m.disp, m.dxp.data(), d, dx.data, false);
+
+    // Router: dlogits [T, ld] -> dW_router += dlogits^T x', dx += (dlogits W_router) * dx'/dx.
+    ensure(m.dlogits, (int64_t)T * m.ld);
+    m.router->backward(m.rin, r, m.dweight.data(), m.dlogits.data());
+    const float* xr = m.jittered ? m.xr.data() : m.x.data();
+    sgemm(true, false, m.ld, d, T, 1.f, m.dlogits.data(), m.ld, xr, d, 1.f, grads_, d);
+    if (!m.jittered) {
+        sgemm(false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 1.f, dx.data, d);
+    } else {
+        ensure(m.dxr, (int64_t)T * d);
+        sgemm(false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 0.f,
+              m.dxr.data(), d);
+        const float j = cfg_.jitter, *u = m.jit_ptr, *g2 = m.dxr.data();
+        for (int64_t i = 0; i < (int64_t)T * d; i++) dx.data[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
+    }
+
+    // Shared experts see every token with weight 1: dout = dy.
+    const int fs = cfg_.d_ff_shared, hfs = ffn_hidden(cfg_.activation, fs);
+    if (cfg_.n_shared_experts > 0) {
+        ensure(m.da, (int64_t)T * fs);
+        ensure(m.dh, (int64_t)T * hfs);
+    }
+    for (int s = 0; s < cfg_.n_shared_experts; s++) {
+        size_t off = param("shared_experts." + std::to_string(s) + ".w1").offset;
+        const float* w = params_ + off;
+        float* gw = grads_ + off;
+        ffn_backward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
+                     m.sh_h[s].data(), m.sh_a[s].data(), dy.data, dx.data, 1.f, gw,
+                     gw + (int64_t)hfs * d, m.da.data(), m.dh.data(), true);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void MoeLayer::update_balance_bias() {
+    // DeepSeek-V3: b_e += rate * sign(mean load - load_e); selection only, never the weight.
+    const int E = cfg_.n_experts;
+    if (stats_.tokens_per_expert.size() != (size_t)E) return;
+    double mean = 0;
+    for (auto v : stats_.tokens_per_expert) mean += (double)v;
+    mean /= E;
+    for (int e = 0; e < E; e++) {
+        double diff = mean - (double)stats_.tokens_per_expert[e];
+        balance_bias_[e] += cfg_.bias_update_rate * (float)((diff > 0) - (diff < 0));
+    }
+}
+
+std::vector<MoeLayer::Assignment> MoeLayer::last_assignments() const {
+    const Impl& m = *impl_;
+    const Routing& r = m.routing;
+    std::vector<Assignment> out(r.n());
+    for (int a = 0; a < r.n(); a++)
+        out[a] = {r.token[a], r.expert[a], r.weight[a], r.expert[a] >= 0 && m.kept[a] != 0};
+    return out;
+}
+
+}  // namespace moe

@@ -1,0 +1,36 @@
+// Sampling and KV-cache generation (`moe generate`).
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "moe/model.h"
+#include "moe/rng.h"
+#include "moe/tokenizer.h"
+
+namespace moe {
+
+struct SampleOptions {
+    int max_tokens = 200;
+    float temperature = 0.8f;  // 0 = greedy (argmax; ties: lowest id)
+    int top_k = 0;             // 0 = off
+    float top_p = 1.0f;        // nucleus; 1 = off
+    uint64_t seed = 1337;
+};
+
+// One token from logits [V]: temperature, then top-k, then top-p (smallest set of most likely
+// tokens whose probability reaches p), then a draw. Deterministic for a given Rng state.
+int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rng);
+
+// Prefill the prompt, then one token at a time with the KV cache. When the context reaches
+// block_size tokens, the cache is reset and the last block_size tokens (the newest included) are
+// fed again: every step sees min(n, block_size) tokens of context, exactly what a full forward
+// over the cropped context computes (nanoGPT's crop). on_token gets each new id; trace (or null)
+// gets one JSON line per prompt and generated token (docs/metrics.md).
+std::vector<int32_t> generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                              const SampleOptions& o, const std::function<void(int32_t)>& on_token,
+                              FILE* trace = nullptr);
+
+}  // namespace moe

@@ -1,0 +1,101 @@
+// moe eval: mean cross-entropy of a checkpoint over a validation split, cut into consecutive
+// non-overlapping windows of block_size + 1 tokens, each predicting its last block_size tokens.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "data/token_file.h"
+#include "moe/checkpoint.h"
+#include "moe/error.h"
+#include "moe/file_io.h"
+#include "moe/runtime.h"
+#include "moe/trainer.h"
+#include "tools/command.h"
+
+namespace moe::tools {
+
+struct EvalOptions {
+    std::string ckpt, data, split = "auto";
+    int batch = 32, threads = 0;
+    bool json = false;
+};
+
+static std::string parent_dir(const std::string& p) {
+    auto s = p.find_last_of('/');
+    return s == std::string::npos ? "." : p.substr(0, s);
+}
+
+// Tokens to evaluate: --data (a token file: all of it; a text: its validation split unless
+// --split says otherwise), else the run folder's data/val.tok, else the training config's text.
+static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel& lm, std::string* what) {
+    const Tokenizer& tok = *lm.tokenizer;
+    const int V = lm.model->config().vocab_size;
+    double val_fraction = 0.1;
+    std::string data = o.data;
+    if (file_exists(lm.dir + "/trainer_state.json")) {
+        auto st = load_trainer_state(lm.dir);
+        if (st.contains("config")) {
+            val_fraction = st["config"].value("val_fraction", 0.1);
+            if (data.empty()) {
+                std::string vt = parent_dir(lm.dir) + "/data/val.tok";
+                if (file_exists(vt)) data = vt;
+                else data = st["config"].value("data", std::string());
+            }
+        }
+    }
+    if (data.empty()) fail("moe eval: {} has no training record; give --data FILE", lm.dir);
+    if (is_token_file(data)) {
+        TokenFile t = read_token_file(data);
+        if (t.vocab != V)
+            fail("moe eval: {} has vocab {} but the model has {}", data, t.vocab, V);
+        *what = data;
+        return t.ids;
+    }
+    std::string text = read_corpus_text(data);
+    std::string split = o.split == "auto" ? "val" : o.split;
+    std::string tr, va;
+    split_text(text, val_fraction, &tr, &va);
+    *what = data + " (" + split + " split)";
+    if (split == "val") return tok.encode(va);
+    if (split == "train") return tok.encode(tr);
+    if (split == "all") return tok.encode(text);
+    fail("moe eval: --split {} (val, train or all)", o.split);
+}
+
+static int run_eval(const EvalOptions& o) {
+    set_threads(o.threads);
+    LoadedModel lm = load_model(o.ckpt);
+    std::string what;
+    std::vector<int32_t> toks = eval_tokens(o, lm, &what);
+    const int S = lm.model->config().block_size;
+    const double t0 = now_seconds();
+    int64_t n_pred = 0;
+    double loss = evaluate_windows(*lm.model, toks, S, o.batch, &n_pred);
+    const double dt = now_seconds() - t0;
+    std::printf("%s on %s: val loss %.4f over %lld predicted tokens (%lld windows of %d), %.1f s\n",
+                lm.dir.c_str(), what.c_str(), loss, (long long)n_pred, (long long)(n_pred / S), S + 1, dt);
+    if (o.json) {
+        nlohmann::json j = {{"val_loss", loss}, {"tokens", n_pred}, {"checkpoint", lm.dir},
+                            {"data", what}, {"seconds", dt}};
+        std::printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+}
+
+static void register_eval(CLI::App& app) {
+    auto o = std::make_shared<EvalOptions>();
+    CLI::App* sub = app.add_subcommand(
+        "eval",
+        "Mean cross-entropy of a checkpoint on the validation split (consecutive windows).\n"
+        "Example: moe eval runs/shakespeare-char-moe --json");
+    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")->required();
+    sub->add_option("--data", o->data, "text or token file (default: the run's validation split)");
+    sub->add_option("--split", o->split, "for a text file: val (default), train or all");
+    sub->add_option("--batch", o->batch, "windows per forward (default 32)");
+    sub->add_option("--threads", o->threads, "threads (0: all cores)");
+    sub->add_flag("--json", o->json, "last stdout line: {\"val_loss\": ...}");
+    sub->callback([o]() { exit_code() = run_eval(*o); });
+}
+
+static RegisterCommand reg_eval("eval", register_eval);
+
+}  // namespace moe::tools

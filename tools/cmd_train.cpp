@@ -1,0 +1,98 @@
+// moe train: train a language model from a JSON config (configs/*.json); every config key is
+// also a flag (--lr 2e-3 --max-steps 500), applied over the file (docs/training.md).
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "moe/config.h"
+#include "moe/error.h"
+#include "moe/trainer.h"
+#include "tools/command.h"
+
+namespace moe::tools {
+
+struct TrainCmdOptions {
+    std::string config, out, resume;
+    bool json = false, quiet = false;
+};
+
+// "--key value" or "--key=value" pairs from the arguments CLI11 did not recognise.
+static std::vector<std::pair<std::string, std::string>> parse_overrides(
+    const std::vector<std::string>& args) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (size_t i = 0; i < args.size(); i++) {
+        const std::string& a = args[i];
+        if (a.rfind("--", 0) != 0 || a.size() < 3)
+            fail("moe train: unexpected argument '{}' (config keys are given as --key value)", a);
+        std::string key = a.substr(2), value;
+        auto eq = key.find('=');
+        if (eq != std::string::npos) {
+            value = key.substr(eq + 1);
+            key = key.substr(0, eq);
+        } else {
+            if (i + 1 >= args.size()) fail("moe train: option --{} needs a value", key);
+            value = args[++i];
+        }
+        out.emplace_back(key, value);
+    }
+    return out;
+}
+
+static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string>& extras) {
+    TrainOptions t;
+    t.overrides = parse_overrides(extras);
+    if (o.resume.empty()) {
+        if (o.config.empty()) fail("moe train: give --config FILE (or --resume DIR)");
+        t.cfg = config_load(o.config);
+        // Check the flags now, so a typo fails before any work.
+        TrainConfig probe = t.cfg;
+        for (auto& [k, v] : t.overrides) config_set(probe, k, v);
+        t.out_dir = o.out;
+        if (t.out_dir.empty()) {
+            std::string base = o.config.substr(o.config.find_last_of('/') + 1);
+            if (base.size() > 5 && base.substr(base.size() - 5) == ".json") base.resize(base.size() - 5);
+            t.out_dir = "runs/" + base;
+        }
+    } else {
+        if (!o.config.empty())
+            fail("moe train: --resume takes the config from the checkpoint; give changes as flags");
+        t.resume_dir = o.resume;
+        t.out_dir = o.out;
+    }
+    t.progress = !o.quiet;
+    TrainResult r = run_train(t);
+    std::printf("trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
+                "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
+                (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
+                (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
+    if (o.json) {
+        nlohmann::json j = {{"run_dir", r.run_dir},       {"best_dir", r.best_dir},
+                            {"step", r.step},             {"train_loss", r.train_loss},
+                            {"val_loss", r.val_loss},     {"best_val_loss", r.best_val_loss},
+                            {"best_step", r.best_step},   {"train_time_s", r.train_time_s},
+                            {"tokens_per_s", r.tokens_per_s}, {"wall_s", r.wall_s}};
+        std::printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+}
+
+static void register_train(CLI::App& app) {
+    auto opts = std::make_shared<TrainCmdOptions>();
+    CLI::App* sub = app.add_subcommand(
+        "train",
+        "Train a language model (dense or MoE) from a JSON config; any config key is a flag.\n"
+        "Example: moe train --config configs/shakespeare-char-moe.json --out runs/moe "
+        "--max-steps 500 --lr 2e-3\n"
+        "Resume:  moe train --resume runs/moe [--max-steps 3000]");
+    sub->add_option("--config", opts->config, "training config (JSON, configs/*.json)");
+    sub->add_option("--out", opts->out, "run folder (default runs/<config name>)");
+    sub->add_option("--resume", opts->resume, "continue a run folder (its latest/) or checkpoint");
+    sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
+    sub->add_flag("--quiet", opts->quiet, "no progress lines on stderr");
+    sub->allow_extras();
+    sub->footer("Config keys (as --key VALUE): see docs/training.md.");
+    sub->callback([opts, sub]() { exit_code() = run_train_cmd(*opts, sub->remaining()); });
+}
+
+static RegisterCommand reg_train("train", register_train);
+
+}  // namespace moe::tools
