@@ -26,7 +26,8 @@ static std::string parent_dir(const std::string& p) {
 
 // Tokens to evaluate: --data (a token file: all of it; a text: its validation split unless
 // --split says otherwise), else the run folder's data/val.tok, else the training config's text.
-static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel& lm, std::string* what) {
+static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel& lm,
+                                        std::string* what) {
     const Tokenizer& tok = *lm.tokenizer;
     const int V = lm.model->config().vocab_size;
     double val_fraction = 0.1;
@@ -37,16 +38,17 @@ static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel&
             val_fraction = st["config"].value("val_fraction", 0.1);
             if (data.empty()) {
                 std::string vt = parent_dir(lm.dir) + "/data/val.tok";
-                if (file_exists(vt)) data = vt;
-                else data = st["config"].value("data", std::string());
+                if (file_exists(vt))
+                    data = vt;
+                else
+                    data = st["config"].value("data", std::string());
             }
         }
     }
     if (data.empty()) fail("moe eval: {} has no training record; give --data FILE", lm.dir);
     if (is_token_file(data)) {
         TokenFile t = read_token_file(data);
-        if (t.vocab != V)
-            fail("moe eval: {} has vocab {} but the model has {}", data, t.vocab, V);
+        if (t.vocab != V) fail("moe eval: {} has vocab {} but the model has {}", data, t.vocab, V);
         *what = data;
         return t.ids;
     }
@@ -72,10 +74,14 @@ static int run_eval(const EvalOptions& o) {
     double loss = evaluate_windows(*lm.model, toks, S, o.batch, &n_pred);
     const double dt = now_seconds() - t0;
     std::printf("%s on %s: val loss %.4f over %lld predicted tokens (%lld windows of %d), %.1f s\n",
-                lm.dir.c_str(), what.c_str(), loss, (long long)n_pred, (long long)(n_pred / S), S + 1, dt);
+                lm.dir.c_str(), what.c_str(), loss, (long long)n_pred, (long long)(n_pred / S),
+                S + 1, dt);
     if (o.json) {
-        nlohmann::json j = {{"val_loss", loss}, {"tokens", n_pred}, {"checkpoint", lm.dir},
-                            {"data", what}, {"seconds", dt}};
+        nlohmann::json j = {{"val_loss", loss},
+                            {"tokens", n_pred},
+                            {"checkpoint", lm.dir},
+                            {"data", what},
+                            {"seconds", dt}};
         std::printf("%s\n", j.dump().c_str());
     }
     return 0;
@@ -87,7 +93,8 @@ static void register_eval(CLI::App& app) {
         "eval",
         "Mean cross-entropy of a checkpoint on the validation split (consecutive windows).\n"
         "Example: moe eval runs/shakespeare-char-moe --json");
-    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")->required();
+    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")
+        ->required();
     sub->add_option("--data", o->data, "text or token file (default: the run's validation split)");
     sub->add_option("--split", o->split, "for a text file: val (default), train or all");
     sub->add_option("--batch", o->batch, "windows per forward (default 32)");

@@ -42,28 +42,36 @@ static int run_generate(const GenerateOptions& o) {
     const double t0 = now_seconds();
     std::vector<int32_t> out;
     try {
-        out = generate(*lm.model, tok, prompt, o.sample, [&](int32_t id) {
-            if (tok.kind() == "char") {  // SentencePiece pieces are decoded at the end
-                std::fputs(tok.piece(id).c_str(), stdout);
-                std::fflush(stdout);
-            }
-        }, trace);
+        out = generate(
+            *lm.model, tok, prompt, o.sample,
+            [&](int32_t id) {
+                if (tok.kind() == "char") {  // SentencePiece pieces are decoded at the end
+                    std::fputs(tok.piece(id).c_str(), stdout);
+                    std::fflush(stdout);
+                }
+            },
+            trace);
     } catch (...) {
         if (trace) std::fclose(trace);
         throw;
     }
     const double dt = now_seconds() - t0;
-    if (trace && std::fclose(trace) != 0) fail("cannot write {}: {}", o.trace, std::strerror(errno));
+    if (trace && std::fclose(trace) != 0)
+        fail("cannot write {}: {}", o.trace, std::strerror(errno));
     std::string text = tok.decode(out);
     if (tok.kind() != "char") std::fputs(text.c_str(), stdout);
     std::printf("\n");
     std::fprintf(stderr, "generate: %zu prompt + %zu new tokens in %.2f s (%.1f tokens/s)\n",
                  prompt.size(), out.size(), dt, out.size() / std::max(1e-9, dt));
     if (o.json) {
-        nlohmann::json j = {{"prompt", o.prompt}, {"text", text}, {"prompt_tokens", prompt.size()},
-                            {"tokens", out.size()}, {"tokens_per_s", out.size() / std::max(1e-9, dt)},
+        nlohmann::json j = {{"prompt", o.prompt},
+                            {"text", text},
+                            {"prompt_tokens", prompt.size()},
+                            {"tokens", out.size()},
+                            {"tokens_per_s", out.size() / std::max(1e-9, dt)},
                             {"checkpoint", lm.dir}};
-        std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+        std::printf("%s\n",
+                    j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return 0;
 }
@@ -75,10 +83,12 @@ static void register_generate(CLI::App& app) {
         "Generate text from a checkpoint (KV cache; temperature 0 = greedy).\n"
         "Example: moe generate runs/shakespeare-char-moe --prompt \"ROMEO:\" --max-tokens 300 "
         "--temperature 0.8 --top-k 40");
-    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")->required();
+    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")
+        ->required();
     sub->add_option("--prompt", o->prompt, "text to continue (default: a newline)");
     sub->add_option("--max-tokens", o->sample.max_tokens, "tokens to generate (default 200)");
-    sub->add_option("--temperature", o->sample.temperature, "softmax temperature; 0 = greedy (default 0.8)");
+    sub->add_option("--temperature", o->sample.temperature,
+                    "softmax temperature; 0 = greedy (default 0.8)");
     sub->add_option("--top-k", o->sample.top_k, "keep the k most likely tokens (0 = off)");
     sub->add_option("--top-p", o->sample.top_p, "nucleus sampling mass (1 = off)");
     sub->add_option("--seed", o->sample.seed, "sampling seed (default 1337)");
@@ -88,7 +98,8 @@ static void register_generate(CLI::App& app) {
     sub->callback([o]() {
         if (o->sample.max_tokens < 1) fail("moe generate: --max-tokens must be >= 1");
         if (o->sample.temperature < 0) fail("moe generate: --temperature must be >= 0");
-        if (o->sample.top_p <= 0 || o->sample.top_p > 1) fail("moe generate: --top-p must be in (0, 1]");
+        if (o->sample.top_p <= 0 || o->sample.top_p > 1)
+            fail("moe generate: --top-p must be in (0, 1]");
         exit_code() = run_generate(*o);
     });
 }

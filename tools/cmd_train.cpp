@@ -49,7 +49,8 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
         t.out_dir = o.out;
         if (t.out_dir.empty()) {
             std::string base = o.config.substr(o.config.find_last_of('/') + 1);
-            if (base.size() > 5 && base.substr(base.size() - 5) == ".json") base.resize(base.size() - 5);
+            if (base.size() > 5 && base.substr(base.size() - 5) == ".json")
+                base.resize(base.size() - 5);
             t.out_dir = "runs/" + base;
         }
     } else {
@@ -60,16 +61,22 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
     }
     t.progress = !o.quiet;
     TrainResult r = run_train(t);
-    std::printf("trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
-                "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
-                (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
-                (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
+    std::printf(
+        "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
+        "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
+        (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
+        (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
     if (o.json) {
-        nlohmann::json j = {{"run_dir", r.run_dir},       {"best_dir", r.best_dir},
-                            {"step", r.step},             {"train_loss", r.train_loss},
-                            {"val_loss", r.val_loss},     {"best_val_loss", r.best_val_loss},
-                            {"best_step", r.best_step},   {"train_time_s", r.train_time_s},
-                            {"tokens_per_s", r.tokens_per_s}, {"wall_s", r.wall_s}};
+        nlohmann::json j = {{"run_dir", r.run_dir},
+                            {"best_dir", r.best_dir},
+                            {"step", r.step},
+                            {"train_loss", r.train_loss},
+                            {"val_loss", r.val_loss},
+                            {"best_val_loss", r.best_val_loss},
+                            {"best_step", r.best_step},
+                            {"train_time_s", r.train_time_s},
+                            {"tokens_per_s", r.tokens_per_s},
+                            {"wall_s", r.wall_s}};
         std::printf("%s\n", j.dump().c_str());
     }
     return 0;

@@ -33,8 +33,7 @@ std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
 // MOE_TEST_CKPT_PAUSE_AT_STEP=S sleeps 30 s half-way through model.safetensors of a checkpoint
 // with optimizer state (latest/) when trainer_state.step == S (a test kills -9 the writer there).
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
-                     const float* adam_m, const float* adam_v,
-                     const nlohmann::json* trainer_state);
+                     const float* adam_m, const float* adam_v, const nlohmann::json* trainer_state);
 
 // Cleans up after a writer killed mid-save: removes dir.tmp-* folders; a dir.old-* left between
 // the two renames of the fallback swap is moved back to dir when dir is missing, else removed.

@@ -19,8 +19,8 @@ namespace moe {
 struct TrainConfig {
     // data and tokenizer
     std::string data = "data/tinyshakespeare.txt";  // relative paths: to the working directory
-    double val_fraction = 0.1;          // the last 10% is validation (nanoGPT's split)
-    std::string tokenizer = "char";     // "char" or "sentencepiece"
+    double val_fraction = 0.1;                      // the last 10% is validation (nanoGPT's split)
+    std::string tokenizer = "char";                 // "char" or "sentencepiece"
     int vocab_size = 512;               // sentencepiece only (char: the corpus' symbols)
     std::string sp_model_type = "bpe";  // sentencepiece: "bpe" or "unigram"
 
@@ -28,23 +28,23 @@ struct TrainConfig {
 
     // optimisation
     int batch_size = 12;
-    int max_steps = 2000;     // the schedule's length
-    int stop_after = 0;       // > 0: stop (and save) after this step even if max_steps is later
-    double lr = 1e-3;         // peak learning rate
-    double min_lr = 1e-4;     // cosine floor
-    int warmup_steps = 100;   // linear warmup from 0
-    int lr_decay_steps = 0;   // cosine length (0: max_steps)
+    int max_steps = 2000;       // the schedule's length
+    int stop_after = 0;         // > 0: stop (and save) after this step even if max_steps is later
+    double lr = 1e-3;           // peak learning rate
+    double min_lr = 1e-4;       // cosine floor
+    int warmup_steps = 100;     // linear warmup from 0
+    int lr_decay_steps = 0;     // cosine length (0: max_steps)
     double weight_decay = 0.1;  // decoupled (AdamW), not on norms or biases
     double beta1 = 0.9, beta2 = 0.99, adam_eps = 1e-8;
-    double grad_clip = 1.0;   // global-norm clipping, 0 = off
+    double grad_clip = 1.0;  // global-norm clipping, 0 = off
 
     // evaluation, logging, checkpoints
-    int eval_every = 250;     // steps; 0 = only at the end
-    int eval_batches = 20;    // fixed validation batches used during training
-    int log_every = 10;       // metrics.jsonl line every N steps
-    int save_every = 0;       // latest/ checkpoint every N steps (0: at each evaluation)
-    int print_every = 100;    // plain progress line when stderr is not a terminal
-    double max_time_s = 0;    // > 0: stop when training time exceeds this (then save)
+    int eval_every = 250;   // steps; 0 = only at the end
+    int eval_batches = 20;  // fixed validation batches used during training
+    int log_every = 10;     // metrics.jsonl line every N steps
+    int save_every = 0;     // latest/ checkpoint every N steps (0: at each evaluation)
+    int print_every = 100;  // plain progress line when stderr is not a terminal
+    double max_time_s = 0;  // > 0: stop when training time exceeds this (then save)
 
     uint64_t seed = 1337;
     int threads = 0;  // 0 = all cores

@@ -16,7 +16,7 @@ class Tokenizer {
     // Throws moe::Error naming the first symbol outside the vocabulary and its byte offset.
     virtual std::vector<int32_t> encode(const std::string& text) const = 0;
     virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
-    virtual std::string piece(int32_t id) const = 0;  // the text of one token
+    virtual std::string piece(int32_t id) const = 0;      // the text of one token
     virtual void save(const std::string& dir) const = 0;  // vocab.json or tokenizer.model, atomic
 };
 

@@ -22,13 +22,13 @@ struct TrainOptions {
 
 struct TrainResult {
     std::string run_dir, best_dir, latest_dir;
-    int64_t step = 0;              // last step done
-    double train_loss = 0;         // last step's
-    double val_loss = 0;           // last evaluation's (fixed val batches)
+    int64_t step = 0;       // last step done
+    double train_loss = 0;  // last step's
+    double val_loss = 0;    // last evaluation's (fixed val batches)
     double best_val_loss = 0;
     int64_t best_step = 0;
-    double train_time_s = 0;       // elapsed_s: steps only (no set-up, eval or checkpoints)
-    double tokens_per_s = 0;       // over this invocation's steps
+    double train_time_s = 0;  // elapsed_s: steps only (no set-up, eval or checkpoints)
+    double tokens_per_s = 0;  // over this invocation's steps
     double wall_s = 0;
 };
 

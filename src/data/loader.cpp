@@ -13,8 +13,8 @@ BatchLoader::BatchLoader(const std::vector<int32_t>* tokens, int B, int S, uint6
     : tokens_(tokens), B_(B), S_(S), rng_(seed) {
     if (B < 1 || S < 1) fail("{}: batch {} x {} must be positive", what, B, S);
     if (tokens->size() < (size_t)S + 1)
-        fail("{}: {} tokens, but a window needs block_size + 1 = {}: the text is too short",
-             what, tokens->size(), S + 1);
+        fail("{}: {} tokens, but a window needs block_size + 1 = {}: the text is too short", what,
+             tokens->size(), S + 1);
     if (tokens->size() > (size_t)UINT32_MAX) fail("{}: more than 2^32 tokens", what);
 }
 

@@ -32,7 +32,8 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& ids, 
     char* p = &out[16 + hlen];
     for (size_t i = 0; i < ids.size(); i++) {
         int32_t id = ids[i];
-        if (id < 0 || id >= vocab) fail("{}: token {} has id {} outside vocab {}", path, i, id, vocab);
+        if (id < 0 || id >= vocab)
+            fail("{}: token {} has id {} outside vocab {}", path, i, id, vocab);
         if (small) {
             uint16_t v = (uint16_t)id;
             std::memcpy(p + 2 * i, &v, 2);
@@ -56,7 +57,8 @@ TokenFile read_token_file(const std::string& path) {
         fail("{}: not a token file (no MOETOK01 magic)", path);
     uint64_t hlen;
     std::memcpy(&hlen, f.data() + 8, 8);
-    if (hlen > f.size() - 16) fail("{}: header length {} exceeds the file ({} bytes)", path, hlen, f.size());
+    if (hlen > f.size() - 16)
+        fail("{}: header length {} exceeds the file ({} bytes)", path, hlen, f.size());
     json h;
     try {
         h = json::parse(f.begin() + 16, f.begin() + 16 + (long)hlen);

@@ -111,8 +111,10 @@ std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus) {
     std::set<std::string> multi;
     for (size_t i = 0; i < corpus.size();) {
         size_t n = utf8_len(corpus, i);
-        if (n == 1) seen[(unsigned char)corpus[i]] = true;
-        else multi.insert(corpus.substr(i, n));
+        if (n == 1)
+            seen[(unsigned char)corpus[i]] = true;
+        else
+            multi.insert(corpus.substr(i, n));
         i += n;
     }
     std::set<std::string> all(multi.begin(), multi.end());
@@ -131,7 +133,8 @@ class SpTokenizer : public Tokenizer {
         if (!st.ok()) fail("{}: cannot load SentencePiece model: {}", where, st.ToString());
         newline_id_ = sp_.PieceToId("<0x0A>");
         if (newline_id_ == sp_.unk_id())
-            fail("{}: SentencePiece model has no byte piece <0x0A> (train with byte_fallback)", where);
+            fail("{}: SentencePiece model has no byte piece <0x0A> (train with byte_fallback)",
+                 where);
     }
     std::string kind() const override { return "sentencepiece"; }
     int vocab_size() const override { return sp_.GetPieceSize(); }
@@ -144,10 +147,12 @@ class SpTokenizer : public Tokenizer {
             if (end > start) {
                 std::vector<int> ids;
                 auto st = sp_.Encode(std::string_view(text.data() + start, end - start), &ids);
-                if (!st.ok()) fail("SentencePiece encode failed at byte {}: {}", start, st.ToString());
+                if (!st.ok())
+                    fail("SentencePiece encode failed at byte {}: {}", start, st.ToString());
                 for (int id : ids) {
                     if (id == sp_.unk_id())
-                        fail("SentencePiece: unknown symbol in the line starting at byte {}", start);
+                        fail("SentencePiece: unknown symbol in the line starting at byte {}",
+                             start);
                     out.push_back(id);
                 }
             }
@@ -251,7 +256,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
         } catch (const std::exception& e) {
             fail("{}: not valid JSON: {}", vocab, e.what());
         }
-        if (!j.is_array() || j.empty()) fail("{}: expected a non-empty JSON array of symbols", vocab);
+        if (!j.is_array() || j.empty())
+            fail("{}: expected a non-empty JSON array of symbols", vocab);
         std::vector<std::string> syms;
         for (auto& s : j) {
             if (!s.is_string()) fail("{}: every entry must be a string, got {}", vocab, s.dump());

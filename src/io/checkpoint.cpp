@@ -149,7 +149,8 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
     fs::remove_all(tmp, ec);
     make_dirs(tmp);
     CkptWriter w;
-    if (trainer_state && trainer_state->contains("step")) w.step = (*trainer_state)["step"].get<int64_t>();
+    if (trainer_state && trainer_state->contains("step"))
+        w.step = (*trainer_state)["step"].get<int64_t>();
     try {
         const float* p = model.param_data();
         SafetensorsWriter st;
@@ -202,8 +203,9 @@ std::string resolve_checkpoint_dir(const std::string& path) {
         std::string d = find_in_run(path, name);
         if (!d.empty()) return d;
     }
-    fail("{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or latest/)",
-         path);
+    fail(
+        "{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or latest/)",
+        path);
 }
 
 std::string resolve_resume_dir(const std::string& path) {
@@ -249,7 +251,8 @@ void load_params(Model& model, const std::string& dir) {
     }
     for (auto& n : r.names())
         if (!known.count(n))
-            fail("{}: unexpected tensor {} (the checkpoint does not match its config.json)", path, n);
+            fail("{}: unexpected tensor {} (the checkpoint does not match its config.json)", path,
+                 n);
 }
 
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v) {

@@ -17,9 +17,11 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
     MoeConfig& e = c.model.moe;
     return {
         {"data", F::String, &c.data, "training text (UTF-8) or a token file"},
-        {"val_fraction", F::Double, &c.val_fraction, "share of the corpus (its end) kept for validation"},
+        {"val_fraction", F::Double, &c.val_fraction,
+         "share of the corpus (its end) kept for validation"},
         {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece"},
-        {"vocab_size", F::Int, &c.vocab_size, "sentencepiece vocabulary size (char: from the corpus)"},
+        {"vocab_size", F::Int, &c.vocab_size,
+         "sentencepiece vocabulary size (char: from the corpus)"},
         {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram"},
         {"n_layers", F::Int, &m.n_layers, "Transformer blocks (num_hidden_layers)"},
         {"d_model", F::Int, &m.d_model, "hidden size d"},
@@ -54,7 +56,8 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"w_load", F::Float, &e.w_load, "load loss weight"},
         {"w_switch", F::Float, &e.w_switch, "switch loss weight"},
         {"w_zloss", F::Float, &e.w_zloss, "router z-loss weight"},
-        {"bias_update_rate", F::Float, &e.bias_update_rate, "aux-loss-free balancing rate (0: off)"},
+        {"bias_update_rate", F::Float, &e.bias_update_rate,
+         "aux-loss-free balancing rate (0: off)"},
         {"batch_size", F::Int, &c.batch_size, "sequences per step B"},
         {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)"},
         {"stop_after", F::Int, &c.stop_after, "stop and save after this step (0: max_steps)"},
@@ -80,12 +83,17 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
 
 static const char* type_name(ConfigField::Type t) {
     switch (t) {
-        case ConfigField::Int: return "integer";
-        case ConfigField::U64: return "unsigned integer";
+        case ConfigField::Int:
+            return "integer";
+        case ConfigField::U64:
+            return "unsigned integer";
         case ConfigField::Double:
-        case ConfigField::Float: return "number";
-        case ConfigField::Bool: return "boolean";
-        default: return "string";
+        case ConfigField::Float:
+            return "number";
+        case ConfigField::Bool:
+            return "boolean";
+        default:
+            return "string";
     }
 }
 
@@ -169,9 +177,7 @@ void config_set(TrainConfig& c, const std::string& key_in, const std::string& va
     auto fields = config_fields(c);
     ConfigField* f = find_field(fields, key);
     if (!f) fail("unknown option --{} (config keys: {})", key_in, known_keys(c));
-    auto bad = [&] {
-        fail("option --{}: '{}' is not a {}", key_in, value, type_name(f->type));
-    };
+    auto bad = [&] { fail("option --{}: '{}' is not a {}", key_in, value, type_name(f->type)); };
     const char* s = value.c_str();
     char* end = nullptr;
     json v;
@@ -191,9 +197,12 @@ void config_set(TrainConfig& c, const std::string& key_in, const std::string& va
             break;
         }
         case ConfigField::Bool:
-            if (value == "true" || value == "1") v = true;
-            else if (value == "false" || value == "0") v = false;
-            else bad();
+            if (value == "true" || value == "1")
+                v = true;
+            else if (value == "false" || value == "0")
+                v = false;
+            else
+                bad();
             break;
         case ConfigField::String:
             v = value;
@@ -211,12 +220,24 @@ json config_to_json(const TrainConfig& cin) {
             continue;
         }
         switch (f.type) {
-            case ConfigField::Int: j[f.name] = *(int*)f.ptr; break;
-            case ConfigField::U64: j[f.name] = *(uint64_t*)f.ptr; break;
-            case ConfigField::Double: j[f.name] = *(double*)f.ptr; break;
-            case ConfigField::Float: j[f.name] = (double)*(float*)f.ptr; break;
-            case ConfigField::Bool: j[f.name] = *(bool*)f.ptr; break;
-            case ConfigField::String: j[f.name] = *(std::string*)f.ptr; break;
+            case ConfigField::Int:
+                j[f.name] = *(int*)f.ptr;
+                break;
+            case ConfigField::U64:
+                j[f.name] = *(uint64_t*)f.ptr;
+                break;
+            case ConfigField::Double:
+                j[f.name] = *(double*)f.ptr;
+                break;
+            case ConfigField::Float:
+                j[f.name] = (double)*(float*)f.ptr;
+                break;
+            case ConfigField::Bool:
+                j[f.name] = *(bool*)f.ptr;
+                break;
+            case ConfigField::String:
+                j[f.name] = *(std::string*)f.ptr;
+                break;
         }
     }
     return j;
@@ -257,8 +278,8 @@ void config_validate(const TrainConfig& c) {
                      m.d_model / m.n_heads));
     need(m.moe_every >= 0, fmt::format("moe_every={} (must be >= 0)", m.moe_every));
     if (m.moe_every > 0) {
-        need(m.moe.n_experts >= 1, fmt::format("n_experts={} (must be >= 1 when moe_every > 0)",
-                                               m.moe.n_experts));
+        need(m.moe.n_experts >= 1,
+             fmt::format("n_experts={} (must be >= 1 when moe_every > 0)", m.moe.n_experts));
         if (m.moe.router != "expert-choice")
             need(m.moe.top_k >= 1 && m.moe.top_k <= m.moe.n_experts,
                  fmt::format("top_k={} > n_experts={} (k must be in [1, E])", m.moe.top_k,
@@ -331,7 +352,8 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
             if (required) fail("{}: missing key '{}'", where, k);
             return def;
         }
-        if (!o[k].is_number_integer()) fail("{}: key '{}' must be an integer, got {}", where, k, o[k].dump());
+        if (!o[k].is_number_integer())
+            fail("{}: key '{}' must be an integer, got {}", where, k, o[k].dump());
         return o[k].get<int>();
     };
     auto get_num = [&](const json& o, const char* k, double def) -> double {
@@ -341,7 +363,8 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
     };
     auto get_bool = [&](const json& o, const char* k, bool def) -> bool {
         if (!o.contains(k)) return def;
-        if (!o[k].is_boolean()) fail("{}: key '{}' must be a boolean, got {}", where, k, o[k].dump());
+        if (!o[k].is_boolean())
+            fail("{}: key '{}' must be a boolean, got {}", where, k, o[k].dump());
         return o[k].get<bool>();
     };
     auto get_str = [&](const json& o, const char* k, const std::string& def) -> std::string {
@@ -394,7 +417,8 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         e.w_switch = (float)get_num(o, "w_switch", e.w_switch);
         e.w_zloss = (float)get_num(o, "w_zloss", 0.0);
         e.bias_update_rate = (float)get_num(o, "bias_update_rate", 0.0);
-        if (o.contains("seed") && o["seed"].is_number_unsigned()) m.seed = o["seed"].get<uint64_t>();
+        if (o.contains("seed") && o["seed"].is_number_unsigned())
+            m.seed = o["seed"].get<uint64_t>();
         if (o.contains("moe_seed") && o["moe_seed"].is_number_unsigned())
             e.seed = o["moe_seed"].get<uint64_t>();
     }

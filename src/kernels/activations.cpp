@@ -1,5 +1,7 @@
 #include "kernels/activations.h"
 
+#include "core/simd.h"
+
 #include <cmath>
 #include <cstring>
 
@@ -64,7 +66,7 @@ void swiglu_backward_ref(const float* h, const float* da, float* dh, int64_t row
 // with the scale 2^n built in the exponent bits; erf by Abramowitz & Stegun 7.1.26 (|err| < 1.5e-7).
 // No libm calls, so each loop vectorises; MOE_CLONES compiles it for AVX-512, AVX2 and baseline.
 
-#define MOE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define MOE_CLONES MOE_SIMD_CLONES  // src/core/simd.h: AVX-512, AVX2, baseline
 
 // always_inline: GCC will not inline a default-target function into a target_clones body
 // (different arch), and a call in the loop stops vectorisation. The bit casts go through a union

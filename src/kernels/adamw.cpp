@@ -5,7 +5,8 @@
 
 namespace moe {
 
-void adamw_update_ref(float* p, const float* g, float* m, float* v, size_t n, const AdamWParams& h) {
+void adamw_update_ref(float* p, const float* g, float* m, float* v, size_t n,
+                      const AdamWParams& h) {
     const float bc1 = 1.0f - (float)std::pow((double)h.beta1, (double)h.step);
     const float bc2 = 1.0f - (float)std::pow((double)h.beta2, (double)h.step);
     for (size_t i = 0; i < n; i++) {

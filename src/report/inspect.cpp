@@ -183,6 +183,26 @@ static int ansi_code(int e) {
     return k[e % 20];
 }
 
+// Black text on the light backgrounds, white on the dark ones.
+static const char* ansi_fg(int e) {
+    switch (ansi_code(e)) {
+        case 208:
+        case 142:
+        case 37:
+        case 214:
+        case 40:
+        case 184:
+        case 51:
+        case 250:
+        case 213:
+        case 205:
+        case 244:
+            return "\x1b[30m";
+        default:
+            return "\x1b[97m";
+    }
+}
+
 std::string routing_terminal(const std::vector<TokenRouting>& r, int only_layer, bool color) {
     std::string out;
     std::vector<int> layers = chosen_layers(routing_layers(r), only_layer);
@@ -190,7 +210,7 @@ std::string routing_terminal(const std::vector<TokenRouting>& r, int only_layer,
     if (color) {
         out += "experts: ";
         for (int e = 0; e < E; e++)
-            out += fmt::format("\x1b[48;5;{}m\x1b[97m {} \x1b[0m ", ansi_code(e), e);
+            out += fmt::format("\x1b[48;5;{}m{} {} \x1b[0m ", ansi_code(e), ansi_fg(e), e);
         out += "\n";
         for (int l : layers) {
             out += fmt::format("\nlayer {} (colour: first-choice expert)\n", l);
@@ -199,7 +219,7 @@ std::string routing_terminal(const std::vector<TokenRouting>& r, int only_layer,
                 int e = c && !c->experts.empty() ? c->experts[0] : -1;
                 std::string txt = t.text == "\n" ? "\xE2\x86\xB5" : visible_token(t.text);
                 if (e >= 0)
-                    out += fmt::format("\x1b[48;5;{}m\x1b[97m{}\x1b[0m", ansi_code(e), txt);
+                    out += fmt::format("\x1b[48;5;{}m{}{}\x1b[0m", ansi_code(e), ansi_fg(e), txt);
                 else
                     out += txt;
                 if (t.text.find('\n') != std::string::npos) out += "\n";

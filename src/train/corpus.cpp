@@ -17,7 +17,8 @@ std::string read_corpus_text(const std::string& path) {
     return text;
 }
 
-void split_text(const std::string& text, double val_fraction, std::string* train, std::string* val) {
+void split_text(const std::string& text, double val_fraction, std::string* train,
+                std::string* val) {
     size_t cut = (size_t)((double)text.size() * (1.0 - val_fraction));  // nanoGPT: int(n*0.9)
     while (cut > 0 && cut < text.size() && ((unsigned char)text[cut] >> 6) == 0x2) cut--;
     *train = text.substr(0, cut);
@@ -49,7 +50,8 @@ double evaluate_windows(Model& model, const std::vector<int32_t>& tokens, int S,
             std::copy(src + 1, src + S + 1, y.begin() + (size_t)b * S);
         }
         double loss = model.forward(x.data(), y.data(), B, S, /*training=*/false);
-        if (!std::isfinite(loss)) fail("evaluation: loss is {} on windows {}..{}", loss, w0, w0 + B - 1);
+        if (!std::isfinite(loss))
+            fail("evaluation: loss is {} on windows {}..{}", loss, w0, w0 + B - 1);
         total += loss * (double)B * S;
     }
     if (n_predicted) *n_predicted = n_win * S;

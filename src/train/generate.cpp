@@ -73,15 +73,16 @@ static void trace_tokens(FILE* f, Model& model, const Tokenizer& tok, const int3
                 }
             layers.push_back({{"layer", l}, {"experts", ex}, {"weights", w}});
         }
-        json j = {{"pos", pos0 + t}, {"token", ids[t]}, {"text", tok.piece(ids[t])}, {"layers", layers}};
+        json j = {
+            {"pos", pos0 + t}, {"token", ids[t]}, {"text", tok.piece(ids[t])}, {"layers", layers}};
         std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
         std::fwrite(s.data(), 1, s.size(), f);
     }
 }
 
-std::vector<int32_t> generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                              const SampleOptions& o, const std::function<void(int32_t)>& on_token,
-                              FILE* trace) {
+std::vector<int32_t> generate(Model& model, const Tokenizer& tok,
+                              const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<void(int32_t)>& on_token, FILE* trace) {
     const int S = model.config().block_size, V = model.config().vocab_size;
     if (prompt.empty()) fail("generate: empty prompt");
     for (int32_t id : prompt)

@@ -29,8 +29,8 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rn
 // fed again: every step sees min(n, block_size) tokens of context, exactly what a full forward
 // over the cropped context computes (nanoGPT's crop). on_token gets each new id; trace (or null)
 // gets one JSON line per prompt and generated token (docs/metrics.md).
-std::vector<int32_t> generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                              const SampleOptions& o, const std::function<void(int32_t)>& on_token,
-                              FILE* trace = nullptr);
+std::vector<int32_t> generate(Model& model, const Tokenizer& tok,
+                              const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<void(int32_t)>& on_token, FILE* trace = nullptr);
 
 }  // namespace moe

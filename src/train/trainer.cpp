@@ -39,7 +39,8 @@ std::vector<DecayRun> decay_runs(const Model& model) {
     for (auto& s : specs) {
         bool decay = !model.is_no_decay(s);
         size_t n = (size_t)s.shape.numel();
-        if (!runs.empty() && runs.back().decay == decay && runs.back().offset + runs.back().n == s.offset)
+        if (!runs.empty() && runs.back().decay == decay &&
+            runs.back().offset + runs.back().n == s.offset)
             runs.back().n += n;
         else
             runs.push_back({s.offset, n, decay});
@@ -121,8 +122,10 @@ TrainResult run_train(const TrainOptions& opt) {
     recover_checkpoint_dir(best_dir);
     recover_checkpoint_dir(latest_dir);
     if (!resuming && (dir_exists(best_dir) || dir_exists(latest_dir)))
-        fail("{} already holds a run (best/ or latest/): continue it with --resume {}, or choose "
-             "another --out, or delete it first", run_dir, run_dir);
+        fail(
+            "{} already holds a run (best/ or latest/): continue it with --resume {}, or choose "
+            "another --out, or delete it first",
+            run_dir, run_dir);
 
     // ---- data and tokenizer ----
     std::string text = read_corpus_text(cfg.data);
@@ -134,8 +137,9 @@ TrainResult run_train(const TrainOptions& opt) {
     } else {
         std::string tr, va;
         split_text(text, cfg.val_fraction, &tr, &va);
-        if (opt.progress) std::fprintf(stderr, "train: training SentencePiece (%s, %d)...\n",
-                                       cfg.sp_model_type.c_str(), cfg.vocab_size);
+        if (opt.progress)
+            std::fprintf(stderr, "train: training SentencePiece (%s, %d)...\n",
+                         cfg.sp_model_type.c_str(), cfg.vocab_size);
         tok = train_sentencepiece(tr, cfg.vocab_size, cfg.sp_model_type);
     }
     Corpus corpus = tokenize_corpus(text, cfg.val_fraction, *tok);
@@ -147,10 +151,14 @@ TrainResult run_train(const TrainOptions& opt) {
         fail("{}: the validation split has {} tokens, fewer than block_size + 1 = {}", cfg.data,
              corpus.val.size(), S + 1);
     if (resuming) {
-        int64_t nt = state.value("train_tokens", (int64_t)-1), nv = state.value("val_tokens", (int64_t)-1);
+        int64_t nt = state.value("train_tokens", (int64_t)-1),
+                nv = state.value("val_tokens", (int64_t)-1);
         if (nt != (int64_t)corpus.train.size() || nv != (int64_t)corpus.val.size())
-            fail("{}: the data changed since the checkpoint ({} / {} train / val tokens now, {} / {} "
-                 "then)", cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
+            fail(
+                "{}: the data changed since the checkpoint ({} / {} train / val tokens now, {} / "
+                "{} "
+                "then)",
+                cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
     }
     make_dirs(run_dir + "/data");
     if (!resuming) {
@@ -163,8 +171,9 @@ TrainResult run_train(const TrainOptions& opt) {
     if (resuming) {
         ModelConfig saved = load_model_config(resume_ckpt);
         if (model_config_to_hf(saved).dump() != model_config_to_hf(mcfg).dump())
-            fail("{}/config.json does not match the training config (model keys changed by a flag?)",
-                 resume_ckpt);
+            fail(
+                "{}/config.json does not match the training config (model keys changed by a flag?)",
+                resume_ckpt);
     }
     Model model(mcfg);
     const size_t P = model.n_params();
@@ -193,7 +202,8 @@ TrainResult run_train(const TrainOptions& opt) {
     // Fixed validation batches (same windows at every evaluation, so the curve is smooth).
     std::vector<int32_t> vx((size_t)cfg.eval_batches * B * S), vy(vx.size());
     {
-        BatchLoader vl(&corpus.val, B, S, cfg.seed ^ 0x5a5a5a5a5a5a5a5aULL, cfg.data + " (val split)");
+        BatchLoader vl(&corpus.val, B, S, cfg.seed ^ 0x5a5a5a5a5a5a5a5aULL,
+                       cfg.data + " (val split)");
         for (int i = 0; i < cfg.eval_batches; i++)
             vl.next(vx.data() + (size_t)i * B * S, vy.data() + (size_t)i * B * S);
     }
@@ -207,8 +217,8 @@ TrainResult run_train(const TrainOptions& opt) {
         return s / cfg.eval_batches;
     };
 
-    const int64_t last_step = cfg.stop_after > 0 ? std::min<int64_t>(cfg.stop_after, cfg.max_steps)
-                                                 : cfg.max_steps;
+    const int64_t last_step =
+        cfg.stop_after > 0 ? std::min<int64_t>(cfg.stop_after, cfg.max_steps) : cfg.max_steps;
     const int save_every = cfg.save_every > 0 ? cfg.save_every : cfg.eval_every;
     auto make_state = [&](bool with_loader) {
         json s = {{"format_version", 1},
@@ -242,12 +252,13 @@ TrainResult run_train(const TrainOptions& opt) {
     const char* nan_env = getenv("MOE_TEST_NAN_AT_STEP");
     const int64_t nan_at = nan_env ? atoll(nan_env) : -1;
     if (opt.progress)
-        std::fprintf(stderr,
-                     "train: %s, %zu params, %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
-                     "set-up %.1fs\n",
-                     run_dir.c_str(), P, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
-                     tok->kind().c_str(), (long long)step + 1, (long long)last_step,
-                     now_seconds() - t_setup0);
+        std::fprintf(
+            stderr,
+            "train: %s, %zu params, %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
+            "set-up %.1fs\n",
+            run_dir.c_str(), P, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
+            tok->kind().c_str(), (long long)step + 1, (long long)last_step,
+            now_seconds() - t_setup0);
 
     TrainResult res;
     double log_t0 = train_time;
@@ -271,15 +282,17 @@ TrainResult run_train(const TrainOptions& opt) {
                  dir_exists(latest_dir) ? latest_dir : "none");
         }
         if (!std::isfinite(loss))
-            fail("step {}: training loss is {} (learning rate {:.3g} too high?); training stopped, "
-                 "the last good checkpoint is {}",
-                 t, loss, lr_at(cfg, t), dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
+            fail(
+                "step {}: training loss is {} (learning rate {:.3g} too high?); training stopped, "
+                "the last good checkpoint is {}",
+                t, loss, lr_at(cfg, t),
+                dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
         model.backward();
         float* g = model.grad_data();
         double gnorm = clip_grad_norm(g, P, cfg.grad_clip);
         if (!std::isfinite(gnorm))
-            fail("step {}: gradient norm is {}; training stopped, the last good checkpoint is {}", t,
-                 gnorm, dir_exists(latest_dir) ? latest_dir : "none");
+            fail("step {}: gradient norm is {}; training stopped, the last good checkpoint is {}",
+                 t, gnorm, dir_exists(latest_dir) ? latest_dir : "none");
         const double lr = lr_at(cfg, t);
         AdamWParams h;
         h.lr = (float)lr;
@@ -303,16 +316,19 @@ TrainResult run_train(const TrainOptions& opt) {
         MetricsLine line;
         if (do_log) {
             double dt = train_time - log_t0;
-            line = metrics.collect(model, step, lr, loss, gnorm,
-                                   dt > 0 ? (double)(step - log_step0) * B * S / dt : 0, train_time);
+            line =
+                metrics.collect(model, step, lr, loss, gnorm,
+                                dt > 0 ? (double)(step - log_step0) * B * S / dt : 0, train_time);
             log_t0 = train_time;
             log_step0 = step;
         }
         if (do_eval) {
             last_val = evaluate();
             if (!std::isfinite(last_val))
-                fail("step {}: validation loss is {}; training stopped, the last good checkpoint is {}",
-                     step, last_val, dir_exists(latest_dir) ? latest_dir : "none");
+                fail(
+                    "step {}: validation loss is {}; training stopped, the last good checkpoint is "
+                    "{}",
+                    step, last_val, dir_exists(latest_dir) ? latest_dir : "none");
             line.val_loss = last_val;
             if (last_val < best_val) {
                 best_val = last_val;

@@ -19,7 +19,9 @@ static std::string tmp_dir(const char* name) {
     return d;
 }
 
-static std::string shakespeare() { return read_file(test::source_dir() + "/data/tinyshakespeare.txt"); }
+static std::string shakespeare() {
+    return read_file(test::source_dir() + "/data/tinyshakespeare.txt");
+}
 
 TEST(CharTokenizer, ShakespeareVocabIsNanoGptOrder) {
     std::string text = shakespeare();
@@ -249,7 +251,9 @@ static std::string error_of(const std::function<void()>& f) {
 
 TEST(Config, ErrorsNameTheKey) {
     TrainConfig c;
-    std::string m = error_of([&] { config_apply_json(c, nlohmann::json{{"n_layer", 3}}, "x.json"); });
+    std::string m = error_of([&] {
+        config_apply_json(c, nlohmann::json{{"n_layer", 3}}, "x.json");
+    });
     EXPECT_NE(m.find("unknown config key 'n_layer'"), std::string::npos) << m;
     EXPECT_NE(m.find("x.json"), std::string::npos) << m;
     m = error_of([&] { config_set(c, "learning_rate", "1"); });

@@ -133,8 +133,11 @@ TEST(Model, ParamTableHasHfNamesAndTilesTheBuffer) {
     EXPECT_EQ(m.moe_layer(0), nullptr);
     ASSERT_NE(m.moe_layer(1), nullptr);
     // k_proj of a grouped-query model is [Hkv*hd, d]
-    for (const ParamSpec& p : m.params())
-        if (p.name == "model.layers.0.self_attn.k_proj.weight") EXPECT_EQ(p.shape, Shape({4, 8}));
+    for (const ParamSpec& p : m.params()) {
+        if (p.name == "model.layers.0.self_attn.k_proj.weight") {
+            EXPECT_EQ(p.shape, Shape({4, 8}));
+        }
+    }
     // tied: no lm_head tensor
     c.tie_embeddings = true;
     Model t(c);

@@ -102,5 +102,15 @@ check "generate: trace has 6 + 30 lines" test "$(wc -l < "$W/trace.jsonl")" = 36
 expect_fail "generate: symbol outside vocab" "symbol '§' at byte 2" $MOE generate "$W/a" --prompt "ab§"
 expect_fail "eval: not a checkpoint" "not a checkpoint folder" $MOE eval "$W/emptyrun"
 
+# 8. SentencePiece: trained on the training split, saved as tokenizer.model, resumable.
+head -c 120000 data/tinyshakespeare.txt > "$W/small.txt"
+SP=(--data "$W/small.txt" --tokenizer sentencepiece --vocab-size 400 --max-steps 20)
+$T --out "$W/sp" "${SP[@]}" > /dev/null || bad "sentencepiece run"
+check "sentencepiece: tokenizer.model saved" test -f "$W/sp/best/tokenizer.model"
+check "sentencepiece: eval" $MOE eval "$W/sp" --json --threads 1
+$T --out "$W/sp2" "${SP[@]}" --stop-after 10 > /dev/null || bad "sentencepiece stop"
+$MOE train --resume "$W/sp2" --quiet > /dev/null || bad "sentencepiece resume"
+check "sentencepiece: resume bit-identical" cmp -s "$W/sp/latest/model.safetensors" "$W/sp2/latest/model.safetensors"
+
 if [ $fails -ne 0 ]; then echo "$fails e2e check(s) failed"; exit 1; fi
 echo "all e2e train checks passed"

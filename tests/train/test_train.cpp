@@ -124,9 +124,9 @@ TEST(Schedule, WarmupCosineValues) {
     c.max_steps = 110;
     EXPECT_NEAR(lr_at(c, 1), 1e-3 / 11, 1e-12);
     EXPECT_NEAR(lr_at(c, 10), 1e-3 * 10 / 11, 1e-12);
-    EXPECT_NEAR(lr_at(c, 11), 1e-3, 1e-12);          // it = 10: cosine starts at lr
-    EXPECT_NEAR(lr_at(c, 61), 5.5e-4, 1e-12);        // half way: (lr + min_lr) / 2
-    EXPECT_NEAR(lr_at(c, 111), 1e-4, 1e-12);         // end: min_lr
+    EXPECT_NEAR(lr_at(c, 11), 1e-3, 1e-12);    // it = 10: cosine starts at lr
+    EXPECT_NEAR(lr_at(c, 61), 5.5e-4, 1e-12);  // half way: (lr + min_lr) / 2
+    EXPECT_NEAR(lr_at(c, 111), 1e-4, 1e-12);   // end: min_lr
     EXPECT_NEAR(lr_at(c, 500), 1e-4, 1e-12);
     EXPECT_NEAR(lr_at(c, 36), 1e-4 + 0.5 * (1 + std::cos(M_PI * 0.25)) * 9e-4, 1e-12);
     c.lr_decay_steps = 60;
@@ -258,9 +258,11 @@ TEST_F(CkptFixture, CorruptionsAreNamedErrors) {
         SafetensorsReader r(st);
         SafetensorsWriter w;
         for (auto& n : r.names())
-            if (n != "model.layers.0.self_attn.q_proj.weight") w.add(n, r.get(n).shape, r.get(n).data.data());
+            if (n != "model.layers.0.self_attn.q_proj.weight")
+                w.add(n, r.get(n).shape, r.get(n).data.data());
         w.save(st);
-        expect("missing tensor", {"model.safetensors", "missing tensor model.layers.0.self_attn.q_proj.weight"});
+        expect("missing tensor",
+               {"model.safetensors", "missing tensor model.layers.0.self_attn.q_proj.weight"});
     }
     {  // wrong shape
         SafetensorsReader r(st);
@@ -307,7 +309,8 @@ TEST_F(CkptFixture, CorruptionsAreNamedErrors) {
         std::vector<float> m2(m.size()), v2(v.size());
         std::string e = error_of([&] { load_optimizer(*model, ck, m2.data(), v2.data()); });
         EXPECT_NE(e.find("optimizer.safetensors: missing tensor lm_head.weight.exp_avg_sq"),
-                  std::string::npos) << e;
+                  std::string::npos)
+            << e;
     }
     fs::remove(ck + "/vocab.json");
     std::string e = error_of([&] { load_model(ck); });
@@ -319,9 +322,8 @@ TEST_F(CkptFixture, FullDiskKeepsThePreviousCheckpoint) {
     model->param_data()[0] += 1.f;
     for (const char* budget : {"0", "1000", "20000"}) {
         setenv("MOE_TEST_CKPT_FAIL_AFTER_BYTES", budget, 1);
-        std::string e = error_of([&] {
-            save_checkpoint(root + "/ck", *model, *tok, m.data(), v.data(), &state);
-        });
+        std::string e = error_of(
+            [&] { save_checkpoint(root + "/ck", *model, *tok, m.data(), v.data(), &state); });
         unsetenv("MOE_TEST_CKPT_FAIL_AFTER_BYTES");
         EXPECT_NE(e.find("No space left on device"), std::string::npos) << budget << ": " << e;
         EXPECT_EQ(read_file(root + "/ck/model.safetensors"), before);
@@ -398,7 +400,8 @@ TEST(Generate, GreedyEqualsArgmaxOfFullRecompute) {
         c.moe.bias_update_rate = 0;
         Model model(c);
         model.init_params(11);
-        auto tok = char_tokenizer_from_symbols({"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"});
+        auto tok =
+            char_tokenizer_from_symbols({"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"});
         std::vector<int32_t> prompt = {1, 4, 2};
         SampleOptions o;
         o.temperature = 0;
