@@ -61,6 +61,7 @@ static int run_generate(const GenerateOptions& o) {
     std::string text = tok.decode(out);
     if (tok.kind() != "char") std::fputs(text.c_str(), stdout);
     std::printf("\n");
+    std::fflush(stdout);  // the sample before the figures, also when both go to one file
     std::fprintf(stderr, "generate: %zu prompt + %zu new tokens in %.2f s (%.1f tokens/s)\n",
                  prompt.size(), out.size(), dt, out.size() / std::max(1e-9, dt));
     if (o.json) {

@@ -121,6 +121,9 @@ class MoeLayer {
     // forward's tokens_per_expert. Call once per optimizer step.
     void update_balance_bias();
     std::vector<float>& balance_bias() { return balance_bias_; }
+    // The layer's random stream (noise, jitter, u, dropout draws): saved in checkpoints so a
+    // resumed run with a noisy router continues bit-identically.
+    Rng& rng();
 
     const MoeStats& stats() const { return stats_; }
     const AuxLosses& aux() const { return aux_; }

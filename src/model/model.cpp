@@ -263,7 +263,11 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg), impl_(new Impl) {
         add(pre + "self_attn.o_proj.weight", {d, qd});
         add(pre + "post_attention_layernorm.weight", {d});
         if (cfg_.is_moe_layer(l)) {
-            m.moe[l] = std::make_unique<MoeLayer>(cfg_.moe);
+            // Each layer its own noise stream: the same seed everywhere would give every layer
+            // the same router noise (noisy-topk, jitter, GShard's u, gate dropout).
+            MoeConfig lc = cfg_.moe;
+            lc.seed = cfg_.moe.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1);
+            m.moe[l] = std::make_unique<MoeLayer>(lc);
             size_t base = off;
             for (const ParamSpec& p : m.moe[l]->params())
                 m.specs.push_back({moe_param_name(l, p.name), p.shape, base + p.offset});

@@ -470,4 +470,6 @@ std::vector<MoeLayer::Assignment> MoeLayer::last_assignments() const {
     return out;
 }
 
+Rng& MoeLayer::rng() { return impl_->rng; }
+
 }  // namespace moe

@@ -187,6 +187,11 @@ TrainResult run_train(const TrainOptions& opt) {
         load_optimizer(model, resume_ckpt, adam_m.data(), adam_v.data());
         step = state["step"].get<int64_t>();
         loader.set_state(state["loader"]);
+        if (state.contains("moe_layer_rngs"))  // router noise streams (noisy routers resume exactly)
+            for (int l = 0; l < mcfg.n_layers; l++)
+                if (MoeLayer* ml = model.moe_layer(l); ml && state["moe_layer_rngs"].contains(std::to_string(l)))
+                    rng_from_json(ml->rng(), state["moe_layer_rngs"][std::to_string(l)],
+                                  resume_ckpt + "/trainer_state.json");
         if (state.contains("best_val_loss") && state["best_val_loss"].is_number())
             best_val = state["best_val_loss"].get<double>();
         best_step = state.value("best_step", (int64_t)0);
@@ -233,6 +238,10 @@ TrainResult run_train(const TrainOptions& opt) {
                   {"val_tokens", (int64_t)corpus.val.size()},
                   {"tokenizer", tok->kind()}};
         if (with_loader) s["loader"] = loader.state();
+        json layer_rngs = json::object();
+        for (int l = 0; l < mcfg.n_layers; l++)
+            if (MoeLayer* ml = model.moe_layer(l)) layer_rngs[std::to_string(l)] = rng_to_json(ml->rng());
+        s["moe_layer_rngs"] = layer_rngs;
         return s;
     };
     auto save_latest = [&]() {

@@ -112,5 +112,13 @@ $T --out "$W/sp2" "${SP[@]}" --stop-after 10 > /dev/null || bad "sentencepiece s
 $MOE train --resume "$W/sp2" --quiet > /dev/null || bad "sentencepiece resume"
 check "sentencepiece: resume bit-identical" cmp -s "$W/sp/latest/model.safetensors" "$W/sp2/latest/model.safetensors"
 
+# 9. A noisy router (noise, jitter, gate dropout drawn in training): the layers' random streams are
+# saved in trainer_state.json, so stop + resume is still bit-identical.
+NZ=(--router noisy-topk --w-load 0.01 --max-steps 20)
+$T --out "$W/nz" "${NZ[@]}" > /dev/null || bad "noisy run"
+$T --out "$W/nz2" "${NZ[@]}" --stop-after 10 > /dev/null || bad "noisy stop"
+$MOE train --resume "$W/nz2" --quiet > /dev/null || bad "noisy resume"
+check "noisy router: resume bit-identical" cmp -s "$W/nz/latest/model.safetensors" "$W/nz2/latest/model.safetensors"
+
 if [ $fails -ne 0 ]; then echo "$fails e2e check(s) failed"; exit 1; fi
 echo "all e2e train checks passed"
