@@ -438,3 +438,41 @@ TEST(MoeLayer, BadInputIsRejected) {
     expect_shapes([&] { L.backward({y.data(), {T - 1, d}}, {dx.data(), {T, d}}); }, "[4, 5]",
                   "[3, 5]");
 }
+
+// Aux-loss-free balancing (DeepSeek-V3): with a router that sends most tokens to expert 0, the
+// selection bias must move load away from it step by step, and never change the weights' formula
+// (the combine weights still come from the unbiased scores).
+TEST(MoeLayer, BalanceBiasEvensOutLoad) {
+    MoeConfig c = small_config("topk");
+    c.n_experts = 4;
+    c.top_k = 1;
+    c.bias_update_rate = 0.002f;
+    MoeLayer layer(c);
+    layer.init_params(3);
+    const int T = 256, d = c.d_model;
+    // Diverse tokens (random router rows, N(0,1) inputs) plus one input feature that only expert
+    // 0's router row reads: expert 0 wins most tokens, but not all, so a bias can rebalance.
+    float* wg = layer.param_data() + layer.param("router.weight").offset;
+    std::vector<float> w = test::randn((size_t)c.n_experts * d, 9);
+    for (int e = 0; e < c.n_experts; e++)
+        for (int j = 0; j < d; j++) wg[(size_t)e * d + j] = j == 0 ? (e == 0 ? 3.0f : 0.f) : w[(size_t)e * d + j];
+    std::vector<float> x = test::randn((size_t)T * d, 5), y((size_t)T * d);
+    for (int t = 0; t < T; t++) x[(size_t)t * d] = 1.0f;
+    layer.forward(ConstTensorView(x.data(), Shape{T, d}), TensorView(y.data(), Shape{T, d}), false);
+    const double cv_before = layer.stats().load_cv;
+    const int64_t load0_before = layer.stats().tokens_per_expert[0];
+    ASSERT_GT(load0_before, T / 2) << "the set-up should overload expert 0";
+    for (int step = 0; step < 300; step++) {
+        layer.update_balance_bias();
+        layer.forward(ConstTensorView(x.data(), Shape{T, d}), TensorView(y.data(), Shape{T, d}),
+                      false);
+    }
+    EXPECT_LT(layer.balance_bias()[0], 0.f);
+    EXPECT_LT(layer.stats().tokens_per_expert[0], load0_before);
+    EXPECT_LT(layer.stats().load_cv, 0.5 * cv_before);
+    // Weights are the unbiased softmax probabilities of the chosen expert: each in (0, 1].
+    for (const auto& a : layer.last_assignments()) {
+        EXPECT_GT(a.weight, 0.f);
+        EXPECT_LE(a.weight, 1.f);
+    }
+}
