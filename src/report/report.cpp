@@ -406,6 +406,10 @@ ReportResult run_report(const ReportOptions& opt_in) {
              "or a trainer that did not log <code>layers</code>).</p>\n";
     } else {
         std::string warn_html;
+        auto add_warning = [&](const std::string& w) {  // one line in the page, one in the result
+            warn_html += "<div class=\"warn\">&#9888; " + html_escape(w) + "</div>\n";
+            res.warnings.push_back(w);
+        };
         for (auto& s : ls) {
             if (s.E == 0 || s.steps.empty()) continue;
             double near_zero = opt.collapse_share / s.E;
@@ -416,8 +420,7 @@ ReportResult run_report(const ReportOptions& opt_in) {
                     "(steps {}–{}{}, mean share {:.4f})",
                     s.layer, ev.expert, near_zero, ev.n_steps, ev.first_step, ev.last_step,
                     ev.last_step == s.steps.back() ? ", still at the end" : "", ev.mean_share);
-                warn_html += "<div class=\"warn\">&#9888; " + html_escape(w) + "</div>\n";
-                res.warnings.push_back(w);
+                add_warning(w);
             }
             for (auto& ev : find_dominance(s.steps, s.shares, max_share, opt.dominance_steps)) {
                 std::string w = fmt::format(
@@ -425,8 +428,7 @@ ReportResult run_report(const ReportOptions& opt_in) {
                     "(steps {}–{}{}, mean share {:.2f})",
                     s.layer, ev.expert, max_share, ev.n_steps, ev.first_step, ev.last_step,
                     ev.last_step == s.steps.back() ? ", still at the end" : "", ev.mean_share);
-                warn_html += "<div class=\"warn\">&#9888; " + html_escape(w) + "</div>\n";
-                res.warnings.push_back(w);
+                add_warning(w);
             }
         }
         if (warn_html.empty())
