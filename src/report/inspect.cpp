@@ -29,17 +29,21 @@ std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const s
     try {
         ids = tok.encode(text);
     } catch (const Error& e) {
-        fail("the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}", tok.kind(),
+        fail("the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}; use only "
+             "characters the model was trained on",
+             tok.kind(),
              tok.vocab_size(), e.what());
     }
-    if (ids.empty()) fail("the text is empty: nothing to route");
+    if (ids.empty()) fail("the text is empty: nothing to route; give some text");
     if (max_tokens > 0 && (int)ids.size() > max_tokens) ids.resize(max_tokens);
     const ModelConfig& mc = model.config();
     std::vector<int> layers;
     for (int l = 0; l < mc.n_layers; l++)
         if (model.moe_layer(l)) layers.push_back(l);
     if (layers.empty())
-        fail("the model has no MoE layer (moe_every = {}): nothing to inspect", mc.moe_every);
+        fail("the model has no MoE layer (moe_every = {}): nothing to inspect; give a MoE "
+             "checkpoint",
+             mc.moe_every);
     std::vector<TokenRouting> out(ids.size());
     for (size_t i = 0; i < ids.size(); i++) {
         out[i].pos = (int)i;
@@ -111,7 +115,7 @@ static std::vector<int> chosen_layers(const std::vector<int>& all, int only_laye
     if (std::find(all.begin(), all.end(), only_layer) == all.end()) {
         std::string have;
         for (int l : all) have += (have.empty() ? "" : ", ") + std::to_string(l);
-        fail("--layer {}: not a MoE layer here (MoE layers: {})", only_layer, have);
+        fail("--layer {}: not a MoE layer here; give one of the MoE layers: {}", only_layer, have);
     }
     return {only_layer};
 }
@@ -125,7 +129,8 @@ static const LayerChoice* find_layer(const TokenRouting& t, int layer) {
 RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
                                    const std::vector<std::string>& vocab_text, int n_experts,
                                    const std::string& by) {
-    if (by != "char-class" && by != "token") fail("--by {}: expected char-class or token", by);
+    if (by != "char-class" && by != "token")
+        usage_fail("--by {}: expected char-class or token; give one of those", by);
     RoutingAggregate a;
     a.by = by;
     a.n_tokens = (int)routing.size();
@@ -133,6 +138,12 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
     int max_id = -1;
     for (auto& t : routing) max_id = std::max(max_id, (int)t.token);
     a.vocab = std::max((int)vocab_text.size(), max_id + 1);
+    // The tables are E x classes and E x vocab per layer: refuse sizes no real model has rather
+    // than allocate them (a trace's token ids and experts are read from a file).
+    if ((double)a.n_experts * a.vocab > (double)(1 << 26))
+        fail("routing names {} experts and token ids up to {}: an aggregate table of {:.3g} "
+             "entries is too large; is this a `moe generate --trace` file of this model?",
+             a.n_experts, a.vocab - 1, (double)a.n_experts * a.vocab);
     a.vocab_text = vocab_text;
     a.vocab_text.resize(a.vocab);
     for (auto& t : routing)  // traces carry the text of each token
@@ -162,7 +173,10 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
             for (size_t j = 0; j < c->experts.size(); j++) {
                 int e = c->experts[j];
                 if (e < 0 || !c->kept[j]) continue;
-                if (e >= E) fail("routing of token {} names expert {} but there are {}", i, e, E);
+                if (e >= E)
+                    fail("routing of token {} names expert {} but there are {}; is this trace "
+                         "from this model?",
+                         i, e, E);
                 L.counts[(size_t)e * C + cls[i]] += 1;
                 if (routing[i].token >= 0) L.token_counts[(size_t)e * V + routing[i].token] += 1;
             }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 #include "moe/report.h"
@@ -25,8 +26,15 @@ std::vector<int> MetricsLog::moe_layers() const {
 static double num_or_nan(const json& j, const char* key) {
     auto it = j.find(key);
     if (it == j.end() || !it->is_number()) return NAN;
-    return it->get<double>();
+    double x = it->get<double>();
+    return std::isfinite(x) ? x : NAN;
 }
+
+// Ranges of what a metrics line or a trace line may hold (checked with include/moe/checked.h;
+// a value outside makes the line skipped, with the reason).
+static const Range kStepRange = Range::in(0, 1e15), kLayerRange = Range::in(0, 1023),
+                   kExpertRange = Range::in(0, 65535), kTokenRange = Range::in(-1, (1 << 24) - 1),
+                   kPosRange = Range::in(0, 1e12), kCountRange = Range::in(0, 1e15);
 
 // Splits into lines, calling fn(line_number, line, ends_with_newline) for each non-blank one.
 template <typename Fn>
@@ -48,20 +56,20 @@ static void for_each_line(const std::string& text, Fn fn) {
 static LayerMetrics parse_layer(const json& l) {
     LayerMetrics m;
     if (!l.is_object()) throw std::runtime_error("a layers entry is not an object");
-    if (!l.contains("layer") || !l["layer"].is_number_integer())
-        throw std::runtime_error("a layers entry has no integer \"layer\"");
-    m.layer = l["layer"].get<int>();
+    if (!l.contains("layer")) throw std::runtime_error("a layers entry has no \"layer\"");
+    m.layer = (int)checked_int(l["layer"], "\"layer\"", kLayerRange);
     if (l.contains("tokens_per_expert")) {
         const json& t = l["tokens_per_expert"];
         if (!t.is_array()) throw std::runtime_error("tokens_per_expert is not an array");
         for (auto& v : t) {
-            if (!v.is_number()) throw std::runtime_error("tokens_per_expert has a non-number");
-            m.tokens_per_expert.push_back((int64_t)v.get<double>());
+            if (m.tokens_per_expert.size() > (size_t)kExpertRange.hi)
+                throw std::runtime_error("tokens_per_expert has too many entries");
+            m.tokens_per_expert.push_back(checked_int(v, "tokens_per_expert", kCountRange));
         }
     }
     double d = num_or_nan(l, "dropped"), r = num_or_nan(l, "routed");
-    m.dropped = std::isfinite(d) ? (int64_t)d : 0;
-    m.routed = std::isfinite(r) ? (int64_t)r : 0;
+    m.dropped = kCountRange.contains(d) ? (int64_t)d : 0;
+    m.routed = kCountRange.contains(r) ? (int64_t)r : 0;
     m.load_cv = num_or_nan(l, "load_cv");
     m.router_entropy = num_or_nan(l, "router_entropy");
     m.mean_top1_weight = num_or_nan(l, "mean_top1_weight");
@@ -83,17 +91,20 @@ MetricsLog parse_metrics(const std::string& text, const std::string& where) {
         json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded()) return skip("not valid JSON");
         if (!j.is_object()) return skip("not a JSON object");
-        if (!j.contains("step") || !j["step"].is_number_integer())
-            return skip("no integer \"step\"");
+        if (!j.contains("step")) return skip("no integer \"step\"");
         MetricsRow r;
-        r.step = j["step"].get<int64_t>();
+        try {
+            r.step = checked_int(j["step"], "\"step\"", kStepRange);
+        } catch (const Error& e) {
+            return skip(e.what());
+        }
         r.lr = num_or_nan(j, "lr");
         r.train_loss = num_or_nan(j, "train_loss");
         r.val_loss = num_or_nan(j, "val_loss");
         r.tokens_per_s = num_or_nan(j, "tokens_per_s");
         r.elapsed_s = num_or_nan(j, "elapsed_s");
         for (auto it = j.begin(); it != j.end(); ++it)
-            if (it->is_number() && it.key() != "step") r.scalars[it.key()] = it->get<double>();
+            if (it->is_number() && it.key() != "step") r.scalars[it.key()] = num_or_nan(j, it.key().c_str());
         if (j.contains("layers")) {
             if (!j["layers"].is_array()) return skip("\"layers\" is not an array");
             try {
@@ -117,7 +128,8 @@ MetricsLog parse_metrics(const std::string& text, const std::string& where) {
 
 MetricsLog read_metrics(const std::string& run_dir) {
     std::string path = run_dir + "/metrics.jsonl";
-    if (!dir_exists(run_dir)) fail("{}: no such run folder", run_dir);
+    if (!dir_exists(run_dir))
+        fail("{}: no such run folder; give a run folder written by `moe train`", run_dir);
     if (!file_exists(path))
         fail(
             "{}: no metrics.jsonl in this folder; `moe report` needs a run folder written by "
@@ -140,20 +152,32 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
         if (j.is_discarded() || !j.is_object()) return skip("not a JSON object");
         if (!j.contains("layers") || !j["layers"].is_array()) return skip("no \"layers\" array");
         TokenRouting t;
-        t.pos = j.value("pos", (int)out.size());
-        t.token = j.value("token", -1);
+        try {
+            t.pos = (int)json_int(j, "pos", "", kPosRange, (int64_t)out.size());
+            t.token = (int)json_int(j, "token", "", kTokenRange, -1);
+        } catch (const Error& e) {
+            return skip(e.what());
+        }
         t.text = j.contains("text") && j["text"].is_string() ? j["text"].get<std::string>() : "";
+        if (j["layers"].size() > (size_t)kLayerRange.hi) return skip("too many layers");
         for (auto& l : j["layers"]) {
             if (!l.is_object() || !l.contains("experts") || !l["experts"].is_array())
                 return skip("a layer without \"experts\"");
+            if (l["experts"].size() > (size_t)kExpertRange.hi) return skip("too many experts");
             LayerChoice c;
-            c.layer = l.value("layer", (int)t.layers.size());
             std::vector<std::pair<float, int>> ew;
-            const json& ws = l.contains("weights") ? l["weights"] : json::array();
-            for (size_t i = 0; i < l["experts"].size(); i++) {
-                if (!l["experts"][i].is_number_integer()) return skip("an expert is not an int");
-                float w = i < ws.size() && ws[i].is_number() ? ws[i].get<float>() : NAN;
-                ew.push_back({w, l["experts"][i].get<int>()});
+            try {
+                c.layer = (int)json_int(l, "layer", "", kLayerRange, (int64_t)t.layers.size());
+                const json& ws = l.contains("weights") ? l["weights"] : json::array();
+                for (size_t i = 0; i < l["experts"].size(); i++) {
+                    int e = (int)checked_int(l["experts"][i], "an expert", kExpertRange);
+                    float w = ws.is_array() && i < ws.size()
+                                  ? (float)checked_num(ws[i], "a weight", Range::in(-1e30, 1e30))
+                                  : NAN;
+                    ew.push_back({w, e});
+                }
+            } catch (const Error& e) {
+                return skip(e.what());
             }
             std::stable_sort(ew.begin(), ew.end(),
                              [](auto& a, auto& b) { return a.first > b.first; });
@@ -174,7 +198,6 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
 }
 
 std::vector<TokenRouting> read_trace(const std::string& path, int* skipped) {
-    if (!file_exists(path)) fail("{}: trace file not found", path);
     return parse_trace(read_file(path), path, skipped);
 }
 
