@@ -96,17 +96,13 @@ static void register_generate(CLI::App& app) {
                 "softmax temperature; 0 = greedy");
     add_checked(sub, "--top-k", o->sample.top_k, Range::in(0, 1 << 24),
                 "keep the k most likely tokens (0 = off)");
-    add_checked(sub, "--top-p", o->sample.top_p, Range::in(0, 1),
-                "nucleus sampling mass (1 = off; must be > 0)");
+    add_checked(sub, "--top-p", o->sample.top_p, Range{0, 1, /*lo_open=*/true, false},
+                "nucleus sampling mass (1 = off)");
     add_checked(sub, "--seed", o->sample.seed, Range::at_least(0), "sampling seed");
     sub->add_option("--trace", o->trace, "write per-token routing as JSON lines to FILE");
     add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
     sub->add_flag("--json", o->json, "last stdout line: one JSON object (text, tokens/s)");
     sub->callback([o]() {
-        if (!(o->sample.top_p > 0))
-            usage_fail("--top-p: {} is not allowed (expected finite number in (0, 1]); give a "
-                       "value in that range",
-                       o->sample.top_p);
         exit_code() = run_generate(*o);
     });
 }

@@ -37,6 +37,7 @@ bool Range::allows(const std::string& s) const {
 }
 
 static std::string num_str(double x) {
+    if (x >= 1.8e19) return "2^64-1";
     if (x == std::floor(x) && std::fabs(x) < 1e15) return fmt::format("{}", (int64_t)x);
     return fmt::format("{:g}", x);
 }

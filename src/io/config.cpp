@@ -89,7 +89,7 @@ static const char* type_name(ConfigField::Type t) {
         case ConfigField::Int:
             return "integer";
         case ConfigField::U64:
-            return "unsigned integer";
+            return "uint64";
         case ConfigField::Double:
         case ConfigField::Float:
             return "number";
@@ -240,7 +240,7 @@ std::string config_keys_help() {
                                                                    : std::string("path or text"))
                             : f.type == ConfigField::Int    ? int_field_range(f).describe(true)
                                                             : f.range.describe(false);
-        s += fmt::format("  {:<20} {:<8} default {:<26} {}\n  {:<20} {}\n", f.name,
+        s += fmt::format("  {:<20} {:<8} default {:<24} {}\n  {:<20} {}\n", f.name,
                          type_name(f.type), def, range, "", f.help);
     }
     return s;
