@@ -298,6 +298,8 @@ std::vector<std::string> find_traces(const std::string& run_dir) {
 ReportResult run_report(const ReportOptions& opt_in) {
     ReportOptions opt = opt_in;
     MetricsLog log = read_metrics(opt.run_dir);
+    // Inputs checked before the output folder is made: a refused run leaves nothing behind.
+    if (!opt.probe_text.empty()) check_readable_file(opt.probe_text);
     std::string gnuplot = find_gnuplot();
     if (opt.out.empty()) opt.out = opt.run_dir + "/report/report.html";
     fs::path out_path(opt.out);

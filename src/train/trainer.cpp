@@ -142,7 +142,6 @@ TrainResult run_train(const TrainOptions& opt) {
         run_dir = resume_ckpt.find('/') == std::string::npos ? "." : parent;
     }
     if (run_dir.empty()) usage_fail("--out: no run folder; give --out DIR");
-    make_dirs(run_dir);
     const std::string best_dir = run_dir + "/best", latest_dir = run_dir + "/latest";
     const std::string metrics_path = run_dir + "/metrics.jsonl";
     recover_checkpoint_dir(best_dir);
@@ -188,7 +187,7 @@ TrainResult run_train(const TrainOptions& opt) {
                 "{} then); resume with the same data, or start a new run",
                 cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
     }
-    make_dirs(run_dir + "/data");
+    make_dirs(run_dir + "/data");  // the run folder too: only once the data is known good
     if (!resuming) {
         write_token_file(run_dir + "/data/train.tok", corpus.train, tok->vocab_size(), tok->kind());
         write_token_file(run_dir + "/data/val.tok", corpus.val, tok->vocab_size(), tok->kind());

@@ -3,7 +3,8 @@
   - the exit code (1 bad input, 2 usage error, 0 for the edge cases that must succeed),
   - for an error: stderr is exactly one line `moe: error: <where>: <what>; <what to do>`, holding
     the case's fragment (no raw library text, no sanitizer report, no second line),
-  - no input file changed (SHA-256 of every file before and after; none deleted).
+  - no input file changed (SHA-256 of every file before and after; none deleted), and a refused
+    input leaves no new file or folder behind.
 Usage: run_badinput.py --moe build/moe [--src .] [-j N] [-k PATTERN] [--list] [--count]"""
 import argparse
 import concurrent.futures as cf
@@ -28,7 +29,9 @@ RAW_LIBRARY = re.compile(r"json\.exception|std::|basic_string|max_size|bad_alloc
 
 def hash_tree(d):
     out = {}
-    for root, _, files in os.walk(d):
+    for root, dirs, files in os.walk(d):
+        for sub in dirs:
+            out[os.path.relpath(os.path.join(root, sub), d) + "/"] = "dir"
         for f in files:
             p = os.path.join(root, f)
             if os.path.islink(p) or not os.path.isfile(p):
@@ -71,6 +74,9 @@ def run_case(moe, fx, work, i, c, timeout):
         changed = [k for k in before if after.get(k) != before[k]]
         if changed:
             problems.append("input files changed: %s" % ", ".join(sorted(changed)[:5]))
+        created = [k for k in after if k not in before]
+        if created and c["code"] != 0:
+            problems.append("a refused input left files behind: %s" % ", ".join(sorted(created)[:5]))
     if c["code"] == 0 and c["name"].startswith("resume/finished") and "already finished" not in r.stdout.decode():
         problems.append("a finished run does not say so")
     shutil.rmtree(d, ignore_errors=True)
