@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/token_file.h"
+#include "moe/checked.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
@@ -36,13 +37,14 @@ static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel&
     if (file_exists(lm.dir + "/trainer_state.json")) {
         auto st = load_trainer_state(lm.dir);
         if (st.contains("config")) {
-            val_fraction = st["config"].value("val_fraction", 0.1);
+            const std::string where = lm.dir + "/trainer_state.json: config";
+            val_fraction = json_num(st["config"], "val_fraction", where, Range::in_open(0, 1), 0.1);
             if (data.empty()) {
                 std::string vt = parent_dir(lm.dir) + "/data/val.tok";
                 if (file_exists(vt))
                     data = vt;
                 else
-                    data = st["config"].value("data", std::string());
+                    data = json_str(st["config"], "data", where, Range(), "");
             }
         }
     }

@@ -1,6 +1,7 @@
 // `moe report RUN_DIR`: metrics.jsonl (+ the run's checkpoint, + routing traces) -> one
 // self-contained HTML file with every figure inlined as SVG, and a PNG copy of each figure
 // beside it. docs/report.md explains how to read each figure.
+#include "moe/checked.h"
 #include "moe/report.h"
 
 #include <fmt/format.h>
@@ -216,7 +217,7 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
         // A relative path is relative to where `moe train` ran: try the working directory, then
         // the folders above the run (runs/NAME sits in the project folder).
         std::string data = j["data"].get<std::string>();
-        double vf = j.value("val_fraction", 0.1);
+        double vf = json_num(j, "val_fraction", p, Range::in_open(0, 1), 0.1);
         if (!data.empty() && data[0] != '/' && !file_exists(data)) {
             for (const char* up : {"/..", "/../.."})
                 if (file_exists(opt.run_dir + up + "/" + data)) {

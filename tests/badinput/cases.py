@@ -392,6 +392,10 @@ case("state/not JSON", RES, 1, "not valid JSON", write_text(TS, "{step: 4"))
 case("state/empty", RES, 1, "empty", write_text(TS, ""))
 case("state/a folder", RES, 1, "folder", make_dir(TS))
 case("state/missing", RES, 1, "trainer_state.json", remove(TS))
+case("state/config val_fraction string (eval)", EV, 1, "val_fraction",
+     raw_key("run/best/trainer_state.json", ["config", "val_fraction"], '"x"'))
+case("state/config data number (eval)", EV, 1, "data",
+     chain(remove("run/data/val.tok"), raw_key("run/best/trainer_state.json", ["config", "data"], "7")))
 case("state/data changed", RES + ["--max-steps", "6"], 1, "data changed",
      write_text("corpus.txt", "The quick brown fox jumps over the lazy dog. " * 300))
 case("resume/no such folder", ["train", "--resume", "nope", "--quiet"], 1, "nope")
@@ -624,6 +628,9 @@ case("report/metrics layer float", REP, 1, "no usable metrics line",
      write_text(M, '{"step": 1, "layers": [{"layer": 0.5}]}\n'))
 case("report/metrics tokens_per_expert negative", REP, 1, "no usable metrics line",
      write_text(M, '{"step": 1, "layers": [{"layer": 0, "tokens_per_expert": [-3, 2]}]}\n'))
+case("report/train_config.json val_fraction string", ["report", "run", "--out", "rep/r.html"], 1,
+     "val_fraction", raw_key("run/train_config.json", ["val_fraction"], '"x"'),
+     writes=True)  # found after the report folder is made (the figures go there as drawn)
 case("report/--probe-text missing", ["report", "run", "--out", "rep/r.html", "--probe-text", "nope.txt"], 1,
      "nope.txt")
 case("report/--out into a file as folder", ["report", "run", "--no-similarity", "--out", "train.json/r.html"],
