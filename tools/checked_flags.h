@@ -12,7 +12,9 @@ namespace moe::tools {
 
 inline CLI::Validator range_validator(const Range& r, bool integer) {
     return CLI::Validator(
-        [r, integer](std::string& s) { return integer ? check_int_text(s, r) : check_num_text(s, r); },
+        [r, integer](std::string& s) {
+            return integer ? check_int_text(s, r) : check_num_text(s, r);
+        },
         "", "moe-range");
 }
 
@@ -28,8 +30,8 @@ CLI::Option* add_checked(CLI::App* app, const std::string& name, T& var, const R
         q.lo = std::max(q.lo, (double)std::numeric_limits<T>::lowest());
         q.hi = std::min(q.hi, (double)std::numeric_limits<T>::max());
     }
-    std::string desc = help + " (" + q.describe(integer) + ", default " +
-                       CLI::detail::to_string(var) + ")";
+    std::string desc =
+        help + " (" + q.describe(integer) + ", default " + CLI::detail::to_string(var) + ")";
     return app->add_option(name, var, desc)->check(range_validator(q, integer));
 }
 
@@ -41,8 +43,9 @@ inline CLI::Option* add_choice(CLI::App* app, const std::string& name, std::stri
     return app->add_option(name, var, desc)
         ->check(CLI::Validator(
             [r](std::string& s) {
-                return r.allows(s) ? std::string()
-                                   : "'" + s + "' is not allowed (expected " + r.describe(false) + ")";
+                return r.allows(s)
+                           ? std::string()
+                           : "'" + s + "' is not allowed (expected " + r.describe(false) + ")";
             },
             "", "moe-choice"));
 }

@@ -52,9 +52,10 @@ static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel&
     if (is_token_file(data)) {
         TokenFile t = read_token_file(data);
         if (t.vocab != V)
-            fail("{}: token file has vocab {} but the model has {}; give a token file made with "
-                 "this model's tokenizer",
-                 data, t.vocab, V);
+            fail(
+                "{}: token file has vocab {} but the model has {}; give a token file made with "
+                "this model's tokenizer",
+                data, t.vocab, V);
         *what = data;
         return t.ids;
     }

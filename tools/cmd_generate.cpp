@@ -102,9 +102,7 @@ static void register_generate(CLI::App& app) {
     sub->add_option("--trace", o->trace, "write per-token routing as JSON lines to FILE");
     add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
     sub->add_flag("--json", o->json, "last stdout line: one JSON object (text, tokens/s)");
-    sub->callback([o]() {
-        exit_code() = run_generate(*o);
-    });
+    sub->callback([o]() { exit_code() = run_generate(*o); });
 }
 
 static RegisterCommand reg_generate("generate", register_generate);

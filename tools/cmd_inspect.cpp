@@ -62,7 +62,8 @@ void run_inspect(const InspectOptions& o) {
     int n_src = !o.text.empty() + !o.corpus.empty() + !o.trace.empty();
     if (n_src != 1) usage_fail("moe inspect: give exactly one of --text, --corpus, --trace");
     if (o.trace.empty() && o.ckpt.empty())
-        usage_fail("moe inspect: --text and --corpus need a checkpoint (moe inspect CKPT --text ...)");
+        usage_fail(
+            "moe inspect: --text and --corpus need a checkpoint (moe inspect CKPT --text ...)");
     if (!o.trace.empty() && !o.ckpt.empty())
         usage_fail("moe inspect: --trace reads its routing from the file; give no checkpoint");
     bool color = o.color == "always" || (o.color == "auto" && isatty(1) && !o.json);

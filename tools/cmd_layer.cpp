@@ -38,10 +38,11 @@ static void shapes_from_file(LayerOptions& o, const SafetensorsReader& in) {
         if (!r.contains((double)v))
             fail("{}: {} has {} = {}, outside {} ({}); fix the file", in.path(), what, name, v,
                  name, r.describe(true));
-        if (!given) flag = (int)v;
+        if (!given)
+            flag = (int)v;
         else if (flag != v)
-            fail("{}: {} has {} = {} but {} {} was given; drop the flag or fix the file",
-                 in.path(), what, name, v, name, flag);
+            fail("{}: {} has {} = {} but {} {} was given; drop the flag or fix the file", in.path(),
+                 what, name, v, name, flag);
     };
     agree(o.tokens_given, o.shape.tokens, x.shape[0], "--tokens", "x", Range::in(1, 1 << 24));
     agree(o.d_given, o.shape.d, x.shape[1], "--d", "x", Range::in(1, 1 << 16));
@@ -70,9 +71,9 @@ static int run_layer(LayerOptions o) {
         MoeLayer::layout(cfg, &n);
         const double Td = (double)T * d, slots = (double)T * cfg.top_k;
         double bytes = 4.0 * (2.0 * n + 6 * Td + 6.0 * T * E + slots * (4.0 * cfg.d_ff + 2 * d));
-        check_fits_in_memory(bytes, fmt::format("--tokens {} --d {} --experts {} --ffn {}", T, d, E,
-                                                cfg.d_ff),
-                             "use smaller sizes");
+        check_fits_in_memory(
+            bytes, fmt::format("--tokens {} --d {} --experts {} --ffn {}", T, d, E, cfg.d_ff),
+            "use smaller sizes");
     }
     MoeLayer layer(cfg);
 
@@ -86,8 +87,8 @@ static int run_layer(LayerOptions o) {
         auto finite = [&](const std::string& name, const std::vector<float>& v) {
             int64_t i = first_non_finite(v.data(), v.size());
             if (i >= 0)
-                fail("{}: tensor {}: value {} at index {} is not finite; write finite values", o.load,
-                     name, v[i], i);
+                fail("{}: tensor {}: value {} at index {} is not finite; write finite values",
+                     o.load, name, v[i], i);
         };
         x = in->get("x", Shape{T, d}).data;
         finite("x", x);

@@ -69,7 +69,8 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
         }
     } else {
         if (!o.config.empty())
-            usage_fail("--config: --resume takes the config from the checkpoint; give changes as flags");
+            usage_fail(
+                "--config: --resume takes the config from the checkpoint; give changes as flags");
         t.resume_dir = o.resume;
         t.out_dir = o.out;
         TrainConfig probe;  // types and ranges of the flags (the run's config is read later)
@@ -78,15 +79,16 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
     t.progress = !o.quiet;
     TrainResult r = run_train(t);
     if (r.already_finished) {
-        std::printf("%s: already finished at step %lld (max_steps); nothing to do. To train "
-                    "further: moe train --resume %s --max-steps N (N > %lld)\n",
-                    r.run_dir.c_str(), (long long)r.step, r.run_dir.c_str(), (long long)r.step);
+        std::printf(
+            "%s: already finished at step %lld (max_steps); nothing to do. To train "
+            "further: moe train --resume %s --max-steps N (N > %lld)\n",
+            r.run_dir.c_str(), (long long)r.step, r.run_dir.c_str(), (long long)r.step);
     } else {
-    std::printf(
-        "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
-        "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
-        (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
-        (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
+        std::printf(
+            "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
+            "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
+            (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
+            (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
     }
     if (o.json) {
         nlohmann::json j = {{"run_dir", r.run_dir},
@@ -119,8 +121,9 @@ static void register_train(CLI::App& app) {
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_flag("--quiet", opts->quiet, "no progress lines on stderr");
     sub->allow_extras();
-    sub->footer(config_keys_help() + "Relative paths in a config file (data) are relative to "
-                                      "that file's folder. See docs/training.md.");
+    sub->footer(config_keys_help() +
+                "Relative paths in a config file (data) are relative to "
+                "that file's folder. See docs/training.md.");
     sub->callback([opts, sub]() { exit_code() = run_train_cmd(*opts, sub->remaining()); });
 }
 

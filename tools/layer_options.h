@@ -77,15 +77,17 @@ struct LayerShapeOptions {
         c.d_ff = ffn;
         const bool expert_choice = router == "expert-choice";
         if (expert_choice && dropless)
-            usage_fail("--dropless: expert choice always caps each expert at "
-                       "C = min(T, ceil(cf*T*k/E)) tokens; drop --dropless (or use a token-choice "
-                       "router)");
+            usage_fail(
+                "--dropless: expert choice always caps each expert at "
+                "C = min(T, ceil(cf*T*k/E)) tokens; drop --dropless (or use a token-choice "
+                "router)");
         c.dropless = !expert_choice && (dropless || !capacity_given);
         if (capacity_given) {
             if (!(capacity_factor > 0))
-                usage_fail("--capacity-factor: {} is not allowed (expected finite number in "
-                           "(0, 1000]); give a value in that range",
-                           capacity_factor);
+                usage_fail(
+                    "--capacity-factor: {} is not allowed (expected finite number in "
+                    "(0, 1000]); give a value in that range",
+                    capacity_factor);
             c.capacity_factor = capacity_factor;
         } else if (expert_choice) {
             c.capacity_factor = 1.f;  // C = T*k/E: the expert-choice paper's default

@@ -3,9 +3,9 @@
 // exit 1 for bad input, 2 for a wrong command line (CLI11's parse errors included).
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <new>
 #include <nlohmann/json.hpp>
-#include <functional>
 #include <string>
 
 #include "moe/error.h"
@@ -124,9 +124,8 @@ int main(int argc, char** argv) {
         std::string m = e.what();
         auto p = m.find("] ");
         if (p != std::string::npos) m = m.substr(p + 2);
-        return report_error("unexpected JSON content (" + m +
-                                "); check the JSON files given to this command",
-                            1);
+        return report_error(
+            "unexpected JSON content (" + m + "); check the JSON files given to this command", 1);
     } catch (const std::exception& e) {
         return report_error(e.what(), 1);
     }

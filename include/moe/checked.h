@@ -20,9 +20,9 @@ struct Range {
     bool lo_open = false, hi_open = false;
     const char* choices = nullptr;  // strings: "a|b|c" (nullptr: any string)
 
-    static Range in(double lo, double hi) { return {lo, hi}; }            // [lo, hi]
-    static Range at_least(double lo) { return {lo, HUGE_VAL}; }           // [lo, inf)
-    static Range above(double lo) { return {lo, HUGE_VAL, true}; }        // (lo, inf)
+    static Range in(double lo, double hi) { return {lo, hi}; }                       // [lo, hi]
+    static Range at_least(double lo) { return {lo, HUGE_VAL}; }                      // [lo, inf)
+    static Range above(double lo) { return {lo, HUGE_VAL, true}; }                   // (lo, inf)
     static Range in_open_hi(double lo, double hi) { return {lo, hi, false, true}; }  // [lo, hi)
     static Range in_open(double lo, double hi) { return {lo, hi, true, true}; }      // (lo, hi)
     static Range one_of(const char* list) {
@@ -48,10 +48,10 @@ std::string checked_str(const nlohmann::json& v, const std::string& what, const 
 // `where` is the file; errors read "<where>: key '<key>': ...".
 int64_t json_int(const nlohmann::json& o, const char* key, const std::string& where,
                  const Range& r);
-int64_t json_int(const nlohmann::json& o, const char* key, const std::string& where,
-                 const Range& r, int64_t def);
-double json_num(const nlohmann::json& o, const char* key, const std::string& where,
-                const Range& r, double def);
+int64_t json_int(const nlohmann::json& o, const char* key, const std::string& where, const Range& r,
+                 int64_t def);
+double json_num(const nlohmann::json& o, const char* key, const std::string& where, const Range& r,
+                double def);
 bool json_bool(const nlohmann::json& o, const char* key, const std::string& where, bool def);
 std::string json_str(const nlohmann::json& o, const char* key, const std::string& where,
                      const Range& r, const std::string& def);
@@ -67,8 +67,7 @@ std::string check_num_text(const std::string& s, const Range& r);
 
 // JSON text -> value, with errors naming the file: "not valid JSON (at byte N)", or for a number
 // beyond a double (1e400) the key it belongs to. `what` says what the file should hold.
-nlohmann::json parse_json_text(const std::string& text, const std::string& where,
-                               const char* what);
+nlohmann::json parse_json_text(const std::string& text, const std::string& where, const char* what);
 
 // All floats finite: returns the index of the first non-finite value, or -1.
 int64_t first_non_finite(const float* x, size_t n);

@@ -19,7 +19,8 @@ namespace moe {
 
 struct TrainConfig {
     // data and tokenizer
-    std::string data = "data/tinyshakespeare.txt";  // relative: to the config file's folder, else cwd
+    std::string data =
+        "data/tinyshakespeare.txt";  // relative: to the config file's folder, else cwd
     double val_fraction = 0.1;                      // the last 10% is validation (nanoGPT's split)
     std::string tokenizer = "char";                 // "char" or "sentencepiece"
     int vocab_size = 512;               // sentencepiece only (char: the corpus' symbols)

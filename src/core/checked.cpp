@@ -45,7 +45,8 @@ static std::string num_str(double x) {
 std::string Range::describe(bool integer) const {
     if (choices) {
         std::string s = "one of: ";
-        for (const char* p = choices; *p; p++) s += *p == '|' ? std::string(" | ") : std::string(1, *p);
+        for (const char* p = choices; *p; p++)
+            s += *p == '|' ? std::string(" | ") : std::string(1, *p);
         return s;
     }
     std::string kind = integer ? "integer" : "finite number";
@@ -66,8 +67,8 @@ static Range int_range(const Range& r) {
     return q;
 }
 
-[[noreturn]] static void bad_value(const std::string& what, const std::string& got,
-                                   const Range& r, bool integer) {
+[[noreturn]] static void bad_value(const std::string& what, const std::string& got, const Range& r,
+                                   bool integer) {
     fail("{}: {} is not allowed (expected {}); give a value in that range", what, got,
          r.describe(integer));
 }

@@ -63,20 +63,23 @@ TokenFile read_token_file(const std::string& path) {
         fail("{}: header length {} exceeds the file ({} bytes); the file is damaged", path, hlen,
              f.size());
     json h = parse_json_text(f.substr(16, hlen), path, "a token file header");
-    if (!h.is_object()) fail("{}: token file header is not a JSON object; the file is damaged", path);
+    if (!h.is_object())
+        fail("{}: token file header is not a JSON object; the file is damaged", path);
     // Every number of the header with its range (include/moe/checked.h) before it sizes anything.
     TokenFile t;
     t.vocab = (int)json_int(h, "vocab", path, Range::in(1, 1 << 24));
     t.dtype = json_str(h, "dtype", path, Range::one_of("uint16|uint32"), "");
-    if (t.dtype.empty()) fail("{}: missing key 'dtype' (uint16 or uint32); the file is damaged", path);
+    if (t.dtype.empty())
+        fail("{}: missing key 'dtype' (uint16 or uint32); the file is damaged", path);
     t.tokenizer = json_str(h, "tokenizer", path, Range(), "");
     const uint64_t count = (uint64_t)json_int(h, "count", path, Range::in(0, 1e15));
     const size_t esz = t.dtype == "uint16" ? 2 : 4;
     const uint64_t data = f.size() - 16 - hlen;
     if (count * esz != data)
-        fail("{}: header says {} {} ids ({} bytes) but the file holds {} bytes of ids; the file "
-             "is truncated or damaged",
-             path, count, t.dtype, count * esz, data);
+        fail(
+            "{}: header says {} {} ids ({} bytes) but the file holds {} bytes of ids; the file "
+            "is truncated or damaged",
+            path, count, t.dtype, count * esz, data);
     t.ids.resize(count);
     const char* p = f.data() + 16 + hlen;
     for (uint64_t i = 0; i < count; i++) {

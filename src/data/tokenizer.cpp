@@ -269,9 +269,10 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
         }
     }
     if (file_exists(spm)) return sentencepiece_from_model(read_file(spm), spm);
-    fail("{}: no tokenizer (neither vocab.json nor tokenizer.model); restore the checkpoint's "
-         "tokenizer file",
-         dir);
+    fail(
+        "{}: no tokenizer (neither vocab.json nor tokenizer.model); restore the checkpoint's "
+        "tokenizer file",
+        dir);
 }
 
 }  // namespace moe

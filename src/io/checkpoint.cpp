@@ -211,9 +211,10 @@ std::string resolve_checkpoint_dir(const std::string& path) {
         std::string d = find_in_run(path, name);
         if (!d.empty()) return d;
     }
-    fail("{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or "
-         "latest/); give the folder `moe train --out` wrote",
-         path);
+    fail(
+        "{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or "
+        "latest/); give the folder `moe train --out` wrote",
+        path);
 }
 
 std::string resolve_resume_dir(const std::string& path) {
@@ -225,9 +226,10 @@ std::string resolve_resume_dir(const std::string& path) {
     // resume from there (the trainer says so; best/ holds no optimizer moments).
     d = find_in_run(path, "best");
     if (!d.empty() && file_exists(d + "/trainer_state.json")) return d;
-    fail("{}: nothing to resume: no latest/ or best/ checkpoint in this run folder; start a new "
-         "run with --config",
-         path);
+    fail(
+        "{}: nothing to resume: no latest/ or best/ checkpoint in this run folder; start a new "
+        "run with --config",
+        path);
 }
 
 ModelConfig load_model_config(const std::string& dir) {
@@ -242,9 +244,10 @@ static void check_finite(const std::string& path, const std::string& name, const
                          size_t n) {
     int64_t i = first_non_finite(x, n);
     if (i >= 0)
-        fail("{}: tensor {}: value {} at index {} is not finite; the checkpoint is damaged (or "
-             "saved from a diverged run): use another checkpoint",
-             path, name, x[i], i);
+        fail(
+            "{}: tensor {}: value {} at index {} is not finite; the checkpoint is damaged (or "
+            "saved from a diverged run): use another checkpoint",
+            path, name, x[i], i);
 }
 
 // Rough count of parameters and tensors a config describes, in doubles: computed before
@@ -273,14 +276,13 @@ static void rough_size(const ModelConfig& c, double* n_params, double* n_tensors
 
 // The config.json keys whose values appear in an expected shape, to name what disagrees.
 static std::string keys_of_dims(const ModelConfig& c, const Shape& want, const Shape& got) {
-    std::vector<std::pair<const char*, int64_t>> keys = {
-        {"hidden_size", c.d_model},
-        {"vocab_size", c.vocab_size},
-        {"intermediate_size", c.moe.d_ff},
-        {"dense_intermediate_size", c.d_ff},
-        {"num_local_experts", c.moe.n_experts},
-        {"num_attention_heads", c.n_heads},
-        {"num_key_value_heads", c.n_kv_heads}};
+    std::vector<std::pair<const char*, int64_t>> keys = {{"hidden_size", c.d_model},
+                                                         {"vocab_size", c.vocab_size},
+                                                         {"intermediate_size", c.moe.d_ff},
+                                                         {"dense_intermediate_size", c.d_ff},
+                                                         {"num_local_experts", c.moe.n_experts},
+                                                         {"num_attention_heads", c.n_heads},
+                                                         {"num_key_value_heads", c.n_kv_heads}};
     std::string out;
     for (int i = 0; i < want.rank(); i++) {
         if (i < got.rank() && want[i] == got[i]) continue;
@@ -298,17 +300,19 @@ void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool
     double n_rough = 0, t_rough = 0;
     rough_size(cfg, &n_rough, &t_rough);
     auto describe = [&] {
-        return fmt::format("config.json describes {:.3g} parameters ({:.3g} MB as F32), "
-                           "model.safetensors has {:.3g} MB",
-                           n_rough, n_rough * 4 / 1e6, file_bytes / 1e6);
+        return fmt::format(
+            "config.json describes {:.3g} parameters ({:.3g} MB as F32), "
+            "model.safetensors has {:.3g} MB",
+            n_rough, n_rough * 4 / 1e6, file_bytes / 1e6);
     };
     // One header entry per tensor: a config implying far more tensors than the file holds is
     // refused before its table is built.
     if (t_rough > (double)header.size() + 64)
-        fail("{}: num_hidden_layers={} and num_local_experts={} do not match the weights: they "
-             "imply {:.3g} tensors, model.safetensors holds {}; restore the checkpoint's "
-             "config.json",
-             cj, cfg.n_layers, cfg.moe.n_experts, t_rough, header.size());
+        fail(
+            "{}: num_hidden_layers={} and num_local_experts={} do not match the weights: they "
+            "imply {:.3g} tensors, model.safetensors holds {}; restore the checkpoint's "
+            "config.json",
+            cj, cfg.n_layers, cfg.moe.n_experts, t_rough, header.size());
     size_t n = 0;
     std::vector<ParamSpec> specs = Model::layout(cfg, &n);
     int layers_in_file = 0;
@@ -316,31 +320,34 @@ void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool
         if (name.rfind("model.layers.", 0) == 0)
             layers_in_file = std::max(layers_in_file, 1 + std::atoi(name.c_str() + 13));
     if (layers_in_file > 0 && layers_in_file != cfg.n_layers)
-        fail("{}: key 'num_hidden_layers' is {} but model.safetensors holds {} layers; restore the "
-             "checkpoint's config.json",
-             cj, cfg.n_layers, layers_in_file);
+        fail(
+            "{}: key 'num_hidden_layers' is {} but model.safetensors holds {} layers; restore the "
+            "checkpoint's config.json",
+            cj, cfg.n_layers, layers_in_file);
     for (auto& s : specs) {
         auto it = header.find(s.name);
         if (it == header.end())
-            fail("{}: missing tensor {} (config.json implies it); restore the checkpoint's "
-                 "config.json (or its weights)",
-                 st_path, s.name);
+            fail(
+                "{}: missing tensor {} (config.json implies it); restore the checkpoint's "
+                "config.json (or its weights)",
+                st_path, s.name);
         if (it->second.shape != s.shape)
-            fail("{}: {} do not match the weights: tensor {}: expected shape {} (from "
-                 "config.json), model.safetensors has {}; restore the checkpoint's config.json",
-                 cj, keys_of_dims(cfg, s.shape, it->second.shape), s.name, s.shape.str(),
-                 it->second.shape.str());
+            fail(
+                "{}: {} do not match the weights: tensor {}: expected shape {} (from "
+                "config.json), model.safetensors has {}; restore the checkpoint's config.json",
+                cj, keys_of_dims(cfg, s.shape, it->second.shape), s.name, s.shape.str(),
+                it->second.shape.str());
     }
     // Every parameter takes at least 2 bytes (BF16/F16).
     if (n_rough * 2 > (double)file_bytes)
-        fail("{}: the shape keys do not match the weights: {}; restore the checkpoint's "
-             "config.json",
-             cj, describe());
+        fail(
+            "{}: the shape keys do not match the weights: {}; restore the checkpoint's "
+            "config.json",
+            cj, describe());
     // The file is read whole and converted (file + floats), then the model's buffers; training
     // adds gradients and two AdamW moments.
     double need = (double)file_bytes + 4.0 * n * (training ? 5 : 2);
-    check_fits_in_memory(need, dir,
-                         "use a machine with more memory (or a smaller checkpoint)");
+    check_fits_in_memory(need, dir, "use a machine with more memory (or a smaller checkpoint)");
 }
 
 void load_params(Model& model, const std::string& dir) {
@@ -367,15 +374,17 @@ void load_params(Model& model, const std::string& dir) {
     }
     for (auto& n : r.names())
         if (!known.count(n))
-            fail("{}: unexpected tensor {}: the checkpoint does not match its config.json; restore "
-                 "the checkpoint",
-                 path, n);
+            fail(
+                "{}: unexpected tensor {}: the checkpoint does not match its config.json; restore "
+                "the checkpoint",
+                path, n);
 }
 
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v) {
     const std::string path = dir + "/optimizer.safetensors";
     if (!file_exists(path))
-        fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/", path);
+        fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/",
+             path);
     SafetensorsReader r(path);
     for (auto& s : model.params()) {
         const StTensor& m = r.get(s.name + ".exp_avg", s.shape);
@@ -414,9 +423,10 @@ LoadedModel load_model(const std::string& path) {
     ModelConfig cfg = load_model_config(out.dir);
     out.tokenizer = load_tokenizer(out.dir);
     if (out.tokenizer->vocab_size() != cfg.vocab_size)
-        fail("{}/config.json: key 'vocab_size' is {} but the tokenizer has {} symbols; restore "
-             "the checkpoint's config.json or tokenizer",
-             out.dir, cfg.vocab_size, out.tokenizer->vocab_size());
+        fail(
+            "{}/config.json: key 'vocab_size' is {} but the tokenizer has {} symbols; restore "
+            "the checkpoint's config.json or tokenizer",
+            out.dir, cfg.vocab_size, out.tokenizer->vocab_size());
     check_checkpoint_sizes(cfg, out.dir, /*training=*/false);
     out.model = std::make_unique<Model>(cfg, /*trainable=*/false);
     load_params(*out.model, out.dir);

@@ -22,63 +22,87 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"data", F::String, &c.data, "training text (UTF-8) or a token file"},
         {"val_fraction", F::Double, &c.val_fraction,
          "share of the corpus (its end) kept for validation", R::in_open(0, 1)},
-        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece", R::one_of("char|sentencepiece")},
+        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece",
+         R::one_of("char|sentencepiece")},
         {"vocab_size", F::Int, &c.vocab_size,
          "sentencepiece vocabulary size (char: from the corpus)", R::in(2, 1 << 20)},
-        {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram", R::one_of("bpe|unigram")},
+        {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram",
+         R::one_of("bpe|unigram")},
         {"n_layers", F::Int, &m.n_layers, "Transformer blocks (num_hidden_layers)", R::in(1, 1024)},
         {"d_model", F::Int, &m.d_model, "hidden size d", R::in(2, 1 << 16)},
         {"n_heads", F::Int, &m.n_heads, "attention heads", R::in(1, 4096)},
-        {"n_kv_heads", F::Int, &m.n_kv_heads, "key/value heads (< n_heads: grouped-query)", R::in(1, 4096)},
+        {"n_kv_heads", F::Int, &m.n_kv_heads, "key/value heads (< n_heads: grouped-query)",
+         R::in(1, 4096)},
         {"d_ff", F::Int, &m.d_ff, "dense SwiGLU FFN width (dense layers)", R::in(1, 1 << 20)},
         {"block_size", F::Int, &m.block_size, "context length S", R::in(1, 1 << 20)},
         {"rms_eps", F::Float, &m.rms_eps, "RMSNorm epsilon", R::in_open(0, 1)},
         {"rope_theta", F::Float, &m.rope_theta, "RoPE base", R::in(1, 1e9)},
         {"tie_embeddings", F::Bool, &m.tie_embeddings, "LM head shares the embedding matrix"},
         {"init_std", F::Float, &m.init_std, "normal init std of weights", R::in(0, 10)},
-        {"moe_every", F::Int, &m.moe_every, "1: every FFN is MoE; N: every Nth; 0: all dense", R::in(0, 1024)},
-        {"n_experts", F::Int, &e.n_experts, "experts per MoE layer E (>= 1 when moe_every > 0)", R::in(0, 1 << 16)},
+        {"moe_every", F::Int, &m.moe_every, "1: every FFN is MoE; N: every Nth; 0: all dense",
+         R::in(0, 1024)},
+        {"n_experts", F::Int, &e.n_experts, "experts per MoE layer E (>= 1 when moe_every > 0)",
+         R::in(0, 1 << 16)},
         {"top_k", F::Int, &e.top_k, "experts per token k", R::in(1, 1 << 16)},
-        {"expert_d_ff", F::Int, &e.d_ff, "expert FFN width (>= 1 when moe_every > 0)", R::in(0, 1 << 20)},
+        {"expert_d_ff", F::Int, &e.d_ff, "expert FFN width (>= 1 when moe_every > 0)",
+         R::in(0, 1 << 20)},
         {"router", F::String, &e.router,
-         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical", R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical")},
-        {"activation", F::String, nullptr, "expert activation: swiglu | gelu | relu", R::one_of("swiglu|gelu|relu")},
+         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical",
+         R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical")},
+        {"activation", F::String, nullptr, "expert activation: swiglu | gelu | relu",
+         R::one_of("swiglu|gelu|relu")},
         {"n_shared_experts", F::Int, &e.n_shared_experts, "always-on shared experts", R::in(0, 64)},
-        {"d_ff_shared", F::Int, &e.d_ff_shared, "shared expert width (0: expert_d_ff)", R::in(0, 1 << 20)},
+        {"d_ff_shared", F::Int, &e.d_ff_shared, "shared expert width (0: expert_d_ff)",
+         R::in(0, 1 << 20)},
         {"dropless", F::Bool, &e.dropless, "no capacity limit (token-choice routers)"},
-        {"capacity_factor", F::Float, &e.capacity_factor, "C = ceil(cf * T * k / E)", R::in(0, 1000)},
-        {"priority", F::String, &e.priority, "capacity priority: token | weight", R::one_of("token|weight")},
-        {"router_temperature", F::Float, &e.temperature, "router logits / temperature", R::in_open(0, 1e6)},
+        {"capacity_factor", F::Float, &e.capacity_factor, "C = ceil(cf * T * k / E)",
+         R::in(0, 1000)},
+        {"priority", F::String, &e.priority, "capacity priority: token | weight",
+         R::one_of("token|weight")},
+        {"router_temperature", F::Float, &e.temperature, "router logits / temperature",
+         R::in_open(0, 1e6)},
         {"renormalize", F::Bool, &e.renormalize, "topk: renormalise the k weights"},
-        {"score", F::String, &e.score, "topk scores: softmax | sigmoid", R::one_of("softmax|sigmoid")},
-        {"jitter", F::Float, &e.jitter, "multiplicative router-input noise (training)", R::in_open_hi(0, 1)},
-        {"gate_dropout", F::Float, &e.gate_dropout, "dropout on gate probabilities (training)", R::in_open_hi(0, 1)},
+        {"score", F::String, &e.score, "topk scores: softmax | sigmoid",
+         R::one_of("softmax|sigmoid")},
+        {"jitter", F::Float, &e.jitter, "multiplicative router-input noise (training)",
+         R::in_open_hi(0, 1)},
+        {"gate_dropout", F::Float, &e.gate_dropout, "dropout on gate probabilities (training)",
+         R::in_open_hi(0, 1)},
         {"n_groups", F::Int, &e.n_groups, "hierarchical: expert groups", R::in(0, 1 << 16)},
-        {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token", R::in(1, 1 << 16)},
+        {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token",
+         R::in(1, 1 << 16)},
         {"w_importance", F::Float, &e.w_importance, "importance loss weight", R::in(0, 1e6)},
         {"w_load", F::Float, &e.w_load, "load loss weight", R::in(0, 1e6)},
         {"w_switch", F::Float, &e.w_switch, "switch loss weight", R::in(0, 1e6)},
         {"w_zloss", F::Float, &e.w_zloss, "router z-loss weight", R::in(0, 1e6)},
-        {"bias_update_rate", F::Float, &e.bias_update_rate,
-         "aux-loss-free balancing rate (0: off)", R::in(0, 1)},
+        {"bias_update_rate", F::Float, &e.bias_update_rate, "aux-loss-free balancing rate (0: off)",
+         R::in(0, 1)},
         {"batch_size", F::Int, &c.batch_size, "sequences per step B", R::in(1, 1 << 20)},
-        {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)", R::in(1, 1e9)},
-        {"stop_after", F::Int, &c.stop_after, "stop and save after this step (0: max_steps)", R::in(0, 1e9)},
+        {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)",
+         R::in(1, 1e9)},
+        {"stop_after", F::Int, &c.stop_after, "stop and save after this step (0: max_steps)",
+         R::in(0, 1e9)},
         {"lr", F::Double, &c.lr, "peak learning rate", R::in(0, 10)},
         {"min_lr", F::Double, &c.min_lr, "learning rate at the end of the cosine", R::in(0, 10)},
         {"warmup_steps", F::Int, &c.warmup_steps, "linear warmup steps", R::in(0, 1e9)},
-        {"lr_decay_steps", F::Int, &c.lr_decay_steps, "cosine decay length (0: max_steps)", R::in(0, 1e9)},
+        {"lr_decay_steps", F::Int, &c.lr_decay_steps, "cosine decay length (0: max_steps)",
+         R::in(0, 1e9)},
         {"weight_decay", F::Double, &c.weight_decay, "AdamW decoupled weight decay", R::in(0, 10)},
         {"beta1", F::Double, &c.beta1, "AdamW beta1", R::in_open_hi(0, 1)},
         {"beta2", F::Double, &c.beta2, "AdamW beta2", R::in_open_hi(0, 1)},
         {"adam_eps", F::Double, &c.adam_eps, "AdamW epsilon", R::in_open(0, 1)},
         {"grad_clip", F::Double, &c.grad_clip, "global gradient-norm clip (0: off)", R::in(0, 1e6)},
-        {"eval_every", F::Int, &c.eval_every, "evaluate every N steps (0: only at the end)", R::in(0, 1e9)},
-        {"eval_batches", F::Int, &c.eval_batches, "validation batches per evaluation", R::in(1, 1e6)},
+        {"eval_every", F::Int, &c.eval_every, "evaluate every N steps (0: only at the end)",
+         R::in(0, 1e9)},
+        {"eval_batches", F::Int, &c.eval_batches, "validation batches per evaluation",
+         R::in(1, 1e6)},
         {"log_every", F::Int, &c.log_every, "metrics.jsonl line every N steps", R::in(1, 1e9)},
-        {"save_every", F::Int, &c.save_every, "latest/ checkpoint every N steps (0: each eval)", R::in(0, 1e9)},
-        {"print_every", F::Int, &c.print_every, "progress line every N steps (not a terminal)", R::in(0, 1e9)},
-        {"max_time_s", F::Double, &c.max_time_s, "stop when training time exceeds this (0: off)", R::in(0, 1e9)},
+        {"save_every", F::Int, &c.save_every, "latest/ checkpoint every N steps (0: each eval)",
+         R::in(0, 1e9)},
+        {"print_every", F::Int, &c.print_every, "progress line every N steps (not a terminal)",
+         R::in(0, 1e9)},
+        {"max_time_s", F::Double, &c.max_time_s, "stop when training time exceeds this (0: off)",
+         R::in(0, 1e9)},
         {"seed", F::U64, &c.seed, "seed of init, data order and router noise"},
         {"threads", F::Int, &c.threads, "threads (0: all cores)", R::in(0, 4096)},
     };
@@ -138,7 +162,8 @@ static void set_from_json(TrainConfig& c, ConfigField& f, const json& v, const s
             break;
         case ConfigField::Float: {
             double x = checked_num(v, what, f.range);
-            if (std::fabs(x) > 3.4e38) fail("{}: {} does not fit a float; use a smaller value", what, x);
+            if (std::fabs(x) > 3.4e38)
+                fail("{}: {} does not fit a float; use a smaller value", what, x);
             *(float*)f.ptr = (float)x;
             break;
         }
@@ -163,8 +188,7 @@ void config_apply_json(TrainConfig& c, const json& j, const std::string& where) 
     for (auto& [k, v] : j.items()) {
         if (k == "comment" || k.rfind("_", 0) == 0) continue;  // free-text notes
         ConfigField* f = find_field(fields, k);
-        if (!f)
-            fail("{}: unknown config key '{}'; known keys: {}", where, k, known_keys(c));
+        if (!f) fail("{}: unknown config key '{}'; known keys: {}", where, k, known_keys(c));
         set_from_json(c, *f, v, fmt::format("{}: key '{}'", where, k));
     }
 }
@@ -202,7 +226,8 @@ void config_set(TrainConfig& c, const std::string& key_in, const std::string& va
         if (ch == '-') ch = '_';
     auto fields = config_fields(c);
     ConfigField* f = find_field(fields, key);
-    if (!f) fail("--{}: unknown option; config keys: {} (see moe train --help)", key_in, known_keys(c));
+    if (!f)
+        fail("--{}: unknown option; config keys: {} (see moe train --help)", key_in, known_keys(c));
     const std::string what = "--" + key_in;
     json v;
     switch (f->type) {
@@ -229,17 +254,18 @@ void config_set(TrainConfig& c, const std::string& key_in, const std::string& va
 std::string config_keys_help() {
     TrainConfig c;
     json d = config_to_json(c);
-    std::string s = "Config keys (in the JSON file, or as --key VALUE; --key=VALUE; dashes or "
-                    "underscores):\n";
+    std::string s =
+        "Config keys (in the JSON file, or as --key VALUE; --key=VALUE; dashes or "
+        "underscores):\n";
     for (auto& f : config_fields(c)) {
         std::string def = d[f.name].is_string() ? d[f.name].get<std::string>() : d[f.name].dump();
-        std::string range = f.type == ConfigField::Bool     ? "true | false"
-                            : f.type == ConfigField::U64    ? "integer in [0, 2^64-1]"
-                            : f.type == ConfigField::String ? (f.range.choices
-                                                                   ? f.range.describe(false)
-                                                                   : std::string("path or text"))
-                            : f.type == ConfigField::Int    ? int_field_range(f).describe(true)
-                                                            : f.range.describe(false);
+        std::string range =
+            f.type == ConfigField::Bool  ? "true | false"
+            : f.type == ConfigField::U64 ? "integer in [0, 2^64-1]"
+            : f.type == ConfigField::String
+                ? (f.range.choices ? f.range.describe(false) : std::string("path or text"))
+            : f.type == ConfigField::Int ? int_field_range(f).describe(true)
+                                         : f.range.describe(false);
         s += fmt::format("  {:<20} {:<8} default {:<24} {}\n  {:<20} {}\n", f.name,
                          type_name(f.type), def, range, "", f.help);
     }
@@ -292,7 +318,8 @@ void config_validate(const TrainConfig& c) {
     need(c.max_steps >= 1, fmt::format("max_steps={} (must be >= 1)", c.max_steps));
     need(c.stop_after >= 0, fmt::format("stop_after={} (must be >= 0)", c.stop_after));
     need(c.lr >= 0 && c.min_lr >= 0, fmt::format("lr={} min_lr={} (must be >= 0)", c.lr, c.min_lr));
-    need(c.min_lr <= c.lr, fmt::format("min_lr={} is above lr={} (min_lr must be <= lr)", c.min_lr, c.lr));
+    need(c.min_lr <= c.lr,
+         fmt::format("min_lr={} is above lr={} (min_lr must be <= lr)", c.min_lr, c.lr));
     need(std::isfinite(c.lr) && std::isfinite(c.adam_eps) && c.adam_eps > 0,
          fmt::format("lr={} adam_eps={} (adam_eps must be > 0, both finite)", c.lr, c.adam_eps));
     need(c.warmup_steps >= 0, fmt::format("warmup_steps={} (must be >= 0)", c.warmup_steps));
@@ -409,11 +436,15 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
     int E = i32(j, "num_local_experts", R::in(0, 1 << 16), 0, false);
     int k = i32(j, "num_experts_per_tok", R::in(0, 1 << 16), 0, false);
     if (E > 0 && k == 0)
-        fail("{}: key 'num_experts_per_tok': 0 with num_local_experts={} (expected an integer in "
-             "[1, {}]); fix config.json", where, E, E);
+        fail(
+            "{}: key 'num_experts_per_tok': 0 with num_local_experts={} (expected an integer in "
+            "[1, {}]); fix config.json",
+            where, E, E);
     if (E == 0 && k != 0)
-        fail("{}: key 'num_experts_per_tok': {} but num_local_experts=0 (a dense model records 0); "
-             "fix config.json", where, k);
+        fail(
+            "{}: key 'num_experts_per_tok': {} but num_local_experts=0 (a dense model records 0); "
+            "fix config.json",
+            where, k);
     m.vocab_size = i32(j, "vocab_size", R::in(1, 1 << 24), 0, true);
     m.rms_eps = f32(j, "rms_norm_eps", R::in_open(0, 1), 1e-5);
     m.rope_theta = f32(j, "rope_theta", R::in(1, 1e9), 10000.0);
@@ -445,9 +476,11 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         e.n_shared_experts = (int)json_int(o, "n_shared_experts", w, R::in(0, 64), 0);
         e.d_ff_shared = (int)json_int(o, "shared_intermediate_size", w, R::in(0, 1 << 20), 0);
         e.dropless = json_bool(o, "dropless", w, e.dropless);
-        e.capacity_factor = (float)json_num(o, "capacity_factor", w, R::in(0, 1000), e.capacity_factor);
+        e.capacity_factor =
+            (float)json_num(o, "capacity_factor", w, R::in(0, 1000), e.capacity_factor);
         e.priority = json_str(o, "priority", w, R::one_of("token|weight"), e.priority);
-        e.temperature = (float)json_num(o, "router_temperature", w, R::in_open(0, 1e6), e.temperature);
+        e.temperature =
+            (float)json_num(o, "router_temperature", w, R::in_open(0, 1e6), e.temperature);
         e.renormalize = json_bool(o, "renormalize", w, e.renormalize);
         e.score = json_str(o, "score", w, R::one_of("softmax|sigmoid"), e.score);
         e.jitter = (float)json_num(o, "jitter", w, R::in_open_hi(0, 1), 0.0);

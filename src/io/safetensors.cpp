@@ -74,9 +74,10 @@ static StHeaderEntry parse_entry(const std::string& path, const std::string& nam
     t.end = (uint64_t)checked_int(off[1], what + ": data_offsets", Range::in(0, 1e15));
     const uint64_t n = (uint64_t)t.shape.numel(), esz = dtype_size(t.dtype);
     if (t.begin > t.end || t.end > data_size)
-        fail("{}: data_offsets [{}, {}] outside the data ({} bytes); the file is truncated or "
-             "damaged",
-             what, t.begin, t.end, data_size);
+        fail(
+            "{}: data_offsets [{}, {}] outside the data ({} bytes); the file is truncated or "
+            "damaged",
+            what, t.begin, t.end, data_size);
     if (t.end - t.begin != n * esz)
         fail("{}: {} bytes for shape {} of {} (expected {}); the file is damaged", what,
              t.end - t.begin, t.shape.str(), t.dtype, n * esz);
@@ -100,7 +101,8 @@ static json parse_header(const std::string& path, const std::string& head, uint6
     } catch (const json::exception& e) {
         fail("{}: safetensors header is not valid JSON; the file is damaged", path);
     }
-    if (!header.is_object()) fail("{}: safetensors header is not a JSON object; the file is damaged", path);
+    if (!header.is_object())
+        fail("{}: safetensors header is not a JSON object; the file is damaged", path);
     *hlen_out = hlen;
     return header;
 }

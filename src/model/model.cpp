@@ -302,7 +302,8 @@ Model::Model(const ModelConfig& cfg, bool trainable)
     m.off_wte = offset_of("model.embed_tokens.weight");
     m.moe.resize(m.L);
     for (int l = 0; l < m.L; l++) {
-        m.layer_off.push_back(offset_of("model.layers." + std::to_string(l) + ".input_layernorm.weight"));
+        m.layer_off.push_back(
+            offset_of("model.layers." + std::to_string(l) + ".input_layernorm.weight"));
         if (cfg_.is_moe_layer(l)) {
             // Each layer its own noise stream: the same seed everywhere would give every layer
             // the same router noise (noisy-topk, jitter, GShard's u, gate dropout).

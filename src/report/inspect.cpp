@@ -29,10 +29,10 @@ std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const s
     try {
         ids = tok.encode(text);
     } catch (const Error& e) {
-        fail("the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}; use only "
-             "characters the model was trained on",
-             tok.kind(),
-             tok.vocab_size(), e.what());
+        fail(
+            "the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}; use only "
+            "characters the model was trained on",
+            tok.kind(), tok.vocab_size(), e.what());
     }
     if (ids.empty()) fail("the text is empty: nothing to route; give some text");
     if (max_tokens > 0 && (int)ids.size() > max_tokens) ids.resize(max_tokens);
@@ -41,9 +41,10 @@ std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const s
     for (int l = 0; l < mc.n_layers; l++)
         if (model.moe_layer(l)) layers.push_back(l);
     if (layers.empty())
-        fail("the model has no MoE layer (moe_every = {}): nothing to inspect; give a MoE "
-             "checkpoint",
-             mc.moe_every);
+        fail(
+            "the model has no MoE layer (moe_every = {}): nothing to inspect; give a MoE "
+            "checkpoint",
+            mc.moe_every);
     std::vector<TokenRouting> out(ids.size());
     for (size_t i = 0; i < ids.size(); i++) {
         out[i].pos = (int)i;
@@ -141,9 +142,10 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
     // The tables are E x classes and E x vocab per layer: refuse sizes no real model has rather
     // than allocate them (a trace's token ids and experts are read from a file).
     if ((double)a.n_experts * a.vocab > (double)(1 << 26))
-        fail("routing names {} experts and token ids up to {}: an aggregate table of {:.3g} "
-             "entries is too large; is this a `moe generate --trace` file of this model?",
-             a.n_experts, a.vocab - 1, (double)a.n_experts * a.vocab);
+        fail(
+            "routing names {} experts and token ids up to {}: an aggregate table of {:.3g} "
+            "entries is too large; is this a `moe generate --trace` file of this model?",
+            a.n_experts, a.vocab - 1, (double)a.n_experts * a.vocab);
     a.vocab_text = vocab_text;
     a.vocab_text.resize(a.vocab);
     for (auto& t : routing)  // traces carry the text of each token
@@ -174,9 +176,10 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
                 int e = c->experts[j];
                 if (e < 0 || !c->kept[j]) continue;
                 if (e >= E)
-                    fail("routing of token {} names expert {} but there are {}; is this trace "
-                         "from this model?",
-                         i, e, E);
+                    fail(
+                        "routing of token {} names expert {} but there are {}; is this trace "
+                        "from this model?",
+                        i, e, E);
                 L.counts[(size_t)e * C + cls[i]] += 1;
                 if (routing[i].token >= 0) L.token_counts[(size_t)e * V + routing[i].token] += 1;
             }

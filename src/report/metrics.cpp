@@ -104,7 +104,8 @@ MetricsLog parse_metrics(const std::string& text, const std::string& where) {
         r.tokens_per_s = num_or_nan(j, "tokens_per_s");
         r.elapsed_s = num_or_nan(j, "elapsed_s");
         for (auto it = j.begin(); it != j.end(); ++it)
-            if (it->is_number() && it.key() != "step") r.scalars[it.key()] = num_or_nan(j, it.key().c_str());
+            if (it->is_number() && it.key() != "step")
+                r.scalars[it.key()] = num_or_nan(j, it.key().c_str());
         if (j.contains("layers")) {
             if (!j["layers"].is_array()) return skip("\"layers\" is not an array");
             try {

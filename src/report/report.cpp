@@ -1,7 +1,6 @@
 // `moe report RUN_DIR`: metrics.jsonl (+ the run's checkpoint, + routing traces) -> one
 // self-contained HTML file with every figure inlined as SVG, and a PNG copy of each figure
 // beside it. docs/report.md explains how to read each figure.
-#include "moe/checked.h"
 #include "moe/report.h"
 
 #include <fmt/format.h>
@@ -15,6 +14,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "moe/checked.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"

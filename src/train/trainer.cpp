@@ -100,9 +100,10 @@ TrainResult run_train(const TrainOptions& opt) {
         resume_ckpt = resolve_resume_dir(opt.resume_dir);
         state = load_trainer_state(resume_ckpt);
         if (!state.contains("config") || !state.contains("step") || !state.contains("loader"))
-            fail("{}/trainer_state.json: lacks config, step or loader; the checkpoint is damaged, "
-                 "resume from another one",
-                 resume_ckpt);
+            fail(
+                "{}/trainer_state.json: lacks config, step or loader; the checkpoint is damaged, "
+                "resume from another one",
+                resume_ckpt);
         cfg = TrainConfig();
         config_apply_json(cfg, state["config"], resume_ckpt + "/trainer_state.json: config");
         cfg.stop_after = 0;  // an invocation's own stop point, not part of the run
@@ -171,13 +172,15 @@ TrainResult run_train(const TrainOptions& opt) {
     Corpus corpus = tokenize_corpus(text, cfg.val_fraction, *tok);
     const int B = cfg.batch_size, S = cfg.model.block_size;
     if (corpus.train.size() < (size_t)S + 1)
-        fail("{}: the training split has {} tokens, fewer than block_size + 1 = {}; give a longer "
-             "text or a smaller block_size",
-             cfg.data, corpus.train.size(), S + 1);
+        fail(
+            "{}: the training split has {} tokens, fewer than block_size + 1 = {}; give a longer "
+            "text or a smaller block_size",
+            cfg.data, corpus.train.size(), S + 1);
     if (corpus.val.size() < (size_t)S + 1)
-        fail("{}: the validation split has {} tokens, fewer than block_size + 1 = {}; give a "
-             "longer text, a larger val_fraction or a smaller block_size",
-             cfg.data, corpus.val.size(), S + 1);
+        fail(
+            "{}: the validation split has {} tokens, fewer than block_size + 1 = {}; give a "
+            "longer text, a larger val_fraction or a smaller block_size",
+            cfg.data, corpus.val.size(), S + 1);
     if (resuming) {
         int64_t nt = state.value("train_tokens", (int64_t)-1),
                 nv = state.value("val_tokens", (int64_t)-1);
@@ -213,7 +216,7 @@ TrainResult run_train(const TrainOptions& opt) {
         const double T = (double)cfg.batch_size * mcfg.block_size;
         const double f = std::max(mcfg.d_ff, mcfg.moe.d_ff * std::max(1, mcfg.moe.top_k));
         const double act = T * (mcfg.n_layers * (12.0 * mcfg.d_model + 3 * f +
-                                                  (double)mcfg.n_heads * mcfg.block_size) +
+                                                 (double)mcfg.n_heads * mcfg.block_size) +
                                 2.0 * mcfg.vocab_size);
         check_fits_in_memory(4.0 * (4.0 * n + act),
                              fmt::format("config: the model ({:.3g} parameters) and a batch of "
@@ -342,11 +345,12 @@ TrainResult run_train(const TrainOptions& opt) {
         } catch (const Error& e) {
             // The input tokens are checked; non-finite values inside the model come from the
             // parameters, i.e. from the previous updates: the learning rate is the likely cause.
-            fail("step {}: the model produced non-finite values ({}); the learning rate {:.3g} is "
-                 "probably too high: lower --lr (or keep --grad-clip on) and resume from the last "
-                 "good checkpoint, {}",
-                 t, e.what(), lr_at(cfg, t),
-                 dir_exists(latest_dir) ? latest_dir : "none (start again)");
+            fail(
+                "step {}: the model produced non-finite values ({}); the learning rate {:.3g} is "
+                "probably too high: lower --lr (or keep --grad-clip on) and resume from the last "
+                "good checkpoint, {}",
+                t, e.what(), lr_at(cfg, t),
+                dir_exists(latest_dir) ? latest_dir : "none (start again)");
         }
         if (!std::isfinite(loss))
             fail(
@@ -358,9 +362,10 @@ TrainResult run_train(const TrainOptions& opt) {
         float* g = model.grad_data();
         double gnorm = clip_grad_norm(g, P, cfg.grad_clip);
         if (!std::isfinite(gnorm))
-            fail("step {}: gradient norm is {}; the learning rate {:.3g} is probably too high: "
-                 "lower --lr (keep --grad-clip on) and resume from the last good checkpoint, {}",
-                 t, gnorm, lr_at(cfg, t), dir_exists(latest_dir) ? latest_dir : "none");
+            fail(
+                "step {}: gradient norm is {}; the learning rate {:.3g} is probably too high: "
+                "lower --lr (keep --grad-clip on) and resume from the last good checkpoint, {}",
+                t, gnorm, lr_at(cfg, t), dir_exists(latest_dir) ? latest_dir : "none");
         const double lr = lr_at(cfg, t);
         AdamWParams h;
         h.lr = (float)lr;
@@ -396,8 +401,7 @@ TrainResult run_train(const TrainOptions& opt) {
                 fail(
                     "step {}: validation loss is {}; the learning rate {:.3g} is probably too "
                     "high: lower --lr and resume from the last good checkpoint, {}",
-                    step, last_val, lr_at(cfg, step),
-                    dir_exists(latest_dir) ? latest_dir : "none");
+                    step, last_val, lr_at(cfg, step), dir_exists(latest_dir) ? latest_dir : "none");
             line.val_loss = last_val;
             if (last_val < best_val) {
                 best_val = last_val;

@@ -35,8 +35,10 @@ TEST(Checked, IntegersExactAndInRange) {
     }
     // the same from flag text
     EXPECT_EQ(parse_int("32", "--k", r), 32);
-    for (const char* bad : {"40.5", "4294967328", "2147483648", "0", "-5", "x", "", "1e3", " 3", "3 "})
-        EXPECT_NE(error_of([&] { parse_int(bad, "--k", r); }).find("--k"), std::string::npos) << bad;
+    for (const char* bad :
+         {"40.5", "4294967328", "2147483648", "0", "-5", "x", "", "1e3", " 3", "3 "})
+        EXPECT_NE(error_of([&] { parse_int(bad, "--k", r); }).find("--k"), std::string::npos)
+            << bad;
     EXPECT_EQ(check_int_text("2147483647", Range::in(0, 2147483647)), "");
     EXPECT_NE(check_int_text("2147483648", Range::in(0, 2147483647)), "");
 }
@@ -47,7 +49,8 @@ TEST(Checked, FloatsFiniteAndInRange) {
     for (json bad : {json(0), json(1), json(-0.5), json(NAN), json(INFINITY), json("0.5")})
         EXPECT_FALSE(error_of([&] { checked_num(bad, "x", r); }).empty()) << bad.dump();
     for (const char* bad : {"nan", "inf", "-inf", "1e999", "0", "1", "x", "0.5x"})
-        EXPECT_NE(error_of([&] { parse_num(bad, "--p", r); }).find("--p"), std::string::npos) << bad;
+        EXPECT_NE(error_of([&] { parse_num(bad, "--p", r); }).find("--p"), std::string::npos)
+            << bad;
     EXPECT_DOUBLE_EQ(parse_num("2.5e-1", "--p", r), 0.25);
     EXPECT_EQ(Range::in_open(0, 1).describe(false), "finite number in (0, 1)");
     EXPECT_EQ(Range::in(1, 65536).describe(true), "integer in [1, 65536]");
