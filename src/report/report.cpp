@@ -329,9 +329,24 @@ ReportResult run_report(const ReportOptions& opt_in) {
         PlotSeries v = series_of(log, "validation", [](const MetricsRow& r) { return r.val_loss; });
         v.points = true;
         f.series.push_back(v);
+        // eval_also (fine-tuning): the second corpus' validation loss beside the main one.
+        bool have_also = false;
+        for (auto& r : log.rows) have_also |= r.scalars.count("eval_also_loss") > 0;
+        if (have_also) {
+            PlotSeries a = series_of(log, "validation (eval_also corpus)", [](const MetricsRow& r) {
+                auto it = r.scalars.find("eval_also_loss");
+                return it == r.scalars.end() ? NAN : it->second;
+            });
+            a.points = true;
+            f.series.push_back(a);
+        }
         page.add(f,
-                 "Training loss of each logged batch and validation loss at each evaluation "
-                 "(mean cross-entropy, aux losses not included).");
+                 std::string("Training loss of each logged batch and validation loss at each "
+                             "evaluation (mean cross-entropy, aux losses not included).") +
+                     (have_also ? " The eval_also series is the validation split of the second "
+                                  "corpus (train_config.json names it): when fine-tuning, what "
+                                  "happens to the other domain (forgetting)."
+                                : ""));
     }
     {
         Figure f = line_fig("lr", "learning rate", "learning rate");
@@ -680,6 +695,23 @@ ReportResult run_report(const ReportOptions& opt_in) {
                         fmt_num(last_finite(el), "{:.1f}"));
     head += fmt::format("<tr><th class=\"l\">MoE layers in metrics</th><td>{}</td></tr>\n",
                         layers.size());
+    // Fine-tuning runs: what was frozen (frozen.json, written by moe train).
+    if (file_exists(opt.run_dir + "/frozen.json")) {
+        nlohmann::json fz = nlohmann::json::parse(read_file(opt.run_dir + "/frozen.json"), nullptr, false);
+        if (fz.is_object() && fz.value("freeze", std::string()) != "")
+            head += fmt::format(
+                "<tr><th class=\"l\">frozen</th><td>{}: {} tensors, {} of {} params trainable"
+                "</td></tr>\n",
+                html_escape(fz.value("freeze", std::string())),
+                fz.contains("frozen_tensors") ? fz["frozen_tensors"].size() : 0,
+                fz.value("trainable_params", (int64_t)0), fz.value("n_params", (int64_t)0));
+        if (fz.is_object() && fz.value("init_from", std::string()) != "")
+            head += fmt::format("<tr><th class=\"l\">init from</th><td>{}</td></tr>\n",
+                                html_escape(fz.value("init_from", std::string())));
+        if (fz.is_object() && fz.value("upcycle_from", std::string()) != "")
+            head += fmt::format("<tr><th class=\"l\">upcycled from</th><td>{}</td></tr>\n",
+                                html_escape(fz.value("upcycle_from", std::string())));
+    }
     head += "</table>\n";
     if (log.lines_skipped > 0) {
         head += fmt::format(
