@@ -17,6 +17,7 @@
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/finetune.h"
 #include "moe/model.h"
 #include "moe/rng.h"
 #include "moe/stats.h"
@@ -202,7 +203,8 @@ Figure sim_heatmap(const std::string& id, const std::string& title, const std::v
 
 // Validation text for the probe: --probe-text, else the run's training config (its data file
 // and val_fraction: the tail of the corpus is the validation split), else none.
-std::string find_probe_text(const ReportOptions& opt, std::string* source) {
+std::string find_probe_text(const ReportOptions& opt, std::string* source,
+                            std::string* unknown_symbol) {
     if (!opt.probe_text.empty()) {
         *source = opt.probe_text;
         return read_file(opt.probe_text);
@@ -231,6 +233,9 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
         size_t nl = text.find('\n', start);
         if (nl != std::string::npos && nl + 1 < text.size()) start = nl + 1;
         *source = fmt::format("{} (validation split: the last {:.0f}%)", data, 100 * vf);
+        // A fine-tuned run maps symbols its checkpoint's vocabulary lacks (docs/training.md).
+        if (j.contains("unknown_symbol") && j["unknown_symbol"].is_string())
+            *unknown_symbol = j["unknown_symbol"].get<std::string>();
         return text.substr(start, 64 * 1024);
     }
     return "";
@@ -238,7 +243,10 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
 
 std::vector<int32_t> probe_tokens(const ReportOptions& opt, const Tokenizer& tok,
                                   std::string* source) {
-    std::string text = find_probe_text(opt, source);
+    std::string unknown_symbol;
+    std::string text = find_probe_text(opt, source, &unknown_symbol);
+    if (!unknown_symbol.empty() && !text.empty())
+        text = map_unknown_symbols(text, tok, unknown_symbol, *source);
     std::vector<int32_t> ids;
     if (!text.empty()) {
         // A byte-level cut can split a UTF-8 symbol: trim until the tokenizer accepts the text.
