@@ -34,7 +34,7 @@ def median(xs):
     return xs[len(xs) // 2] if xs else float("nan")
 
 
-def gnuplot(name, title, xlabel, series):
+def gnuplot(name, title, xlabel, series, key="top right"):
     """series: [(title, [(x, y)...])]; writes IMG/name.png."""
     if not shutil.which("gnuplot") or not any(pts for _, pts in series):
         return
@@ -49,7 +49,7 @@ def gnuplot(name, title, xlabel, series):
                       for i, (t, pts) in enumerate(series) if pts)
     script = (f"set terminal pngcairo size 900,520 font 'sans,11'\nset output '{IMG}/{name}.png'\n"
               f"set title '{title}'\nset xlabel '{xlabel}'\nset ylabel 'validation loss (nats)'\n"
-              f"set grid\nset key top right\nplot {plots}\n")
+              f"set grid\nset key {key}\nplot {plots}\n")
     subprocess.run(["gnuplot"], input=script.encode(), check=True)
 
 
@@ -86,7 +86,7 @@ for run, title in ARMS:
     shk_series.append((title, [(s, v) for s, _, v in ea]))
 gnuplot("finetune-kjv", "Fine-tuning on KJV: KJV validation loss", "fine-tuning step", kjv_series)
 gnuplot("finetune-forgetting", "Fine-tuning on KJV: Shakespeare validation loss (forgetting)",
-        "fine-tuning step", shk_series)
+        "fine-tuning step", shk_series, key="bottom right")
 
 # ---- experiment 2
 def step_tflop(run):
