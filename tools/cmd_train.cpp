@@ -5,6 +5,7 @@
 
 #include "moe/config.h"
 #include "moe/error.h"
+#include "moe/file_io.h"
 #include "moe/trainer.h"
 #include "tools/command.h"
 
@@ -55,8 +56,22 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
     TrainOptions t;
     t.overrides = parse_overrides(extras);
     if (o.resume.empty()) {
-        if (o.config.empty()) usage_fail("moe train: give --config FILE (or --resume DIR)");
-        t.cfg = config_load(o.config);
+        bool from_ckpt = false;  // --init-from / --upcycle-from: a config file is optional
+        for (auto& [k, v] : t.overrides)
+            from_ckpt = from_ckpt || k == "init-from" || k == "init_from" ||
+                        k == "upcycle-from" || k == "upcycle_from";
+        if (o.config.empty() && !from_ckpt)
+            usage_fail("moe train: give --config FILE (or --resume DIR, or --init-from CKPT)");
+        if (!o.config.empty()) {
+            t.cfg = config_load(o.config);
+            // The keys the file sets: with --init-from, the model keys it does not set come
+            // from the checkpoint.
+            nlohmann::json j = nlohmann::json::parse(read_file(o.config), nullptr, true, true);
+            for (auto& [k, v] : j.items())
+                if (k != "comment" && k.rfind("_", 0) != 0) t.given_keys.push_back(k);
+        } else if (o.out.empty()) {
+            usage_fail("moe train: give --out DIR (the run folder) with --init-from and no --config");
+        }
         // Check the flags now, so a typo fails before any work.
         TrainConfig probe = t.cfg;
         check_flags(probe, t.overrides);
@@ -114,7 +129,9 @@ static void register_train(CLI::App& app) {
         "Train a language model (dense or MoE) from a JSON config; any config key is a flag.\n"
         "Example: moe train --config configs/shakespeare-char-moe.json --out runs/moe "
         "--max-steps 500 --lr 2e-3\n"
-        "Resume:  moe train --resume runs/moe [--max-steps 3000]");
+        "Resume:  moe train --resume runs/moe [--max-steps 3000]\n"
+        "Fine-tune: moe train --init-from runs/moe --data data/kjv.txt --unknown-symbol , "
+        "--freeze non-expert --out runs/kjv --max-steps 500");
     sub->add_option("--config", opts->config, "training config (JSON, configs/*.json)");
     sub->add_option("--out", opts->out, "run folder (default runs/<config name>)");
     sub->add_option("--resume", opts->resume, "continue a run folder (its latest/) or checkpoint");

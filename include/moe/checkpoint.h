@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "moe/model.h"
 #include "moe/tokenizer.h"
@@ -32,8 +33,11 @@ std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
 // with "No space left on device" once N bytes are written (a full disk);
 // MOE_TEST_CKPT_PAUSE_AT_STEP=S sleeps 30 s half-way through model.safetensors of a checkpoint
 // with optimizer state (latest/) when trainer_state.step == S (a test kills -9 the writer there).
+// state_offsets (per params() entry, or null = identity layout): where a tensor's AdamW moments
+// start in adam_m/adam_v; -1 = a frozen tensor without optimizer state (not written).
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
-                     const float* adam_m, const float* adam_v, const nlohmann::json* trainer_state);
+                     const float* adam_m, const float* adam_v, const nlohmann::json* trainer_state,
+                     const std::vector<int64_t>* state_offsets = nullptr);
 
 // Cleans up after a writer killed mid-save: removes dir.tmp-* folders; a dir.old-* left between
 // the two renames of the fallback swap is moved back to dir when dir is missing, else removed.
@@ -47,7 +51,9 @@ void load_params(Model& model, const std::string& dir);
 // that disagrees, with expected and actual shapes) and the memory it needs against the machine's
 // (training: + gradients + AdamW moments). Reads only the header.
 void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool training);
-void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v);
+// state_offsets as for save_checkpoint: tensors at -1 are not read (and must not be in the file).
+void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v,
+                    const std::vector<int64_t>* state_offsets = nullptr);
 nlohmann::json load_trainer_state(const std::string& dir);
 
 }  // namespace moe

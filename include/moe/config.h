@@ -48,9 +48,24 @@ struct TrainConfig {
     int print_every = 100;  // plain progress line when stderr is not a terminal
     double max_time_s = 0;  // > 0: stop when training time exceeds this (then save)
 
+    // fine-tuning (docs/training.md "Fine-tuning, freezing, upcycling")
+    std::string init_from;       // checkpoint or run folder (its best/): start from its weights
+    std::string upcycle_from;    // dense checkpoint or run folder: experts start as its FFNs
+    double upcycle_noise = 0;    // upcycled expert weights *= 1 + noise * N(0,1)
+    std::string freeze;          // comma-separated groups and tensor-name globs
+    std::string unknown_symbol;  // char vocab: symbol replacing those outside it ("": error)
+    std::string eval_also;       // a second text: its validation split at every evaluation
+
     uint64_t seed = 1337;
     int threads = 0;  // 0 = all cores
 };
+
+// Config keys that fix the model's tensors or their meaning: with init_from they come from the
+// checkpoint, and a config or flag giving another value is an error naming the key.
+const std::vector<std::string>& model_shape_keys();
+// Every key that describes the model (shape keys + router and balancing options): with
+// init_from, those not given take the checkpoint's values.
+bool is_model_key(const std::string& key);
 
 // One row per key: its type, where it lives, its help line and its allowed range (Range::in,
 // at_least, above, one_of ...; include/moe/checked.h). JSON and flags are both read through the

@@ -60,6 +60,13 @@ class Model {
     float* param_data();
     float* grad_data();
     void zero_grad();
+    // Fine-tuning: frozen[i] != 0 freezes params()[i]. backward() then skips the weight-gradient
+    // work of frozen tensors (the dW GEMMs of attention, FFN, experts, router, LM head; the
+    // embedding scatter; norm weight sums) and still computes every dx upstream needs. A frozen
+    // tensor's gradient is unspecified (partly written when it shares a GEMM with a trainable
+    // one, e.g. q_proj frozen but k_proj not): the trainer leaves frozen ranges out of clipping
+    // and AdamW. Empty = nothing frozen.
+    void set_frozen(const std::vector<uint8_t>& frozen);
     void init_params(uint64_t seed);
     bool is_no_decay(const ParamSpec& p) const;  // norms and biases: no weight decay
 

@@ -115,6 +115,10 @@ class MoeLayer {
     float* param_data() { return params_; }
     float* grad_data() { return grads_; }
     void zero_grad();
+    // Fine-tuning: frozen[i] != 0 marks params()[i] as frozen; backward then skips its weight
+    // gradient GEMM (the router's when every router matrix is frozen, an expert's w1+w3 or w2)
+    // and still computes dx. A frozen tensor's gradient is left unspecified (not zeroed).
+    void set_frozen(const std::vector<uint8_t>& frozen);
     void init_params(uint64_t seed, float router_std = 0.02f);  // experts: U(+-1/sqrt(fan_in))
 
     // x [T,d] -> y [T,d]. training enables noise, jitter and gate dropout. Keeps what backward
@@ -156,6 +160,8 @@ class MoeLayer {
     void compute_stats_();
     MoeConfig cfg_;
     std::vector<ParamSpec> specs_;
+    bool router_frozen_ = false;
+    std::vector<uint8_t> frozen13_, frozen2_, shared13_, shared2_;  // per expert (set_frozen)
     size_t n_params_ = 0;
     Buffer own_params_, own_grads_;
     float* params_ = nullptr;

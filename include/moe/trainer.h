@@ -15,6 +15,9 @@ namespace moe {
 struct TrainOptions {
     TrainConfig cfg;
     std::vector<std::pair<std::string, std::string>> overrides;  // flags, applied after resume
+    // Keys the config file set (with the overrides' keys: what the user chose). init_from uses
+    // them: model keys not given come from the checkpoint, shape keys given must agree with it.
+    std::vector<std::string> given_keys;
     std::string out_dir;     // run folder ("" with resume: the resumed run's folder)
     std::string resume_dir;  // run folder (its latest/) or checkpoint folder; "" = fresh run
     bool progress = true;    // progress lines on stderr

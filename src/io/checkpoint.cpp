@@ -142,7 +142,8 @@ static void swap_into_place(const std::string& tmp, const std::string& dir) {
 }
 
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
-                     const float* adam_m, const float* adam_v, const json* trainer_state) {
+                     const float* adam_m, const float* adam_v, const json* trainer_state,
+                     const std::vector<int64_t>* state_offsets) {
     make_dirs(parent_of(dir));
     recover_checkpoint_dir(dir);
     const std::string tmp = dir + ".tmp-" + std::to_string(::getpid());
@@ -165,9 +166,13 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
         w.write(tmp + "/model.safetensors", st.serialize(), /*may_pause=*/adam_m != nullptr);
         if (adam_m && adam_v) {
             SafetensorsWriter opt;
-            for (auto& s : model.params()) {
-                opt.add(s.name + ".exp_avg", s.shape, adam_m + s.offset);
-                opt.add(s.name + ".exp_avg_sq", s.shape, adam_v + s.offset);
+            const auto& specs = model.params();
+            for (size_t i = 0; i < specs.size(); i++) {
+                const ParamSpec& s = specs[i];
+                int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
+                if (o < 0) continue;  // frozen: no optimizer state
+                opt.add(s.name + ".exp_avg", s.shape, adam_m + o);
+                opt.add(s.name + ".exp_avg_sq", s.shape, adam_v + o);
             }
             w.write(tmp + "/optimizer.safetensors", opt.serialize());
         }
@@ -380,19 +385,30 @@ void load_params(Model& model, const std::string& dir) {
                 path, n);
 }
 
-void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v) {
+void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v,
+                    const std::vector<int64_t>* state_offsets) {
     const std::string path = dir + "/optimizer.safetensors";
     if (!file_exists(path))
         fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/",
              path);
     SafetensorsReader r(path);
-    for (auto& s : model.params()) {
+    const auto& specs = model.params();
+    for (size_t i = 0; i < specs.size(); i++) {
+        const ParamSpec& s = specs[i];
+        int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
+        if (o < 0) {
+            if (r.has(s.name + ".exp_avg"))
+                fail("{}: has optimizer state for {}, which this run freezes (the freeze "
+                     "changed?)",
+                     path, s.name);
+            continue;
+        }
         const StTensor& m = r.get(s.name + ".exp_avg", s.shape);
         const StTensor& v = r.get(s.name + ".exp_avg_sq", s.shape);
         check_finite(path, s.name + ".exp_avg", m.data.data(), m.data.size());
         check_finite(path, s.name + ".exp_avg_sq", v.data.data(), v.data.size());
-        std::memcpy(adam_m + s.offset, m.data.data(), m.data.size() * 4);
-        std::memcpy(adam_v + s.offset, v.data.data(), v.data.size() * 4);
+        std::memcpy(adam_m + o, m.data.data(), m.data.size() * 4);
+        std::memcpy(adam_v + o, v.data.data(), v.data.size() * 4);
     }
 }
 

@@ -103,9 +103,41 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
          R::in(0, 1e9)},
         {"max_time_s", F::Double, &c.max_time_s, "stop when training time exceeds this (0: off)",
          R::in(0, 1e9)},
+        {"init_from", F::String, &c.init_from,
+         "fine-tune: start from this checkpoint or run folder (its best/)"},
+        {"upcycle_from", F::String, &c.upcycle_from,
+         "sparse upcycling: experts start as this dense checkpoint's FFNs"},
+        {"upcycle_noise", F::Double, &c.upcycle_noise,
+         "upcycled expert weights *= 1 + noise * N(0,1) (0: exact copies)", R::in_open_hi(0, 1)},
+        {"freeze", F::String, &c.freeze,
+         "frozen groups (experts, router, attention, embeddings, norms, non-expert, moe) and "
+         "tensor-name globs, comma-separated"},
+        {"unknown_symbol", F::String, &c.unknown_symbol,
+         "char vocabulary: replace symbols outside it by this one (empty: error)"},
+        {"eval_also", F::String, &c.eval_also,
+         "a second text whose validation split is evaluated at every evaluation"},
         {"seed", F::U64, &c.seed, "seed of init, data order and router noise"},
         {"threads", F::Int, &c.threads, "threads (0: all cores)", R::in(0, 4096)},
     };
+}
+
+const std::vector<std::string>& model_shape_keys() {
+    static const std::vector<std::string> k = {
+        "n_layers", "d_model", "n_heads",      "n_kv_heads", "d_ff",      "block_size",
+        "rms_eps",  "rope_theta", "tie_embeddings", "moe_every", "n_experts", "expert_d_ff",
+        "activation", "n_shared_experts", "d_ff_shared"};
+    return k;
+}
+
+bool is_model_key(const std::string& key) {
+    TrainConfig c;
+    for (auto& f : config_fields(c))
+        if (key == f.name) {
+            if (!f.ptr) return true;  // activation
+            const char* p = (const char*)f.ptr;
+            return p >= (const char*)&c.model && p < (const char*)(&c.model + 1);
+        }
+    return false;
 }
 
 static const char* type_name(ConfigField::Type t) {
@@ -330,6 +362,10 @@ void config_validate(const TrainConfig& c) {
     need(c.log_every >= 1, fmt::format("log_every={} (must be >= 1)", c.log_every));
     need(c.eval_every >= 0 && c.save_every >= 0 && c.print_every >= 0,
          "eval_every, save_every and print_every must be >= 0");
+    need(c.init_from.empty() || c.upcycle_from.empty(),
+         "init_from and upcycle_from are exclusive (upcycle_from already starts from a checkpoint)");
+    need(c.upcycle_noise >= 0 && c.upcycle_noise < 1,
+         fmt::format("upcycle_noise={} (must be in [0, 1))", c.upcycle_noise));
     const ModelConfig& m = c.model;
     need(m.d_model >= 1 && m.n_heads >= 1 && m.n_layers >= 1 && m.block_size >= 1,
          fmt::format("d_model={} n_heads={} n_layers={} block_size={} (all must be >= 1)",

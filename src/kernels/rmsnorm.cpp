@@ -78,6 +78,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
 #pragma omp simd
         for (int i = 0; i < d; i++) dxt[i] += r * (w[i] * dyt[i] - xt[i] * c);
     }
+    if (!dw) return;  // a frozen norm: no weight gradient
     for (int t = 0; t < T; t++) {
         const float* xt = x + (long)t * d;
         const float* dyt = dy + (long)t * d;

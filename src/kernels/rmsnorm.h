@@ -8,6 +8,7 @@
 namespace moe {
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int d, float eps);
+// dw == nullptr: a frozen weight, only dx is accumulated.
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int T, int d);
 

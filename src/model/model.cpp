@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "kernels/activations.h"
 #include "kernels/attention.h"
@@ -74,11 +75,11 @@ void swiglu_bwd(const float* h, const float* da, float* dh, long rows, int f) {
 void linear_fwd(float* y, const float* x, const float* w, int M, int N, int K) {
     sgemm(false, true, M, N, K, 1.f, x, K, w, K, 0.f, y, N);
 }
-// dx [M,K] (= or += by beta) dy [M,N] W; dW [N,K] += dy^T x
+// dx [M,K] (= or += by beta) dy [M,N] W; dW [N,K] += dy^T x (skipped when dw is null: frozen)
 void linear_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int M, int N,
                 int K, float beta_dx = 0.f) {
     sgemm(false, false, M, K, N, 1.f, dy, N, w, K, beta_dx, dx, K);
-    sgemm(true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
+    if (dw) sgemm(true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
 }
 
 std::string moe_param_name(int layer, const std::string& n) {
@@ -93,6 +94,10 @@ std::string moe_param_name(int layer, const std::string& n) {
 }
 
 }  // namespace
+
+struct LayerFrozen {  // set_frozen: which weight-gradient computations backward skips
+    bool ln1 = false, wqkv = false, wo = false, ln2 = false, w13 = false, w2 = false;
+};
 
 struct LayerPtrs {  // one layer's tensors inside the flat parameter (or gradient) buffer
     float *ln1 = nullptr, *wqkv = nullptr, *wo = nullptr, *ln2 = nullptr;
@@ -109,6 +114,8 @@ struct Model::Impl {
     size_t off_wte = 0, off_normf = 0, off_head = 0;
     std::vector<std::unique_ptr<MoeLayer>> moe;  // nullptr for dense layers
     Buffer rope_cos, rope_sin;                   // [block, hd/2]
+    std::vector<LayerFrozen> frozen;             // per layer (set_frozen)
+    bool frozen_wte = false, frozen_head = false, frozen_normf = false;
 
     // Activations of the last forward, carved from one arena per (B,S) (see docs/model.md).
     int B = 0, S = 0, T = 0;
@@ -347,6 +354,35 @@ void Model::zero_grad() {
     for (long i0 = 0; i0 < n; i0 += chunk)
         std::memset(g + i0, 0, sizeof(float) * (size_t)std::min(chunk, n - i0));
 }
+void Model::set_frozen(const std::vector<uint8_t>& frozen) {
+    Impl& m = *impl_;
+    if (!frozen.empty() && frozen.size() != m.specs.size())
+        fail("model set_frozen: {} flags for {} parameter tensors", frozen.size(), m.specs.size());
+    std::map<std::string, bool> fz;
+    for (size_t i = 0; i < m.specs.size(); i++) fz[m.specs[i].name] = !frozen.empty() && frozen[i];
+    auto is = [&](const std::string& n) { return fz.count(n) ? fz[n] : false; };
+    m.frozen.assign(m.L, LayerFrozen());
+    for (int l = 0; l < m.L; l++) {
+        std::string pre = "model.layers." + std::to_string(l) + ".";
+        LayerFrozen& f = m.frozen[l];
+        f.ln1 = is(pre + "input_layernorm.weight");
+        f.wqkv = is(pre + "self_attn.q_proj.weight") && is(pre + "self_attn.k_proj.weight") &&
+                 is(pre + "self_attn.v_proj.weight");  // one GEMM computes all three
+        f.wo = is(pre + "self_attn.o_proj.weight");
+        f.ln2 = is(pre + "post_attention_layernorm.weight");
+        f.w13 = is(pre + "mlp.gate_proj.weight") && is(pre + "mlp.up_proj.weight");
+        f.w2 = is(pre + "mlp.down_proj.weight");
+        if (m.moe[l]) {
+            std::vector<uint8_t> lf;
+            for (const ParamSpec& p : m.moe[l]->params()) lf.push_back(is(moe_param_name(l, p.name)));
+            m.moe[l]->set_frozen(lf);
+        }
+    }
+    m.frozen_wte = is("model.embed_tokens.weight");
+    m.frozen_head = cfg_.tie_embeddings ? m.frozen_wte : is("lm_head.weight");
+    m.frozen_normf = is("model.norm.weight");
+}
+
 bool Model::is_no_decay(const ParamSpec& p) const { return p.shape.rank() <= 1; }
 
 static bool ends_with(const std::string& s, const std::string& e) {
@@ -433,31 +469,36 @@ void Model::backward() {
     float* G = m.grads.data();
     // LM head and final norm
     cross_entropy_backward(m.dlogits, m.logits, m.lse, m.targets.data(), T, V, 1.f);
-    linear_bwd(m.dln, G + m.off_head, m.dlogits, m.lnf, m.head_w(P), T, V, d);
+    // Frozen weights (set_frozen) pass a null gradient: the dW work is skipped, dx is not.
+    if (m.frozen.empty()) m.frozen.assign(m.L, LayerFrozen());
+    auto gw = [](bool frozen, float* g) { return frozen ? nullptr : g; };
+    linear_bwd(m.dln, gw(m.frozen_head, G + m.off_head), m.dlogits, m.lnf, m.head_w(P), T, V, d);
     std::memset(m.dres, 0, sizeof(float) * T * d);
-    rmsnorm_backward(m.dres, G + m.off_normf, m.dln, m.res[m.L], P + m.off_normf, m.rstdf, T, d);
+    rmsnorm_backward(m.dres, gw(m.frozen_normf, G + m.off_normf), m.dln, m.res[m.L],
+                     P + m.off_normf, m.rstdf, T, d);
     AttnDims ad{B, S, S, H, Hkv, hd, 0};
     for (int l = m.L - 1; l >= 0; l--) {
         LayerPtrs w = m.layer(P, l), g = m.layer(G, l);
+        const LayerFrozen& fz = m.frozen[l];
         // FFN block: d(ffn out) = dres (the residual passes dres through unchanged)
         if (m.moe[l]) {
             m.moe[l]->backward(ConstTensorView(m.dres, {T, d}), TensorView(m.dln, {T, d}));
         } else {
-            linear_bwd(m.dact, g.w2, m.dres, m.act[l], w.w2, T, d, f);
+            linear_bwd(m.dact, gw(fz.w2, g.w2), m.dres, m.act[l], w.w2, T, d, f);
             swiglu_bwd(m.h13[l], m.dact, m.dh13, T, f);
-            linear_bwd(m.dln, g.w13, m.dh13, m.ln2[l], w.w13, T, 2 * f, d);
+            linear_bwd(m.dln, gw(fz.w13, g.w13), m.dh13, m.ln2[l], w.w13, T, 2 * f, d);
         }
-        rmsnorm_backward(m.dres, g.ln2, m.dln, m.res_mid[l], w.ln2, m.rstd2[l], T, d);
+        rmsnorm_backward(m.dres, gw(fz.ln2, g.ln2), m.dln, m.res_mid[l], w.ln2, m.rstd2[l], T, d);
         // attention block
-        linear_bwd(m.datty, g.wo, m.dres, m.atty[l], w.wo, T, d, H * hd);
+        linear_bwd(m.datty, gw(fz.wo, g.wo), m.dres, m.atty[l], w.wo, T, d, H * hd);
         const float* q = m.qkv[l];
         attention_backward(m.dqkv, m.dqkv + H * hd, m.dqkv + (H + Hkv) * hd, m.datty, H * hd,
                            m.att[l], q, qkvd, q + H * hd, qkvd, q + (H + Hkv) * hd, qkvd, ad);
         rope_backward(m.dqkv, B, S, qkvd, H + Hkv, hd, 0, m.rope_cos.data(), m.rope_sin.data());
-        linear_bwd(m.dln, g.wqkv, m.dqkv, m.ln1[l], w.wqkv, T, qkvd, d);
-        rmsnorm_backward(m.dres, g.ln1, m.dln, m.res[l], w.ln1, m.rstd1[l], T, d);
+        linear_bwd(m.dln, gw(fz.wqkv, g.wqkv), m.dqkv, m.ln1[l], w.wqkv, T, qkvd, d);
+        rmsnorm_backward(m.dres, gw(fz.ln1, g.ln1), m.dln, m.res[l], w.ln1, m.rstd1[l], T, d);
     }
-    embedding_backward(G + m.off_wte, m.dres, m.tokens.data(), T, d);
+    if (!m.frozen_wte) embedding_backward(G + m.off_wte, m.dres, m.tokens.data(), T, d);
 }
 
 const float* Model::logits() const {

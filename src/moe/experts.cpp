@@ -67,11 +67,12 @@ void ffn_backward(Activation act, int n, int d, int f, const float* x, const flo
     if (n <= 0) return;
     const int hf = ffn_hidden(act, f);
     // dout is read by the first two GEMMs back to back while it is warm; dh likewise by the last two.
-    sgemm(true, false, d, f, n, 1.f, dout, d, a, f, 1.f, dw2, f);     // dw2 += dout^T a
+    // A null dw2 / dw13 is a frozen weight: its gradient GEMM is skipped, dx is still computed.
+    if (dw2) sgemm(true, false, d, f, n, 1.f, dout, d, a, f, 1.f, dw2, f);  // dw2 += dout^T a
     sgemm(false, false, n, f, d, 1.f, dout, d, w2, f, 0.f, da, f);    // da = dout w2
     act_rows_threaded(false, act, h, da, dh, n, f, threaded);         // dh = act'(h) da
     sgemm(false, false, n, d, hf, 1.f, dh, hf, w13, d, beta_dx, dx, d);  // dx = dh w13
-    sgemm(true, false, hf, d, n, 1.f, dh, hf, x, d, 1.f, dw13, d);    // dw13 += dh^T x
+    if (dw13) sgemm(true, false, hf, d, n, 1.f, dh, hf, x, d, 1.f, dw13, d);  // dw13 += dh^T x
 }
 
 static void act_forward_ref(Activation act, const float* h, float* a, int64_t rows, int f) {
@@ -176,8 +177,10 @@ void experts_backward(const GroupedFfn& g, const float* xp, const float* h, cons
         if (n == 0) return;
         const float* w = g.weights + e * g.stride;
         float* gw = g.grads + e * g.stride;
+        float* gw13 = g.frozen13 && g.frozen13[e] ? nullptr : gw;
+        float* gw2 = g.frozen2 && g.frozen2[e] ? nullptr : gw + (int64_t)hf * d;
         ffn_backward(g.act, (int)n, d, f, xp + r0 * d, w, w + (int64_t)hf * d, h + r0 * hf,
-                     a + r0 * f, dout + r0 * d, dxp + r0 * d, 0.f, gw, gw + (int64_t)hf * d,
+                     a + r0 * f, dout + r0 * d, dxp + r0 * d, 0.f, gw13, gw2,
                      da + r0 * f, dh + r0 * hf, threaded);
     };
     if (how == ExpertThreads::experts) {

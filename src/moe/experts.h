@@ -28,7 +28,7 @@ void act_backward(Activation act, const float* h, const float* da, float* dh, in
 void ffn_forward(Activation act, int n, int d, int f, const float* x, const float* w13,
                  const float* w2, float* h, float* a, float* out, float beta_out, bool threaded);
 // dout [n,d] -> dx [n,d] = beta_dx * dx + dh w13; dw13 += dh^T x, dw2 += dout^T a.
-// Scratch: da [n,f], dh [n,hf].
+// Scratch: da [n,f], dh [n,hf]. dw13 or dw2 null: that weight is frozen, its GEMM is skipped.
 void ffn_backward(Activation act, int n, int d, int f, const float* x, const float* w13,
                   const float* w2, const float* h, const float* a, const float* dout, float* dx,
                   float beta_dx, float* dw13, float* dw2, float* da, float* dh, bool threaded);
@@ -54,6 +54,10 @@ struct GroupedFfn {
     const float* weights = nullptr;    // expert e at weights + e * stride
     float* grads = nullptr;            // same layout
     int64_t stride = 0;                // floats per expert (ffn_weight_floats)
+    // Frozen weights (fine-tuning, null = none): expert e's w1+w3 (frozen13[e]) or w2
+    // (frozen2[e]) get no gradient GEMM in backward.
+    const uint8_t* frozen13 = nullptr;
+    const uint8_t* frozen2 = nullptr;
 };
 
 // xp [n,d] -> h [n,hf], a [n,f], out [n,d] (n = offsets[E]).

@@ -169,6 +169,33 @@ void MoeLayer::bind(float* params, float* grads) {
     grads_ = grads;
 }
 
+void MoeLayer::set_frozen(const std::vector<uint8_t>& frozen) {
+    if (frozen.size() != specs_.size())
+        fail("MoeLayer::set_frozen: {} flags for {} parameter tensors", frozen.size(), specs_.size());
+    auto is = [&](const std::string& name) {
+        for (size_t i = 0; i < specs_.size(); i++)
+            if (specs_[i].name == name) return frozen[i] != 0;
+        return true;  // absent (w3 without a GLU): does not stop freezing its group
+    };
+    router_frozen_ = true;
+    for (size_t i = 0; i < specs_.size(); i++)
+        if (specs_[i].name.rfind("experts.", 0) != 0 &&
+            specs_[i].name.rfind("shared_experts.", 0) != 0)
+            router_frozen_ = router_frozen_ && frozen[i];
+    auto fill = [&](const std::string& kind, int n, std::vector<uint8_t>& f13,
+                    std::vector<uint8_t>& f2) {
+        f13.assign(n, 0);
+        f2.assign(n, 0);
+        for (int e = 0; e < n; e++) {
+            std::string p = kind + std::to_string(e) + ".";
+            f13[e] = is(p + "w1") && is(p + "w3");
+            f2[e] = is(p + "w2");
+        }
+    };
+    fill("experts.", cfg_.n_experts, frozen13_, frozen2_);
+    fill("shared_experts.", cfg_.n_shared_experts, shared13_, shared2_);
+}
+
 void MoeLayer::zero_grad() {
     if (grads_) std::memset(grads_, 0, sizeof(float) * n_params_);
 }
@@ -424,6 +451,10 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     ensure(m.da, rows * cfg_.d_ff);
     ensure(m.dh, rows * hf);
     GroupedFfn g = grouped(*this, m, params_, grads_);
+    if (!frozen13_.empty()) {
+        g.frozen13 = frozen13_.data();
+        g.frozen2 = frozen2_.data();
+    }
     experts_backward(g, m.xp.data(), m.h.data(), m.a.data(), m.dout.data(), m.dxp.data(),
                      m.da.data(), m.dh.data(), m.how);
     scatter_rows(m.disp, m.dxp.data(), d, dx.data, false);
@@ -432,7 +463,8 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     ensure(m.dlogits, (int64_t)T * m.ld);
     m.router->backward(m.rin, r, m.dweight.data(), m.dlogits.data());
     const float* xr = m.jittered ? m.xr.data() : m.x.data();
-    sgemm(true, false, m.ld, d, T, 1.f, m.dlogits.data(), m.ld, xr, d, 1.f, grads_, d);
+    if (!router_frozen_)
+        sgemm(true, false, m.ld, d, T, 1.f, m.dlogits.data(), m.ld, xr, d, 1.f, grads_, d);
     if (!m.jittered) {
         sgemm(false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 1.f, dx.data, d);
     } else {
@@ -453,9 +485,11 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
         size_t off = param("shared_experts." + std::to_string(s) + ".w1").offset;
         const float* w = params_ + off;
         float* gw = grads_ + off;
+        const bool f13 = !shared13_.empty() && shared13_[s], f2 = !shared2_.empty() && shared2_[s];
         ffn_backward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
-                     m.sh_h[s].data(), m.sh_a[s].data(), dy.data, dx.data, 1.f, gw,
-                     gw + (int64_t)hfs * d, m.da.data(), m.dh.data(), true);
+                     m.sh_h[s].data(), m.sh_a[s].data(), dy.data, dx.data, 1.f,
+                     f13 ? nullptr : gw, f2 ? nullptr : gw + (int64_t)hfs * d, m.da.data(),
+                     m.dh.data(), true);
     }
 }
 

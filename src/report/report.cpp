@@ -18,6 +18,7 @@
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/finetune.h"
 #include "moe/model.h"
 #include "moe/rng.h"
 #include "moe/stats.h"
@@ -203,7 +204,8 @@ Figure sim_heatmap(const std::string& id, const std::string& title, const std::v
 
 // Validation text for the probe: --probe-text, else the run's training config (its data file
 // and val_fraction: the tail of the corpus is the validation split), else none.
-std::string find_probe_text(const ReportOptions& opt, std::string* source) {
+std::string find_probe_text(const ReportOptions& opt, std::string* source,
+                            std::string* unknown_symbol) {
     if (!opt.probe_text.empty()) {
         *source = opt.probe_text;
         return read_file(opt.probe_text);
@@ -232,6 +234,9 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
         size_t nl = text.find('\n', start);
         if (nl != std::string::npos && nl + 1 < text.size()) start = nl + 1;
         *source = fmt::format("{} (validation split: the last {:.0f}%)", data, 100 * vf);
+        // A fine-tuned run maps symbols its checkpoint's vocabulary lacks (docs/training.md).
+        if (j.contains("unknown_symbol") && j["unknown_symbol"].is_string())
+            *unknown_symbol = j["unknown_symbol"].get<std::string>();
         return text.substr(start, 64 * 1024);
     }
     return "";
@@ -239,7 +244,10 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
 
 std::vector<int32_t> probe_tokens(const ReportOptions& opt, const Tokenizer& tok,
                                   std::string* source) {
-    std::string text = find_probe_text(opt, source);
+    std::string unknown_symbol;
+    std::string text = find_probe_text(opt, source, &unknown_symbol);
+    if (!unknown_symbol.empty() && !text.empty())
+        text = map_unknown_symbols(text, tok, unknown_symbol, *source);
     std::vector<int32_t> ids;
     if (!text.empty()) {
         // A byte-level cut can split a UTF-8 symbol: trim until the tokenizer accepts the text.
@@ -330,9 +338,24 @@ ReportResult run_report(const ReportOptions& opt_in) {
         PlotSeries v = series_of(log, "validation", [](const MetricsRow& r) { return r.val_loss; });
         v.points = true;
         f.series.push_back(v);
+        // eval_also (fine-tuning): the second corpus' validation loss beside the main one.
+        bool have_also = false;
+        for (auto& r : log.rows) have_also |= r.scalars.count("eval_also_loss") > 0;
+        if (have_also) {
+            PlotSeries a = series_of(log, "validation (eval_also corpus)", [](const MetricsRow& r) {
+                auto it = r.scalars.find("eval_also_loss");
+                return it == r.scalars.end() ? NAN : it->second;
+            });
+            a.points = true;
+            f.series.push_back(a);
+        }
         page.add(f,
-                 "Training loss of each logged batch and validation loss at each evaluation "
-                 "(mean cross-entropy, aux losses not included).");
+                 std::string("Training loss of each logged batch and validation loss at each "
+                             "evaluation (mean cross-entropy, aux losses not included).") +
+                     (have_also ? " The eval_also series is the validation split of the second "
+                                  "corpus (train_config.json names it): when fine-tuning, what "
+                                  "happens to the other domain (forgetting)."
+                                : ""));
     }
     {
         Figure f = line_fig("lr", "learning rate", "learning rate");
@@ -681,6 +704,23 @@ ReportResult run_report(const ReportOptions& opt_in) {
                         fmt_num(last_finite(el), "{:.1f}"));
     head += fmt::format("<tr><th class=\"l\">MoE layers in metrics</th><td>{}</td></tr>\n",
                         layers.size());
+    // Fine-tuning runs: what was frozen (frozen.json, written by moe train).
+    if (file_exists(opt.run_dir + "/frozen.json")) {
+        nlohmann::json fz = nlohmann::json::parse(read_file(opt.run_dir + "/frozen.json"), nullptr, false);
+        if (fz.is_object() && fz.value("freeze", std::string()) != "")
+            head += fmt::format(
+                "<tr><th class=\"l\">frozen</th><td>{}: {} tensors, {} of {} params trainable"
+                "</td></tr>\n",
+                html_escape(fz.value("freeze", std::string())),
+                fz.contains("frozen_tensors") ? fz["frozen_tensors"].size() : 0,
+                fz.value("trainable_params", (int64_t)0), fz.value("n_params", (int64_t)0));
+        if (fz.is_object() && fz.value("init_from", std::string()) != "")
+            head += fmt::format("<tr><th class=\"l\">init from</th><td>{}</td></tr>\n",
+                                html_escape(fz.value("init_from", std::string())));
+        if (fz.is_object() && fz.value("upcycle_from", std::string()) != "")
+            head += fmt::format("<tr><th class=\"l\">upcycled from</th><td>{}</td></tr>\n",
+                                html_escape(fz.value("upcycle_from", std::string())));
+    }
     head += "</table>\n";
     if (log.lines_skipped > 0) {
         head += fmt::format(

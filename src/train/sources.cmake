@@ -5,4 +5,5 @@ list(APPEND MOE_SOURCES
   src/train/metrics.cpp
   src/train/trainer.cpp
   src/train/generate.cpp
+  src/train/finetune.cpp
 )

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "data/loader.h"
@@ -16,6 +17,7 @@
 #include "kernels/adamw.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
+#include "moe/finetune.h"
 #include "moe/file_io.h"
 #include "moe/runtime.h"
 #include "train/metrics.h"
@@ -26,26 +28,102 @@ using json = nlohmann::json;
 
 namespace {
 
-// Contiguous parameter ranges with the same weight-decay setting: AdamW runs once per range.
+// Contiguous trainable parameter ranges with the same weight-decay setting: AdamW runs once per
+// range. Frozen tensors are in no range (no update, no clipping, no optimizer state); the AdamW
+// moments are compact, a range's state starting at state_offset.
 struct DecayRun {
     size_t offset, n;
     bool decay;
+    size_t state_offset;
 };
 
-std::vector<DecayRun> decay_runs(const Model& model) {
-    std::vector<ParamSpec> specs = model.params();
-    std::sort(specs.begin(), specs.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
+std::vector<DecayRun> decay_runs(const Model& model, const std::vector<uint8_t>& frozen) {
+    std::vector<size_t> order(model.params().size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = i;
+    const auto& specs = model.params();
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return specs[a].offset < specs[b].offset; });
     std::vector<DecayRun> runs;
-    for (auto& s : specs) {
+    size_t state = 0;
+    for (size_t i : order) {
+        const ParamSpec& s = specs[i];
+        if (!frozen.empty() && frozen[i]) continue;
         bool decay = !model.is_no_decay(s);
         size_t n = (size_t)s.shape.numel();
         if (!runs.empty() && runs.back().decay == decay &&
             runs.back().offset + runs.back().n == s.offset)
             runs.back().n += n;
         else
-            runs.push_back({s.offset, n, decay});
+            runs.push_back({s.offset, n, decay, state});
+        state += n;
     }
     return runs;
+}
+
+// Global-norm clipping over the trainable ranges only (clip_grad_norm's arithmetic: squares
+// summed in double, range by range in offset order).
+double clip_grad_norm_runs(float* g, const std::vector<DecayRun>& runs, double max_norm) {
+    double ss = 0;
+    for (auto& r : runs) {
+        double n = l2_norm(g + r.offset, r.n);
+        ss += n * n;
+    }
+    double norm = std::sqrt(ss);
+    if (max_norm > 0 && std::isfinite(norm) && norm > max_norm)
+        for (auto& r : runs) scale_inplace(g + r.offset, r.n, (float)(max_norm / (norm + 1e-6)));
+    return norm;
+}
+
+// --init-from: the model keys come from the checkpoint. A shape key the user gave (config file
+// or flag) with another value is an error naming it; other model keys (routing options,
+// balancing weights) keep the user's value when given, else take the checkpoint's.
+void take_model_keys(TrainConfig& cfg, const ModelConfig& ck, const std::set<std::string>& given,
+                     const std::string& ckpt) {
+    TrainConfig ref = cfg;
+    ref.model = ck;
+    json jr = config_to_json(ref), jc = config_to_json(cfg);
+    const auto& shape = model_shape_keys();
+    for (auto& [k, v] : jr.items()) {
+        if (!is_model_key(k) || k == "init_std") continue;
+        const bool is_shape = std::find(shape.begin(), shape.end(), k) != shape.end();
+        if (given.count(k)) {
+            if (is_shape && jc[k] != v)
+                fail(
+                    "{}: {} but the checkpoint {} has {}; init_from takes the model shape from "
+                    "the checkpoint: drop the key (or use upcycle_from to change the FFN)",
+                    k, jc[k].dump(), ckpt, v.dump());
+            continue;
+        }
+        config_apply_json(cfg, json{{k, v}}, ckpt + "/config.json");
+    }
+}
+
+// The tokenizer of a checkpoint a fresh run starts from: the config must not ask for another.
+void check_tokenizer_keys(TrainConfig& cfg, const Tokenizer& tok, int ck_vocab,
+                          const std::set<std::string>& given, const std::string& ckpt) {
+    if (tok.vocab_size() != ck_vocab)
+        fail("{}: its tokenizer has {} symbols but its config.json says vocab_size={}", ckpt,
+             tok.vocab_size(), ck_vocab);
+    if (given.count("tokenizer") && cfg.tokenizer != tok.kind())
+        fail("tokenizer: '{}' but the checkpoint {} has a {} tokenizer ({} symbols); the run uses "
+             "the checkpoint's: drop the key",
+             cfg.tokenizer, ckpt, tok.kind(), tok.vocab_size());
+    if (tok.kind() == "sentencepiece" && given.count("vocab_size") &&
+        cfg.vocab_size != tok.vocab_size())
+        fail("vocab_size: {} but the checkpoint {} has a vocabulary of {}; the run uses the "
+             "checkpoint's: drop the key",
+             cfg.vocab_size, ckpt, tok.vocab_size());
+    cfg.tokenizer = tok.kind();
+    if (tok.kind() == "sentencepiece") cfg.vocab_size = tok.vocab_size();
+}
+
+// A corpus' validation split as fixed batches (the same windows at every evaluation).
+void fixed_batches(const std::vector<int32_t>& val, int n, int B, int S, uint64_t seed,
+                   const std::string& name, std::vector<int32_t>* x, std::vector<int32_t>* y) {
+    x->assign((size_t)n * B * S, 0);
+    y->assign(x->size(), 0);
+    BatchLoader vl(&val, B, S, seed, name);
+    for (int i = 0; i < n; i++) vl.next(x->data() + (size_t)i * B * S, y->data() + (size_t)i * B * S);
 }
 
 ModelConfig model_config_for(const TrainConfig& c, int vocab) {
@@ -108,7 +186,42 @@ TrainResult run_train(const TrainOptions& opt) {
         config_apply_json(cfg, state["config"], resume_ckpt + "/trainer_state.json: config");
         cfg.stop_after = 0;  // an invocation's own stop point, not part of the run
     }
-    for (auto& [k, v] : opt.overrides) config_set(cfg, k, v);
+    const TrainConfig recorded = cfg;
+    std::set<std::string> given(opt.given_keys.begin(), opt.given_keys.end());
+    for (auto& [k, v] : opt.overrides) {
+        config_set(cfg, k, v);
+        std::string key = k;
+        for (auto& ch : key)
+            if (ch == '-') ch = '_';
+        given.insert(key);
+    }
+    if (resuming) {
+        // What the run started from and what it freezes are part of the run.
+        if (cfg.freeze != recorded.freeze)
+            fail("--freeze: '{}' but the run being resumed freezes '{}'; a resumed run keeps its "
+                 "freeze (start a new run with --init-from {} to change it)",
+                 cfg.freeze, recorded.freeze, resume_ckpt);
+        if (cfg.init_from != recorded.init_from || cfg.upcycle_from != recorded.upcycle_from ||
+            cfg.upcycle_noise != recorded.upcycle_noise)
+            fail("--init-from / --upcycle-from: a resumed run continues from its own checkpoint {}; "
+                 "drop the flag",
+                 resume_ckpt);
+    }
+    // Fine-tuning: the weights (and tokenizer) come from a checkpoint.
+    std::string init_ckpt, upcycle_ckpt;
+    std::unique_ptr<Tokenizer> ck_tok;
+    if (!resuming && !cfg.init_from.empty()) {
+        init_ckpt = resolve_checkpoint_dir(cfg.init_from);
+        ModelConfig ck = load_model_config(init_ckpt);
+        take_model_keys(cfg, ck, given, init_ckpt);
+        ck_tok = load_tokenizer(init_ckpt);
+        check_tokenizer_keys(cfg, *ck_tok, ck.vocab_size, given, init_ckpt);
+    } else if (!resuming && !cfg.upcycle_from.empty()) {
+        upcycle_ckpt = resolve_checkpoint_dir(cfg.upcycle_from);
+        ModelConfig dense = load_model_config(upcycle_ckpt);
+        ck_tok = load_tokenizer(upcycle_ckpt);
+        check_tokenizer_keys(cfg, *ck_tok, dense.vocab_size, given, upcycle_ckpt);
+    }
     config_validate(cfg);
     if (resuming) {
         // A finished run: say so and touch nothing (no data files, no metrics, no checkpoint).
@@ -159,6 +272,8 @@ TrainResult run_train(const TrainOptions& opt) {
     std::unique_ptr<Tokenizer> tok;
     if (resuming) {
         tok = load_tokenizer(resume_ckpt);
+    } else if (ck_tok) {
+        tok = std::move(ck_tok);
     } else if (cfg.tokenizer == "char") {
         tok = build_char_tokenizer(text);  // vocab over the whole corpus (nanoGPT)
     } else {
@@ -169,7 +284,30 @@ TrainResult run_train(const TrainOptions& opt) {
                          cfg.sp_model_type.c_str(), cfg.vocab_size);
         tok = train_sentencepiece(tr, cfg.vocab_size, cfg.sp_model_type);
     }
+    // A vocabulary that did not come from this text may lack some of its symbols.
+    int64_t n_mapped = 0;
+    if (resuming || !init_ckpt.empty() || !upcycle_ckpt.empty())
+        text = map_unknown_symbols(text, *tok, cfg.unknown_symbol, cfg.data, &n_mapped);
+    if (n_mapped > 0 && opt.progress)
+        std::fprintf(stderr, "train: %s: %lld symbols outside the vocabulary mapped to '%s'\n",
+                     cfg.data.c_str(), (long long)n_mapped, cfg.unknown_symbol.c_str());
     Corpus corpus = tokenize_corpus(text, cfg.val_fraction, *tok);
+    // A second domain evaluated beside the main validation split (forgetting while fine-tuning).
+    std::vector<int32_t> also_val;
+    if (!cfg.eval_also.empty()) {
+        std::string t2 = map_unknown_symbols(read_corpus_text(cfg.eval_also), *tok,
+                                             cfg.unknown_symbol, cfg.eval_also);
+        std::string tr2, va2;
+        split_text(t2, cfg.val_fraction, &tr2, &va2);
+        try {
+            also_val = tok->encode(va2);
+        } catch (const Error& e) {
+            fail("{}: {}", cfg.eval_also, e.what());
+        }
+        if (also_val.size() < (size_t)cfg.model.block_size + 1)
+            fail("{}: the validation split has {} tokens, fewer than block_size + 1 = {}",
+                 cfg.eval_also, also_val.size(), cfg.model.block_size + 1);
+    }
     const int B = cfg.batch_size, S = cfg.model.block_size;
     if (corpus.train.size() < (size_t)S + 1)
         fail(
@@ -189,6 +327,17 @@ TrainResult run_train(const TrainOptions& opt) {
                 "{}: the data changed since the checkpoint ({} / {} train / val tokens now, {} / "
                 "{} then); resume with the same data, or start a new run",
                 cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
+    }
+    // A bad freeze spec or a checkpoint that does not fit fails before the run folder exists.
+    {
+        ModelConfig m0 = model_config_for(cfg, tok->vocab_size());
+        size_t n0 = 0;
+        if (!cfg.freeze.empty()) resolve_freeze(Model::layout(m0, &n0), cfg.freeze, "freeze");
+        if (!init_ckpt.empty()) check_checkpoint_sizes(m0, init_ckpt, /*training=*/true);
+        if (!upcycle_ckpt.empty()) {
+            Model probe(m0);  // the shapes checked on a throw-away copy
+            upcycle_params(probe, upcycle_ckpt, 0.f, cfg.seed);
+        }
     }
     make_dirs(run_dir + "/data");  // the run folder too: only once the data is known good
     if (!resuming) {
@@ -226,7 +375,28 @@ TrainResult run_train(const TrainOptions& opt) {
     }
     Model model(mcfg);
     const size_t P = model.n_params();
-    std::vector<float> adam_m(P, 0.f), adam_v(P, 0.f);
+    std::vector<uint8_t> frozen;
+    if (!cfg.freeze.empty()) frozen = resolve_freeze(model.params(), cfg.freeze, "freeze");
+    model.set_frozen(frozen);
+    const std::vector<DecayRun> runs = decay_runs(model, frozen);
+    size_t n_trainable = 0;
+    for (auto& r : runs) n_trainable += r.n;
+    // AdamW moments only for trainable tensors (state_offsets maps a tensor to its state).
+    std::vector<int64_t> state_offsets(model.params().size(), -1);
+    {
+        size_t st = 0;
+        std::vector<size_t> order(model.params().size());
+        for (size_t i = 0; i < order.size(); i++) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+            return model.params()[a].offset < model.params()[b].offset;
+        });
+        for (size_t i : order)
+            if (frozen.empty() || !frozen[i]) {
+                state_offsets[i] = (int64_t)st;
+                st += (size_t)model.params()[i].shape.numel();
+            }
+    }
+    std::vector<float> adam_m(n_trainable, 0.f), adam_v(n_trainable, 0.f);
     BatchLoader loader(&corpus.train, B, S, cfg.seed, cfg.data + " (train split)");
     int64_t step = 0;
     double best_val = INFINITY, last_val = NAN, train_time = 0;
@@ -234,7 +404,7 @@ TrainResult run_train(const TrainOptions& opt) {
     if (resuming) {
         load_params(model, resume_ckpt);
         if (file_exists(resume_ckpt + "/optimizer.safetensors")) {
-            load_optimizer(model, resume_ckpt, adam_m.data(), adam_v.data());
+            load_optimizer(model, resume_ckpt, adam_m.data(), adam_v.data(), &state_offsets);
         } else if (opt.progress) {
             std::fprintf(stderr,
                          "train: resuming from %s, which has no optimizer state (a run killed "
@@ -255,10 +425,45 @@ TrainResult run_train(const TrainOptions& opt) {
         truncate_metrics(metrics_path, step);
     } else {
         model.init_params(mcfg.seed);
+        if (!init_ckpt.empty()) {
+            load_params(model, init_ckpt);
+            if (opt.progress)
+                std::fprintf(stderr, "train: init_from %s (weights and tokenizer; fresh optimizer "
+                             "and schedule)\n", init_ckpt.c_str());
+        } else if (!upcycle_ckpt.empty()) {
+            int n = upcycle_params(model, upcycle_ckpt, (float)cfg.upcycle_noise, cfg.seed);
+            if (opt.progress)
+                std::fprintf(stderr, "train: upcycled %s: %d expert copies of its dense FFNs "
+                             "(noise %g), routers fresh\n", upcycle_ckpt.c_str(), n,
+                             cfg.upcycle_noise);
+        }
         write_file_atomic(metrics_path, std::string());
     }
     write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
-    const std::vector<DecayRun> runs = decay_runs(model);
+    // What is frozen, for the record (and `moe report`).
+    const double opt_bytes = 2.0 * sizeof(float) * (double)n_trainable,
+                 opt_saved = 2.0 * sizeof(float) * (double)(P - n_trainable);
+    {
+        json fz = {{"freeze", cfg.freeze},
+                   {"init_from", init_ckpt},
+                   {"upcycle_from", upcycle_ckpt},
+                   {"n_params", P},
+                   {"trainable_params", n_trainable},
+                   {"frozen_params", P - n_trainable},
+                   {"optimizer_state_bytes", (int64_t)opt_bytes},
+                   {"optimizer_state_bytes_saved", (int64_t)opt_saved}};
+        json names = json::array();
+        for (size_t i = 0; i < frozen.size(); i++)
+            if (frozen[i]) names.push_back(model.params()[i].name);
+        fz["frozen_tensors"] = names;
+        write_file_atomic(run_dir + "/frozen.json", fz.dump(2) + "\n");
+        if (opt.progress && !cfg.freeze.empty())
+            std::fprintf(stderr,
+                         "train: freeze '%s': %zu tensors, %zu of %zu params frozen; AdamW state "
+                         "%.2f MiB (saves %.2f MiB)\n",
+                         cfg.freeze.c_str(), names.size(), P - n_trainable, P,
+                         opt_bytes / (1 << 20), opt_saved / (1 << 20));
+    }
 
     // Fixed validation batches (same windows at every evaluation, so the curve is smooth).
     std::vector<int32_t> vx((size_t)cfg.eval_batches * B * S), vy(vx.size());
@@ -268,14 +473,26 @@ TrainResult run_train(const TrainOptions& opt) {
         for (int i = 0; i < cfg.eval_batches; i++)
             vl.next(vx.data() + (size_t)i * B * S, vy.data() + (size_t)i * B * S);
     }
-    auto evaluate = [&]() {
+    std::vector<int32_t> ax, ay;
+    if (!also_val.empty())
+        fixed_batches(also_val, cfg.eval_batches, B, S, cfg.seed ^ 0x5a5a5a5a5a5a5a5aULL,
+                      cfg.eval_also + " (val split)", &ax, &ay);
+    auto eval_on = [&](const std::vector<int32_t>& ex, const std::vector<int32_t>& ey) {
         double s = 0;
         for (int i = 0; i < cfg.eval_batches; i++) {
-            double l = model.forward(vx.data() + (size_t)i * B * S, vy.data() + (size_t)i * B * S,
+            double l = model.forward(ex.data() + (size_t)i * B * S, ey.data() + (size_t)i * B * S,
                                      B, S, /*training=*/false);
             s += l;
         }
         return s / cfg.eval_batches;
+    };
+    auto evaluate = [&]() { return eval_on(vx, vy); };
+    auto eval_also = [&](MetricsLine& line) {
+        if (ax.empty()) return;
+        double l = eval_on(ax, ay);
+        if (!std::isfinite(l))
+            fail("step {}: eval_also loss on {} is {}", step, cfg.eval_also, l);
+        line.j["eval_also_loss"] = l;
     };
 
     const int64_t last_step =
@@ -302,7 +519,7 @@ TrainResult run_train(const TrainOptions& opt) {
     };
     auto save_latest = [&]() {
         json s = make_state(true);
-        save_checkpoint(latest_dir, model, *tok, adam_m.data(), adam_v.data(), &s);
+        save_checkpoint(latest_dir, model, *tok, adam_m.data(), adam_v.data(), &s, &state_offsets);
     };
     auto save_best = [&]() {
         json s = make_state(true);
@@ -319,11 +536,26 @@ TrainResult run_train(const TrainOptions& opt) {
     if (opt.progress)
         std::fprintf(
             stderr,
-            "train: %s, %zu params, %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
+            "train: %s, %zu params (%zu trainable), %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
             "set-up %.1fs\n",
-            run_dir.c_str(), P, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
+            run_dir.c_str(), P, n_trainable, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
             tok->kind().c_str(), (long long)step + 1, (long long)last_step,
             now_seconds() - t_setup0);
+
+    // Starting from a checkpoint: evaluate it first (step 0), so the curves start where it was.
+    if (!resuming && (!init_ckpt.empty() || !upcycle_ckpt.empty())) {
+        MetricsLine l0;
+        l0.j = {{"step", 0}, {"elapsed_s", 0.0}};
+        l0.val_loss = evaluate();
+        eval_also(l0);
+        metrics.write(l0);
+        if (opt.progress)
+            std::fprintf(stderr, "step 0 (the checkpoint's weights): val %.4f%s\n", l0.val_loss,
+                         l0.j.contains("eval_also_loss")
+                             ? fmt::format(", eval_also {:.4f}", l0.j["eval_also_loss"].get<double>())
+                                   .c_str()
+                             : "");
+    }
 
     TrainResult res;
     double log_t0 = train_time;
@@ -360,7 +592,8 @@ TrainResult run_train(const TrainOptions& opt) {
                 dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
         model.backward();
         float* g = model.grad_data();
-        double gnorm = clip_grad_norm(g, P, cfg.grad_clip);
+        double gnorm = frozen.empty() ? clip_grad_norm(g, P, cfg.grad_clip)
+                                      : clip_grad_norm_runs(g, runs, cfg.grad_clip);
         if (!std::isfinite(gnorm))
             fail(
                 "step {}: gradient norm is {}; the learning rate {:.3g} is probably too high: "
@@ -376,8 +609,8 @@ TrainResult run_train(const TrainOptions& opt) {
         float* p = model.param_data();
         for (auto& r : runs) {
             h.weight_decay = r.decay ? (float)cfg.weight_decay : 0.f;
-            adamw_update(p + r.offset, g + r.offset, adam_m.data() + r.offset,
-                         adam_v.data() + r.offset, r.n, h);
+            adamw_update(p + r.offset, g + r.offset, adam_m.data() + r.state_offset,
+                         adam_v.data() + r.state_offset, r.n, h);
         }
         model.update_balance_bias();
         step = t;
@@ -403,6 +636,7 @@ TrainResult run_train(const TrainOptions& opt) {
                     "high: lower --lr and resume from the last good checkpoint, {}",
                     step, last_val, lr_at(cfg, step), dir_exists(latest_dir) ? latest_dir : "none");
             line.val_loss = last_val;
+            eval_also(line);
             if (last_val < best_val) {
                 best_val = last_val;
                 best_step = step;
@@ -443,6 +677,7 @@ TrainResult run_train(const TrainOptions& opt) {
             }
             MetricsLine l2 = metrics.collect(model, step, lr, loss, gnorm, 0, train_time);
             l2.val_loss = last_val;
+            eval_also(l2);
             metrics.write(l2);
             save_latest();
             break;

@@ -120,5 +120,38 @@ $T --out "$W/nz2" "${NZ[@]}" --stop-after 10 > /dev/null || bad "noisy stop"
 $MOE train --resume "$W/nz2" --quiet > /dev/null || bad "noisy resume"
 check "noisy router: resume bit-identical" cmp -s "$W/nz/latest/model.safetensors" "$W/nz2/latest/model.safetensors"
 
+# 10. Fine-tuning from the command line (issue 12): --init-from without --config, --freeze, a
+# second domain with symbols outside the char vocabulary, resume keeping the freeze (bit-identical
+# to the uninterrupted frozen run), upcycling, and the bad inputs.
+head -c 60000 data/kjv.txt > "$W/kjv.txt"
+FT=(--init-from "$W/a" --data "$W/kjv.txt" --unknown-symbol , --eval-also data/tinyshakespeare.txt
+    --max-steps 10 --eval-every 5 --quiet)
+$MOE train --out "$W/ft" "${FT[@]}" --freeze non-expert > /dev/null || bad "fine-tune run"
+check "fine-tune: frozen.json records the freeze" grep -q '"freeze": "non-expert"' "$W/ft/frozen.json"
+check "fine-tune: eval_also in metrics" grep -q eval_also_loss "$W/ft/metrics.jsonl"
+if command -v gnuplot > /dev/null; then
+  $MOE report "$W/ft" > /dev/null 2>&1 || bad "fine-tune: report"
+  check "fine-tune: report draws eval_also" grep -q "eval_also corpus" "$W/ft/report/report.html"
+  check "fine-tune: report names the freeze" grep -q "non-expert: " "$W/ft/report/report.html"
+fi
+$MOE train --out "$W/ft2" "${FT[@]}" --freeze non-expert --stop-after 5 > /dev/null || bad "fine-tune stop"
+$MOE train --resume "$W/ft2" --quiet > /dev/null || bad "fine-tune resume"
+check "fine-tune: resume keeps the freeze, bit-identical" cmp -s "$W/ft/latest/model.safetensors" "$W/ft2/latest/model.safetensors"
+expect_fail "fine-tune: unknown symbol" "kjv.txt: symbol '\(' at byte" \
+    $MOE train --out "$W/ft3" --init-from "$W/a" --data "$W/kjv.txt" --quiet
+expect_fail "fine-tune: shape key conflict" "n_layers: 3 but the checkpoint" \
+    $MOE train --out "$W/ft4" "${FT[@]}" --n-layers 3
+expect_fail "fine-tune: unknown freeze group" "unknown group 'expert'; groups: experts, router" \
+    $MOE train --out "$W/ft5" "${FT[@]}" --freeze expert
+expect_fail "fine-tune: freeze everything" "freezes every tensor" \
+    $MOE train --out "$W/ft6" "${FT[@]}" --freeze non-expert,moe
+expect_fail "fine-tune: no --out without --config" "give --out DIR" \
+    $MOE train --init-from "$W/a" --quiet
+$T --out "$W/dense" --moe-every 0 --max-steps 10 > /dev/null || bad "dense run"
+$T --out "$W/up" --moe-every 1 --expert-d-ff 64 --upcycle-from "$W/dense" --max-steps 5 > /dev/null || bad "upcycle run"
+check "upcycle: step-0 line" grep -q '"step":0' "$W/up/metrics.jsonl"
+expect_fail "upcycle: expert width" "expert_d_ff must equal the dense d_ff" \
+    $T --out "$W/up2" --moe-every 1 --upcycle-from "$W/dense" --max-steps 5
+
 if [ $fails -ne 0 ]; then echo "$fails e2e check(s) failed"; exit 1; fi
 echo "all e2e train checks passed"
