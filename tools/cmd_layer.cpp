@@ -143,6 +143,10 @@ static int run_layer(LayerOptions o) {
                 (long long)st.dropped, st.routed ? 100.0 * st.dropped / st.routed : 0.0);
     std::printf("  load CV %.4f   router entropy %.4f (max %.4f)   mean top-1 weight %.4f\n",
                 st.load_cv, st.router_entropy, std::log((double)E), st.mean_top1_weight);
+    std::printf("  experts per token: mean %.4f   histogram (0..%d)", st.mean_experts_per_token,
+                (int)st.experts_per_token.size() - 1);
+    for (auto v : st.experts_per_token) std::printf(" %lld", (long long)v);
+    std::printf("\n");
     std::printf("  aux losses (unweighted): importance %.6g  load %.6g  switch %.6g  z %.6g"
                 "  (weighted total %.6g)\n",
                 aux.importance, aux.load, aux.switch_loss, aux.z_loss, aux.weighted_total);
@@ -178,6 +182,9 @@ static int run_layer(LayerOptions o) {
         j["load_cv"] = st.load_cv;
         j["router_entropy"] = st.router_entropy;
         j["mean_top1_weight"] = st.mean_top1_weight;
+        j["experts_per_token"] = {{"mean", st.mean_experts_per_token},
+                                  {"histogram", st.experts_per_token}};
+        if (cfg.router == "top-p") j["threshold"] = cfg.threshold;
         j["loss_importance"] = aux.importance;
         j["loss_load"] = aux.load;
         j["loss_switch"] = aux.switch_loss;
