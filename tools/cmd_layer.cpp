@@ -166,6 +166,8 @@ static int run_layer(LayerOptions o) {
         w.add("loss.switch", Shape{1}, &l[2]);
         w.add("loss.z", Shape{1}, &l[3]);
         w.add_i64("tokens_per_expert", Shape{E}, st.tokens_per_expert.data());
+        w.add_i64("experts_per_token", Shape{(int64_t)st.experts_per_token.size()},
+                  st.experts_per_token.data());
         w.set_metadata("router", cfg.router);
         w.save(o.save);
         std::printf("  wrote %s\n", o.save.c_str());
@@ -209,7 +211,7 @@ static void register_layer(CLI::App& app) {
                   "--training (default: noise, jitter, gate dropout on) or --eval");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_option("--load", opts->load, "read x, parameters (and dy, noise) from safetensors");
-    sub->add_option("--save", opts->save, "write y, dx, grad.<param>, loss.*, tokens_per_expert");
+    sub->add_option("--save", opts->save, "write y, dx, grad.<param>, loss.*, tokens_per_expert, experts_per_token");
     sub->callback([opts, sub]() {
         LayerOptions o = *opts;
         o.shape.capacity_given = sub->count("--capacity-factor") > 0;
