@@ -143,6 +143,9 @@ struct RoutingAggregate {
         std::vector<double> shares;   // class_shares(counts): per class, its split over experts
         std::vector<double> profile;  // expert_class_profile(counts): per expert, its split
         std::vector<double> token_counts;  // [E, V] for the top tokens
+        // [C] tokens of each class: kept slots of the class / its tokens = the mean experts per
+        // token of the class (the dynamic router top-p gives some classes more experts).
+        std::vector<double> class_tokens;
     };
     std::vector<Layer> layers;
     int vocab = 0;
