@@ -23,6 +23,10 @@ struct LayerMetrics {
     std::vector<int64_t> tokens_per_expert;
     int64_t dropped = 0, routed = 0;
     double load_cv = NAN, router_entropy = NAN, mean_top1_weight = NAN;
+    // experts_per_token: histogram (tokens by number of experts run, 0..max) and its mean;
+    // empty / NaN in logs written before the key existed.
+    std::vector<int64_t> experts_per_token;
+    double experts_per_token_mean = NAN;
 };
 
 // One logged line. Fields absent from the line are NaN (an evaluation line may carry only
