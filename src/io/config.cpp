@@ -326,6 +326,9 @@ void config_validate(const TrainConfig& c) {
                  fmt::format("top_k={} > n_experts={} (k must be in [1, E])", m.moe.top_k,
                              m.moe.n_experts));
         need(m.moe.d_ff >= 1, fmt::format("expert_d_ff={} (must be >= 1)", m.moe.d_ff));
+        need(m.moe.threshold > 0 && m.moe.threshold <= 1,
+             fmt::format("threshold={} (top-p: cumulative probability, must be in (0, 1])",
+                         m.moe.threshold));
     } else {
         need(m.d_ff >= 1, fmt::format("d_ff={} (must be >= 1 for dense layers)", m.d_ff));
     }
