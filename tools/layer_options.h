@@ -106,9 +106,6 @@ struct LayerShapeOptions {
         c.gate_dropout = gate_dropout;
         c.n_groups = groups;
         c.topk_groups = topk_groups;
-        if (!(threshold > 0.f && threshold <= 1.f))
-            fail("--threshold {}: must be in (0, 1] (top-p: the cumulative probability to reach)",
-                 threshold);
         c.threshold = threshold;
         c.w_importance = w_importance;
         c.w_load = w_load;

@@ -56,7 +56,7 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"gate_dropout", F::Float, &e.gate_dropout, "dropout on gate probabilities (training)", R::in_open_hi(0, 1)},
         {"n_groups", F::Int, &e.n_groups, "hierarchical: expert groups", R::in(0, 1 << 16)},
         {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token", R::in(1, 1 << 16)},
-        {"threshold", F::Float, &e.threshold, "top-p: cumulative probability to reach",
+        {"threshold", F::Float, &e.threshold, "top-p: cumulative probability to reach (top_k is max_k)",
          R::in_open_lo(0, 1)},
         {"w_importance", F::Float, &e.w_importance, "importance loss weight", R::in(0, 1e6)},
         {"w_load", F::Float, &e.w_load, "load loss weight", R::in(0, 1e6)},
