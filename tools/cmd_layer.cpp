@@ -211,7 +211,8 @@ static void register_layer(CLI::App& app) {
                   "--training (default: noise, jitter, gate dropout on) or --eval");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_option("--load", opts->load, "read x, parameters (and dy, noise) from safetensors");
-    sub->add_option("--save", opts->save, "write y, dx, grad.<param>, loss.*, tokens_per_expert, experts_per_token");
+    sub->add_option("--save", opts->save,
+                    "write y, dx, grad.<param>, loss.*, tokens_per_expert, experts_per_token");
     sub->callback([opts, sub]() {
         LayerOptions o = *opts;
         o.shape.capacity_given = sub->count("--capacity-factor") > 0;

@@ -171,7 +171,8 @@ TEST(LayerCli, BadFlagsFailClearly) {
         {"layer --router nope", "--router: 'nope' is not allowed"},
         {"layer --activation tanh", "--activation: 'tanh' is not allowed"},
         {"layer --load /nonexistent/in.safetensors", "/nonexistent/in.safetensors"},
-        {"layer --router top-p --threshold 0", "--threshold: 0 is not allowed (expected finite number in (0, 1])"},
+        {"layer --router top-p --threshold 0",
+         "--threshold: 0 is not allowed (expected finite number in (0, 1])"},
         {"layer --router top-p --threshold 1.5", "--threshold: 1.5 is not allowed"},
     };
     for (auto& c : cases) {

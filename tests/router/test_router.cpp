@@ -536,7 +536,7 @@ TEST(RouterSampler, GshardSecondExpertRate) {
     }
 }
 
-// ---- top-p (threshold) routing ---------------------------------------------------------------------
+// ---- top-p (threshold) routing ------------------------------------------------------------------
 
 MoeConfig top_p_config(int E, int max_k, float threshold) {
     MoeConfig c = config("top-p", E, max_k);
