@@ -144,6 +144,10 @@ static int run_layer(LayerOptions o) {
                 (long long)st.dropped, st.routed ? 100.0 * st.dropped / st.routed : 0.0);
     std::printf("  load CV %.4f   router entropy %.4f (max %.4f)   mean top-1 weight %.4f\n",
                 st.load_cv, st.router_entropy, std::log((double)E), st.mean_top1_weight);
+    std::printf("  experts per token: mean %.4f   histogram (0..%d)", st.mean_experts_per_token,
+                (int)st.experts_per_token.size() - 1);
+    for (auto v : st.experts_per_token) std::printf(" %lld", (long long)v);
+    std::printf("\n");
     std::printf("  aux losses (unweighted): importance %.6g  load %.6g  switch %.6g  z %.6g"
                 "  (weighted total %.6g)\n",
                 aux.importance, aux.load, aux.switch_loss, aux.z_loss, aux.weighted_total);
@@ -163,6 +167,8 @@ static int run_layer(LayerOptions o) {
         w.add("loss.switch", Shape{1}, &l[2]);
         w.add("loss.z", Shape{1}, &l[3]);
         w.add_i64("tokens_per_expert", Shape{E}, st.tokens_per_expert.data());
+        w.add_i64("experts_per_token", Shape{(int64_t)st.experts_per_token.size()},
+                  st.experts_per_token.data());
         w.set_metadata("router", cfg.router);
         w.save(o.save);
         std::printf("  wrote %s\n", o.save.c_str());
@@ -179,6 +185,9 @@ static int run_layer(LayerOptions o) {
         j["load_cv"] = st.load_cv;
         j["router_entropy"] = st.router_entropy;
         j["mean_top1_weight"] = st.mean_top1_weight;
+        j["experts_per_token"] = {{"mean", st.mean_experts_per_token},
+                                  {"histogram", st.experts_per_token}};
+        if (cfg.router == "top-p") j["threshold"] = cfg.threshold;
         j["loss_importance"] = aux.importance;
         j["loss_load"] = aux.load;
         j["loss_switch"] = aux.switch_loss;
@@ -203,7 +212,8 @@ static void register_layer(CLI::App& app) {
                   "--training (default: noise, jitter, gate dropout on) or --eval");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_option("--load", opts->load, "read x, parameters (and dy, noise) from safetensors");
-    sub->add_option("--save", opts->save, "write y, dx, grad.<param>, loss.*, tokens_per_expert");
+    sub->add_option("--save", opts->save,
+                    "write y, dx, grad.<param>, loss.*, tokens_per_expert, experts_per_token");
     sub->callback([opts, sub]() {
         LayerOptions o = *opts;
         o.shape.capacity_given = sub->count("--capacity-factor") > 0;

@@ -23,6 +23,7 @@ struct LayerShapeOptions {
     std::string score = "softmax";
     float jitter = 0.f, gate_dropout = 0.f;
     int groups = 0, topk_groups = 1;
+    float threshold = 0.5f;
     float w_importance = 0.f, w_load = 0.f, w_switch = 0.f, w_zloss = 0.f;
     uint64_t seed = 1234;
     int threads = 0;
@@ -30,9 +31,11 @@ struct LayerShapeOptions {
     void add_flags(CLI::App* app) {
         using R = Range;
         add_choice(app, "--router", router,
-                   "softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical", "router");
+                   "softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical|top-p",
+                   "router");
         add_checked(app, "--experts", experts, R::in(1, 1 << 16), "number of experts E");
-        add_checked(app, "--topk", topk, R::in(1, 1 << 16), "experts per token k");
+        add_checked(app, "--topk", topk, R::in(1, 1 << 16),
+                    "experts per token k (top-p: at most k)");
         add_checked(app, "--d", d, R::in(1, 1 << 16), "model width d");
         add_checked(app, "--ffn", ffn, R::in(1, 1 << 20), "expert FFN width f");
         add_checked(app, "--tokens", tokens, R::in(1, 1 << 24), "tokens T");
@@ -60,6 +63,8 @@ struct LayerShapeOptions {
         add_checked(app, "--groups", groups, R::in(0, 1 << 16), "hierarchical: number of groups G");
         add_checked(app, "--topk-groups", topk_groups, R::in(1, 1 << 16),
                     "hierarchical: groups per token");
+        add_checked(app, "--threshold", threshold, R::in_open_lo(0, 1),
+                    "top-p: take experts until their probabilities sum to P");
         add_checked(app, "--w-importance", w_importance, R::in(0, 1e6), "importance loss weight");
         add_checked(app, "--w-load", w_load, R::in(0, 1e6), "load loss weight");
         add_checked(app, "--w-switch", w_switch, R::in(0, 1e6), "switch loss weight");
@@ -103,6 +108,7 @@ struct LayerShapeOptions {
         c.gate_dropout = gate_dropout;
         c.n_groups = groups;
         c.topk_groups = topk_groups;
+        c.threshold = threshold;
         c.w_importance = w_importance;
         c.w_load = w_load;
         c.w_switch = w_switch;

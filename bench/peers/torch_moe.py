@@ -10,14 +10,15 @@ tensor by tensor (tests/peers/golden_layer.py).
   /usr/bin/python3 bench/peers/torch_moe.py --in IN.safetensors --out OUT.safetensors \
       --router topk --topk 2 [--capacity-factor 1.25] [--dropless] [--priority token|weight] \
       [--activation swiglu|gelu|relu] [--temperature 1] [--no-renormalize] [--score sigmoid] \
-      [--jitter j] [--gate-dropout q] [--groups G --topk-groups g] \
+      [--jitter j] [--gate-dropout q] [--groups G --topk-groups g] [--threshold p] \
       [--w-importance a] [--w-load b] [--w-switch c] [--w-zloss d] [--training]
 
 IN: x [T,d], router.weight [E,d], router.noise_weight [E,d] (noisy-topk), router.group_weight
 [G,d] (hierarchical), experts.J.{w1,w3} [f,d], experts.J.w2 [d,f], shared_experts.J.* likewise,
 optional dy [T,d] (default ones), noise [T,E], dropout_u [T,E], jitter_u [T,d], gshard_u [T].
 OUT: y, dx, grad.<param>, loss.{importance,load,switch,z} (1 element, unweighted),
-tokens_per_expert (I64 [E], kept slots). Objective: sum(y*dy) + weighted aux total.
+tokens_per_expert (I64 [E], kept slots), experts_per_token (I64 [k+1]: tokens by number of
+kept slots; E+1 bins for expert choice). Objective: sum(y*dy) + weighted aux total.
 
 Numbers follow the C++ side's fp32 conventions (1/tau and 1/(1-q) rounded to fp32 first) so the
 discrete choices (top-k, capacity, GShard's test) come out the same. --dtype float64 runs the
@@ -34,7 +35,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
 
-ROUTERS = ["softmax", "noisy-topk", "topk", "switch", "gshard", "expert-choice", "hierarchical"]
+ROUTERS = ["softmax", "noisy-topk", "topk", "switch", "gshard", "expert-choice", "hierarchical",
+           "top-p"]
 DRAWS = ["noise", "dropout_u", "jitter_u", "gshard_u"]
 
 
@@ -114,6 +116,28 @@ def route_topk(cfg, L, draws):
     if cfg.renormalize:
         S = w.sum(-1, keepdim=True)
         w = w / torch.where(S > 0, S, torch.ones_like(S))  # S = 0 only if dropout hit all k
+    return Routing(*token_choice(sel, w, T, k), k, probs)
+
+
+def route_top_p(cfg, L, draws):
+    """Threshold routing: experts in descending p' until the running sum (double, of the fp32 p')
+    reaches the fp32 threshold; at least 1, at most k; weights renormalised over the used ones;
+    unused slots expert -1, weight 0."""
+    T, E = L.shape
+    k = cfg.topk
+    probs = torch.softmax(L * cfg.inv_tau, dim=-1)
+    m = dropout_mask(cfg, draws.get("dropout_u"), probs)
+    s = probs * m if m is not None else probs
+    order = desc_order(s)[:, :k]
+    top = s.gather(1, order)
+    cum = torch.cumsum(top.detach().to(torch.float64), dim=1)
+    before = torch.cat([torch.zeros(T, 1, dtype=torch.float64), cum[:, :-1]], dim=1)
+    used = before < f32(cfg.threshold)  # slot j is taken while the first j fall short
+    used[:, 0] = True
+    w = torch.where(used, top, torch.zeros_like(top))
+    S = w.sum(-1, keepdim=True)
+    w = w / torch.where(S > 0, S, torch.ones_like(S))  # S = 0 only if dropout hit all used
+    sel = torch.where(used, order, torch.full_like(order, -1))
     return Routing(*token_choice(sel, w, T, k), k, probs)
 
 
@@ -272,7 +296,8 @@ def layer_forward(cfg, x, params, draws):
         r = route_hierarchical(cfg, L, xr @ params["router.group_weight"].t(), draws)
     else:
         r = {"softmax": route_softmax, "topk": route_topk, "switch": route_switch,
-             "gshard": route_gshard, "expert-choice": route_expert_choice}[cfg.router](cfg, L, draws)
+             "gshard": route_gshard, "expert-choice": route_expert_choice,
+             "top-p": route_top_p}[cfg.router](cfg, L, draws)
 
     kept = apply_capacity(cfg, r, T, E)
     experts = expert_params(params, "experts")
@@ -320,6 +345,7 @@ def parse_args(argv=None):
     ap.add_argument("--gate-dropout", type=float, default=0.0)
     ap.add_argument("--groups", type=int, default=0)
     ap.add_argument("--topk-groups", type=int, default=1)
+    ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--w-importance", type=float, default=0.0)
     ap.add_argument("--w-load", type=float, default=0.0)
     ap.add_argument("--w-switch", type=float, default=0.0)
@@ -347,6 +373,8 @@ def check_config(cfg, E):
         raise SystemExit("torch_moe: gshard needs --topk 2")
     if not 1 <= cfg.topk <= E:
         raise SystemExit(f"torch_moe: --topk {cfg.topk} must be in [1, E={E}]")
+    if cfg.router == "top-p" and not 0 < cfg.threshold <= 1:
+        raise SystemExit(f"torch_moe: --threshold {cfg.threshold} must be in (0, 1]")
     if cfg.router == "hierarchical":
         if cfg.groups < 1 or E % cfg.groups or cfg.topk % cfg.topk_groups:
             raise SystemExit("torch_moe: hierarchical needs E % groups == 0, topk % topk-groups == 0")
@@ -378,6 +406,10 @@ def run(cfg, tensors):
         out["loss." + name] = np.array([float(v)], dtype=npdt)
     tpe = torch.bincount(r.expert[kept], minlength=E) if kept.any() else torch.zeros(E, dtype=torch.long)
     out["tokens_per_expert"] = tpe.numpy().astype(np.int64)
+    T = x.shape[0]
+    per_token = torch.bincount(r.token[kept], minlength=T) if kept.any() else torch.zeros(T, dtype=torch.long)
+    out["experts_per_token"] = torch.bincount(per_token, minlength=(r.k if r.k > 0 else E) + 1) \
+        .numpy().astype(np.int64)
     return out
 
 
@@ -415,6 +447,8 @@ def selftest():
         ("expert-choice", 2, []), ("hierarchical", 2, ["--groups", "2", "--topk-groups", "1"]),
         ("topk", 2, ["--capacity-factor", "0.75", "--priority", "weight", "--activation", "gelu"]),
         ("switch", 1, ["--capacity-factor", "1.0", "--activation", "relu"]),
+        ("top-p", 3, ["--threshold", "0.6"]), ("top-p", 4, ["--threshold", "0.8", "--gate-dropout", "0.2"]),
+        ("top-p", 3, ["--threshold", "0.7", "--capacity-factor", "0.75", "--priority", "weight"]),
     ]
     losses = ["--w-importance", "0.7", "--w-load", "0.9", "--w-switch", "0.5", "--w-zloss", "0.3"]
     failures = 0

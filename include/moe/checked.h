@@ -25,6 +25,7 @@ struct Range {
     static Range above(double lo) { return {lo, HUGE_VAL, true}; }                   // (lo, inf)
     static Range in_open_hi(double lo, double hi) { return {lo, hi, false, true}; }  // [lo, hi)
     static Range in_open(double lo, double hi) { return {lo, hi, true, true}; }      // (lo, hi)
+    static Range in_open_lo(double lo, double hi) { return {lo, hi, true, false}; }  // (lo, hi]
     static Range one_of(const char* list) {
         Range r;
         r.choices = list;

@@ -29,6 +29,7 @@ struct MoeConfig {
     int n_experts = 0;  // E
     int top_k = 1;      // k (for hierarchical: experts per token in total)
     std::string router = "topk";  // softmax noisy-topk topk switch gshard expert-choice hierarchical
+                                  // top-p (top_k = max_k)
     Activation activation = Activation::swiglu;
 
     int n_shared_experts = 0;  // always-on experts (DeepSeekMoE), each of width d_ff_shared
@@ -47,6 +48,7 @@ struct MoeConfig {
     float gate_dropout = 0.0f;  // dropout on gate probabilities after softmax, training only
     int n_groups = 0;           // hierarchical: G groups of E/G experts
     int topk_groups = 1;        // hierarchical: groups chosen per token; k/topk_groups experts in each
+    float threshold = 0.5f;     // top-p: cumulative probability to reach, in (0, 1]
 
     // Balancing loss weights (0 = off; every loss is still computed and reported).
     float w_importance = 0.0f, w_load = 0.0f, w_switch = 0.0f, w_zloss = 0.0f;
@@ -65,6 +67,11 @@ struct MoeStats {
     double load_cv = 0;           // std/mean of tokens_per_expert (population std)
     double router_entropy = 0;    // mean over tokens of -sum_i p_i log p_i of the router scores
     double mean_top1_weight = 0;  // mean over tokens of the largest combine weight
+    // Experts each token ran on (kept token-slots, after capacity): histogram[n] = tokens that
+    // used n experts, n = 0..max (max = Routing.k: top_k, E for dense softmax; E for expert
+    // choice), and its mean. Dynamic routers (top-p) make it vary per token.
+    std::vector<int64_t> experts_per_token;
+    double mean_experts_per_token = 0;
 };
 
 // Balancing losses of the last forward, unweighted (so they can be logged even when their

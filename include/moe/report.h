@@ -23,6 +23,10 @@ struct LayerMetrics {
     std::vector<int64_t> tokens_per_expert;
     int64_t dropped = 0, routed = 0;
     double load_cv = NAN, router_entropy = NAN, mean_top1_weight = NAN;
+    // experts_per_token: histogram (tokens by number of experts run, 0..max) and its mean;
+    // empty / NaN in logs written before the key existed.
+    std::vector<int64_t> experts_per_token;
+    double experts_per_token_mean = NAN;
 };
 
 // One logged line. Fields absent from the line are NaN (an evaluation line may carry only
@@ -143,6 +147,9 @@ struct RoutingAggregate {
         std::vector<double> shares;   // class_shares(counts): per class, its split over experts
         std::vector<double> profile;  // expert_class_profile(counts): per expert, its split
         std::vector<double> token_counts;  // [E, V] for the top tokens
+        // [C] tokens of each class: kept slots of the class / its tokens = the mean experts per
+        // token of the class (the dynamic router top-p gives some classes more experts).
+        std::vector<double> class_tokens;
     };
     std::vector<Layer> layers;
     int vocab = 0;

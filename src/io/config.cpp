@@ -47,8 +47,8 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"expert_d_ff", F::Int, &e.d_ff, "expert FFN width (>= 1 when moe_every > 0)",
          R::in(0, 1 << 20)},
         {"router", F::String, &e.router,
-         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical",
-         R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical")},
+         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical | top-p",
+         R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical|top-p")},
         {"activation", F::String, nullptr, "expert activation: swiglu | gelu | relu",
          R::one_of("swiglu|gelu|relu")},
         {"n_shared_experts", F::Int, &e.n_shared_experts, "always-on shared experts", R::in(0, 64)},
@@ -71,6 +71,8 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"n_groups", F::Int, &e.n_groups, "hierarchical: expert groups", R::in(0, 1 << 16)},
         {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token",
          R::in(1, 1 << 16)},
+        {"threshold", F::Float, &e.threshold,
+         "top-p: cumulative probability to reach (top_k is max_k)", R::in_open_lo(0, 1)},
         {"w_importance", F::Float, &e.w_importance, "importance loss weight", R::in(0, 1e6)},
         {"w_load", F::Float, &e.w_load, "load loss weight", R::in(0, 1e6)},
         {"w_switch", F::Float, &e.w_switch, "switch loss weight", R::in(0, 1e6)},
@@ -386,6 +388,9 @@ void config_validate(const TrainConfig& c) {
                  fmt::format("top_k={} > n_experts={} (k must be in [1, E])", m.moe.top_k,
                              m.moe.n_experts));
         need(m.moe.d_ff >= 1, fmt::format("expert_d_ff={} (must be >= 1)", m.moe.d_ff));
+        need(m.moe.threshold > 0 && m.moe.threshold <= 1,
+             fmt::format("threshold={} (top-p: cumulative probability, must be in (0, 1])",
+                         m.moe.threshold));
     } else {
         need(m.d_ff >= 1, fmt::format("d_ff={} (must be >= 1 for dense layers)", m.d_ff));
     }
@@ -442,6 +447,7 @@ json model_config_to_hf(const ModelConfig& m) {
         {"gate_dropout", e.gate_dropout},
         {"n_groups", e.n_groups},
         {"topk_groups", e.topk_groups},
+        {"threshold", e.threshold},
         {"w_importance", e.w_importance},
         {"w_load", e.w_load},
         {"w_switch", e.w_switch},
@@ -505,7 +511,7 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         m.d_ff = (int)json_int(o, "dense_intermediate_size", w, R::in(1, 1 << 20), m.d_ff);
         e.router = json_str(o, "router", w,
                             R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|"
-                                      "hierarchical"),
+                                      "hierarchical|top-p"),
                             e.router);
         e.activation = activation_from_string(
             json_str(o, "activation", w, R::one_of("swiglu|gelu|relu"), "swiglu"));
@@ -523,6 +529,7 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         e.gate_dropout = (float)json_num(o, "gate_dropout", w, R::in_open_hi(0, 1), 0.0);
         e.n_groups = (int)json_int(o, "n_groups", w, R::in(0, 1 << 16), 0);
         e.topk_groups = (int)json_int(o, "topk_groups", w, R::in(1, 1 << 16), 1);
+        e.threshold = (float)json_num(o, "threshold", w, R::in_open_lo(0, 1), e.threshold);
         e.w_importance = (float)json_num(o, "w_importance", w, R::in(0, 1e6), 0.0);
         e.w_load = (float)json_num(o, "w_load", w, R::in(0, 1e6), 0.0);
         e.w_switch = (float)json_num(o, "w_switch", w, R::in(0, 1e6), e.w_switch);

@@ -61,6 +61,9 @@ void MoeConfig::validate() const {
     if (!(jitter >= 0 && jitter < 1)) fail("MoeConfig: jitter={} must be in [0, 1)", jitter);
     if (!(gate_dropout >= 0 && gate_dropout < 1))
         fail("MoeConfig: gate_dropout={} must be in [0, 1)", gate_dropout);
+    if (!(threshold > 0 && threshold <= 1))
+        fail("MoeConfig: threshold={} must be in (0, 1] (top-p cumulative probability)",
+             threshold);
     if (n_shared_experts < 0) fail("MoeConfig: n_shared_experts={} must be >= 0", n_shared_experts);
     if (d_ff_shared < 0) fail("MoeConfig: d_ff_shared={} must be >= 0", d_ff_shared);
     if (router == "hierarchical") {
@@ -400,6 +403,20 @@ void MoeLayer::compute_stats_() {
     double s = 0;
     for (int t = 0; t < T; t++) s += top[t];
     st.mean_top1_weight = s / T;
+
+    // Experts per token: kept slots per token, then their histogram and mean.
+    std::vector<int> used(T, 0);
+    for (int a = 0; a < r.n(); a++)
+        if (r.expert[a] >= 0 && m.kept[a]) used[r.token[a]]++;
+    const int max_used = r.k > 0 ? r.k : E;
+    st.experts_per_token.assign(max_used + 1, 0);
+    int64_t n_used = 0;
+    for (int t = 0; t < T; t++) {
+        MOE_CHECK(used[t] <= max_used, "token {} used {} experts > {}", t, used[t], max_used);
+        st.experts_per_token[used[t]]++;
+        n_used += used[t];
+    }
+    st.mean_experts_per_token = (double)n_used / T;
 }
 
 void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const RouterNoise* noise) {

@@ -18,6 +18,7 @@ std::unique_ptr<Router> make_router_switch(const MoeConfig& c);
 std::unique_ptr<Router> make_router_gshard(const MoeConfig& c);
 std::unique_ptr<Router> make_router_expert_choice(const MoeConfig& c);
 std::unique_ptr<Router> make_router_hierarchical(const MoeConfig& c);
+std::unique_ptr<Router> make_router_top_p(const MoeConfig& c);
 
 namespace {
 
@@ -34,6 +35,7 @@ const RouterEntry kRouters[] = {
     {"gshard", make_router_gshard},
     {"expert-choice", make_router_expert_choice},
     {"hierarchical", make_router_hierarchical},
+    {"top-p", make_router_top_p},
 };
 
 // What every router needs; router-specific rules live in each factory.

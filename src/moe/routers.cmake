@@ -9,4 +9,5 @@ list(APPEND MOE_SOURCES
   src/moe/router_gshard.cpp
   src/moe/router_expert_choice.cpp
   src/moe/router_hierarchical.cpp
+  src/moe/router_top_p.cpp
 )

@@ -169,9 +169,11 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
         L.layer = l;
         L.counts.assign((size_t)E * C, 0.0);
         L.token_counts.assign((size_t)E * V, 0.0);
+        L.class_tokens.assign(C, 0.0);
         for (size_t i = 0; i < routing.size(); i++) {
             const LayerChoice* c = find_layer(routing[i], l);
             if (!c) continue;
+            L.class_tokens[cls[i]] += 1;
             for (size_t j = 0; j < c->experts.size(); j++) {
                 int e = c->experts[j];
                 if (e < 0 || !c->kept[j]) continue;
@@ -426,6 +428,22 @@ static std::string class_label(const RoutingAggregate& a, int c) {
     return a.by == "token" ? "'" + visible_token(a.classes[c]) + "'" : a.classes[c];
 }
 
+// Kept slots of class c / its tokens: the mean number of experts its tokens ran on.
+static double class_experts_per_token(const RoutingAggregate& a, const RoutingAggregate::Layer& L,
+                                      int c) {
+    const int E = a.n_experts, C = (int)a.classes.size();
+    double slots = 0;
+    for (int e = 0; e < E; e++) slots += L.counts[(size_t)e * C + c];
+    return L.class_tokens[c] > 0 ? slots / L.class_tokens[c] : 0.0;
+}
+
+static double layer_experts_per_token(const RoutingAggregate::Layer& L) {
+    double slots = 0, tokens = 0;
+    for (double v : L.counts) slots += v;
+    for (double v : L.class_tokens) tokens += v;
+    return tokens > 0 ? slots / tokens : 0.0;
+}
+
 std::string aggregate_text(const RoutingAggregate& a, int only_layer, int top_n) {
     std::vector<int> all;
     for (auto& L : a.layers) all.push_back(L.layer);
@@ -434,19 +452,21 @@ std::string aggregate_text(const RoutingAggregate& a, int only_layer, int top_n)
     std::string out = fmt::format(
         "{} tokens, {} experts; each row: how the {}'s token-slots split over the experts (%).\n"
         "With top-k routing a token fills k slots: 100/k % (50% for top-2) means every token of "
-        "the row chose that expert.\n",
+        "the row chose that expert. exp/tok: the mean experts per token of the row.\n",
         a.n_tokens, E, a.by == "token" ? "token" : "class");
     for (auto& L : a.layers) {
         if (std::find(layers.begin(), layers.end(), L.layer) == layers.end()) continue;
-        out += fmt::format("\nlayer {}\n{:<14}{:>8}", L.layer, a.by == "token" ? "token" : "class",
-                           "slots");
+        out += fmt::format("\nlayer {} (mean experts per token {:.3f})\n{:<14}{:>8}{:>8}", L.layer,
+                           layer_experts_per_token(L), a.by == "token" ? "token" : "class",
+                           "slots", "exp/tok");
         for (int e = 0; e < E; e++) out += fmt::format("{:>6}", "e" + std::to_string(e));
         out += "   top expert (lift)\n";
         std::vector<double> overall = overall_share(a, L);
         for (int c : table_rows(a, L, 40)) {
             double tot = 0;
             for (int e = 0; e < E; e++) tot += L.counts[(size_t)e * C + c];
-            out += fmt::format("{:<14}{:>8.0f}", class_label(a, c), tot);
+            out += fmt::format("{:<14}{:>8.0f}{:>8.2f}", class_label(a, c), tot,
+                               class_experts_per_token(a, L, c));
             int best = 0;
             for (int e = 0; e < E; e++) {
                 double v = L.shares[(size_t)e * C + c];
@@ -456,7 +476,7 @@ std::string aggregate_text(const RoutingAggregate& a, int only_layer, int top_n)
             double lift = overall[best] > 0 ? L.shares[(size_t)best * C + c] / overall[best] : 0;
             out += fmt::format("   e{} ({:.1f}x)\n", best, lift);
         }
-        out += fmt::format("{:<14}{:>8}", "all", "");
+        out += fmt::format("{:<14}{:>8}{:>8.2f}", "all", "", layer_experts_per_token(L));
         for (int e = 0; e < E; e++) out += fmt::format("{:>6.1f}", 100 * overall[e]);
         out +=
             "\n\ntop tokens per expert (share of the expert's slots; share of the token's slots)\n";
@@ -490,6 +510,7 @@ std::string aggregate_json(const RoutingAggregate& a, int only_layer, int top_n)
         json jl;
         jl["layer"] = L.layer;
         jl["expert_share"] = overall_share(a, L);
+        jl["experts_per_token"] = layer_experts_per_token(L);
         json classes = json::array();
         for (int c : table_rows(a, L, 100)) {
             json jc;
@@ -502,6 +523,8 @@ std::string aggregate_json(const RoutingAggregate& a, int only_layer, int top_n)
                 prof[e] = L.profile[(size_t)e * C + c];
             }
             jc["slots"] = tot;
+            jc["tokens"] = L.class_tokens[c];
+            jc["experts_per_token"] = class_experts_per_token(a, L, c);  // slots / tokens
             jc["expert_shares"] = sh;  // how this class splits over experts (sums to 1)
             jc["of_expert"] = prof;    // share of each expert's slots that are this class
             classes.push_back(jc);
@@ -552,7 +575,7 @@ std::string aggregate_html(const RoutingAggregate& a, int only_layer, int top_n,
         double k_eff = a.n_tokens > 0 ? std::max(1.0, slots / a.n_tokens) : 1.0;
         s += fmt::format(
             "<h2>layer {}</h2>\n<table class=\"shares\" id=\"shares-layer-{}\"><tr>"
-            "<th class=\"l\">{}</th><th>slots</th>",
+            "<th class=\"l\">{}</th><th>slots</th><th>exp/tok</th>",
             L.layer, L.layer, a.by == "token" ? "token" : "class");
         for (int e = 0; e < E; e++)
             s += fmt::format("<th style=\"background:{};color:{}\">e{}</th>", expert_color(e, E),
@@ -565,8 +588,8 @@ std::string aggregate_html(const RoutingAggregate& a, int only_layer, int top_n,
                 tot += L.counts[(size_t)e * C + c];
                 if (L.shares[(size_t)e * C + c] > L.shares[(size_t)best * C + c]) best = e;
             }
-            s += fmt::format("<tr><td class=\"l\">{}</td><td>{:.0f}</td>",
-                             html_escape(class_label(a, c)), tot);
+            s += fmt::format("<tr><td class=\"l\">{}</td><td>{:.0f}</td><td>{:.2f}</td>",
+                             html_escape(class_label(a, c)), tot, class_experts_per_token(a, L, c));
             for (int e = 0; e < E; e++) {
                 double v = L.shares[(size_t)e * C + c], shade = std::min(1.0, v * k_eff);
                 s += fmt::format("<td style=\"background:{};color:{}\">{:.1f}</td>",
@@ -576,7 +599,8 @@ std::string aggregate_html(const RoutingAggregate& a, int only_layer, int top_n,
             double lift = overall[best] > 0 ? L.shares[(size_t)best * C + c] / overall[best] : 0;
             s += fmt::format("<td>e{} ({:.1f}&times;)</td></tr>\n", best, lift);
         }
-        s += "<tr><th class=\"l\">all</th><th></th>";
+        s += fmt::format("<tr><th class=\"l\">all</th><th></th><th>{:.2f}</th>",
+                         layer_experts_per_token(L));
         for (int e = 0; e < E; e++) s += fmt::format("<th>{:.1f}</th>", 100 * overall[e]);
         s += "<th></th></tr></table>\n";
 

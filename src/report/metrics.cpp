@@ -73,6 +73,20 @@ static LayerMetrics parse_layer(const json& l) {
     m.load_cv = num_or_nan(l, "load_cv");
     m.router_entropy = num_or_nan(l, "router_entropy");
     m.mean_top1_weight = num_or_nan(l, "mean_top1_weight");
+    if (l.contains("experts_per_token")) {
+        const json& e = l["experts_per_token"];
+        if (!e.is_object()) throw std::runtime_error("experts_per_token is not an object");
+        m.experts_per_token_mean = num_or_nan(e, "mean");
+        if (e.contains("histogram")) {
+            const json& h = e["histogram"];
+            if (!h.is_array()) throw std::runtime_error("experts_per_token.histogram is not an array");
+            if (h.size() > 4096) throw std::runtime_error("experts_per_token.histogram is too long");
+            for (auto& v : h) {
+                if (!v.is_number()) throw std::runtime_error("experts_per_token has a non-number");
+                m.experts_per_token.push_back((int64_t)v.get<double>());
+            }
+        }
+    }
     return m;
 }
 

@@ -114,6 +114,8 @@ struct LayerSeries {
     std::vector<int64_t> steps;
     std::vector<std::vector<double>> shares;
     std::vector<double> drop_rate, cv, entropy, top1;
+    std::vector<double> experts_mean;                  // mean experts per token (NaN: not logged)
+    std::vector<std::vector<int64_t>> experts_hist;  // tokens by experts used, 0..max
 };
 
 LayerSeries layer_series(const MetricsLog& log, int layer) {
@@ -133,8 +135,74 @@ LayerSeries layer_series(const MetricsLog& log, int layer) {
             s.cv.push_back(l.load_cv);
             s.entropy.push_back(l.router_entropy);
             s.top1.push_back(l.mean_top1_weight);
+            s.experts_mean.push_back(l.experts_per_token_mean);
+            s.experts_hist.push_back(l.experts_per_token);
         }
     return s;
+}
+
+// True when the number of experts per token varies (a dynamic router such as top-p, or drops):
+// some logged histogram has two non-empty bins. A fixed top-k without drops is a flat line at k,
+// said in one sentence instead of two figures.
+bool experts_per_token_varies(const std::vector<LayerSeries>& ls) {
+    for (auto& s : ls)
+        for (auto& h : s.experts_hist) {
+            int nonzero = 0;
+            for (int64_t v : h) nonzero += v > 0;
+            if (nonzero > 1) return true;
+        }
+    return false;
+}
+
+// Histogram of experts per token over training, all MoE layers pooled: x = step (binned like the
+// load heatmap), y = number of experts, colour = share of the tokens.
+Figure experts_heatmap(const std::vector<LayerSeries>& ls, int max_bins) {
+    Figure f;
+    f.kind = Figure::Kind::heatmap;
+    f.id = "experts-per-token-hist";
+    f.title = "experts per token: share of tokens (all MoE layers)";
+    f.xlabel = "step";
+    f.ylabel = "experts used";
+    f.cblabel = "share of tokens";
+    std::map<int64_t, std::vector<double>> by_step;  // step -> pooled counts
+    size_t nmax = 0;
+    for (auto& s : ls)
+        for (auto& h : s.experts_hist) nmax = std::max(nmax, h.size());
+    for (auto& s : ls)
+        for (size_t i = 0; i < s.steps.size(); i++) {
+            auto& v = by_step[s.steps[i]];
+            v.resize(nmax, 0.0);
+            for (size_t n = 0; n < s.experts_hist[i].size(); n++)
+                v[n] += (double)s.experts_hist[i][n];
+        }
+    f.height = std::clamp(120 + 24 * (int)nmax, 220, 420);
+    const int nb = (int)std::min<size_t>(by_step.size(), (size_t)std::max(max_bins, 2));
+    const double lo = (double)by_step.begin()->first, hi = (double)by_step.rbegin()->first;
+    double w = nb > 1 ? (hi - lo) / (nb - 1) : 1.0;
+    if (w <= 0) w = 1.0;
+    std::vector<double> sum((size_t)nb * nmax, 0.0);
+    for (auto& kv : by_step) {
+        int b = std::clamp((int)std::lround(((double)kv.first - lo) / w), 0, nb - 1);
+        for (size_t n = 0; n < nmax; n++) sum[(size_t)b * nmax + n] += kv.second[n];
+    }
+    for (int b = 0; b < nb; b++) f.hx.push_back(lo + b * w);
+    for (size_t n = 0; n < nmax; n++) f.hy.push_back((double)n);
+    f.z.assign(nmax * nb, 0.0);
+    int prev = -1;
+    for (int b = 0; b < nb; b++) {
+        double tot = 0;
+        for (size_t n = 0; n < nmax; n++) tot += sum[(size_t)b * nmax + n];
+        int src = tot > 0 ? b : prev;  // an empty bin repeats the one before
+        if (tot > 0) prev = b;
+        if (src < 0) continue;
+        double st = 0;
+        for (size_t n = 0; n < nmax; n++) st += sum[(size_t)src * nmax + n];
+        for (size_t n = 0; n < nmax; n++) f.z[n * nb + b] = sum[(size_t)src * nmax + n] / st;
+    }
+    f.zmin = 0;
+    f.zmax = 1;
+    f.labels = false;
+    return f;
 }
 
 // Load heatmap on a regular step grid: gnuplot's image needs equal cells, and a long run is
@@ -300,6 +368,54 @@ std::vector<std::string> find_traces(const std::string& run_dir) {
     scan(fs::path(run_dir) / "traces", true);
     std::sort(out.begin(), out.end());
     return out;
+}
+
+// Experts per token (docs/report.md): a line per layer of the mean, and the pooled histogram over
+// training, when the count varies; else one sentence with the constant.
+void add_experts_per_token(Page& page, const std::vector<LayerSeries>& ls, int max_bins) {
+    std::string& b = page.body;
+    bool logged = false;
+    for (auto& s : ls)
+        for (double v : s.experts_mean) logged |= std::isfinite(v);
+    if (!logged) return;  // a log from before the key existed
+    if (!experts_per_token_varies(ls)) {
+        double k = NAN;
+        for (auto& s : ls)
+            for (double v : s.experts_mean)
+                if (std::isfinite(v)) k = v;
+        b += fmt::format(
+            "<p class=\"note\" id=\"experts-per-token\">Experts per token: {} on every token "
+            "of every logged step (a fixed top-k without drops; not plotted).</p>\n",
+            fmt_num(k, "{:.0f}"));
+        return;
+    }
+    b += "<h3 id=\"experts-per-token\">Experts per token</h3>\n<div class=\"grid\">\n";
+    Figure f = line_fig("experts-per-token", "mean experts per token", "experts / token");
+    f.height = 260;
+    double all = 0;
+    int n = 0;
+    for (auto& s : ls) {
+        PlotSeries p;
+        p.title = fmt::format("layer {}", s.layer);
+        for (size_t i = 0; i < s.steps.size(); i++)
+            if (std::isfinite(s.experts_mean[i])) {
+                p.x.push_back((double)s.steps[i]);
+                p.y.push_back(s.experts_mean[i]);
+                all += s.experts_mean[i];
+                n++;
+            }
+        f.series.push_back(p);
+    }
+    page.add(f, fmt::format("Mean number of experts each token ran on (kept token-slots) at each "
+                            "logged step, per MoE layer; mean over the logged steps and layers: "
+                            "{:.3f}. A dynamic router (top-p) spends more experts where it is "
+                            "unsure; capacity drops lower it.",
+                            n ? all / n : 0.0));
+    page.add(experts_heatmap(ls, max_bins),
+             "Share of tokens that ran on 0, 1, 2, ... experts, all MoE layers pooled, over "
+             "training (columns: logged steps or bins of them). 0 = every slot of the token was "
+             "dropped by capacity.");
+    b += "</div>\n";
 }
 
 }  // namespace
@@ -536,6 +652,7 @@ ReportResult run_report(const ReportOptions& opt_in) {
             page.add(f, st.caption);
         }
         b += "</div>\n";
+        add_experts_per_token(page, ls, opt.max_heatmap_steps);
     }
 
     // ---- expert similarity (needs the checkpoint)

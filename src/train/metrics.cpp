@@ -36,7 +36,10 @@ MetricsLine MetricsWriter::collect(const Model& model, int64_t step, double lr, 
                           {"routed", r.stats.routed},
                           {"load_cv", r.stats.load_cv},
                           {"router_entropy", r.stats.router_entropy},
-                          {"mean_top1_weight", r.stats.mean_top1_weight}});
+                          {"mean_top1_weight", r.stats.mean_top1_weight},
+                          {"experts_per_token",
+                           {{"mean", r.stats.mean_experts_per_token},
+                            {"histogram", r.stats.experts_per_token}}}});
     }
     MetricsLine l;
     l.j = {{"step", step},

@@ -297,6 +297,42 @@ TEST(Config, ImpossibleShapes) {
     EXPECT_NE(error_of([&] { config_validate(c); }), "");
 }
 
+// top-p's threshold: a training-config key and a checkpoint key (moe_cpp.threshold) that
+// round-trips; out of (0, 1] is an error naming the key.
+TEST(Config, TopPThreshold) {
+    ModelConfig m;
+    m.vocab_size = 65;
+    m.moe.n_experts = 8;
+    m.moe.top_k = 4;
+    m.moe.d_ff = 256;
+    m.moe.d_model = m.d_model;
+    m.moe.router = "top-p";
+    m.moe.threshold = 0.35f;
+    nlohmann::json j = model_config_to_hf(m);
+    EXPECT_FLOAT_EQ(j["moe_cpp"]["threshold"].get<float>(), 0.35f);
+    ModelConfig b = model_config_from_hf(nlohmann::json::parse(j.dump()), "config.json");
+    EXPECT_EQ(b.moe.router, "top-p");
+    EXPECT_EQ(b.moe.threshold, 0.35f);
+    EXPECT_EQ(model_config_to_hf(b).dump(), j.dump());
+    j["moe_cpp"]["threshold"] = 1.5;
+    std::string msg = error_of([&] { model_config_from_hf(j, "ck/config.json"); });
+    EXPECT_NE(msg.find("key 'threshold'"), std::string::npos) << msg;
+
+    TrainConfig c = config_load(std::string(MOE_SOURCE_DIR) + "/configs/shakespeare-char-moe.json");
+    config_set(c, "router", "top-p");
+    config_set(c, "top_k", "4");
+    config_set(c, "threshold", "0.45");
+    EXPECT_EQ(error_of([&] { config_validate(c); }), "");
+    EXPECT_EQ(c.model.moe.threshold, 0.45f);
+    EXPECT_EQ(config_to_json(c)["threshold"].get<float>(), 0.45f);
+    msg = error_of([&] { config_set(c, "threshold", "0"); });
+    EXPECT_NE(msg.find("threshold"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("(0, 1]"), std::string::npos) << msg;
+    c.model.moe.threshold = 0;  // set directly: the cross-key check still refuses it
+    msg = error_of([&] { config_validate(c); });
+    EXPECT_NE(msg.find("threshold=0"), std::string::npos) << msg;
+}
+
 TEST(Config, HfConfigRoundTrip) {
     ModelConfig m;
     m.vocab_size = 65;

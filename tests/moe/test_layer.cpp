@@ -205,6 +205,25 @@ TEST(MoeLayer, GradientsGateDropoutSharedCapacity) {
     check_gradients(c, 6, true, "capacity drops, weight priority");
 }
 
+TEST(MoeLayer, GradientsTopP) {
+    MoeConfig c = small_config("top-p");
+    c.top_k = 3;  // max_k
+    c.threshold = 0.6f;
+    c.w_importance = 0.3f;
+    c.w_switch = 0.2f;
+    c.w_zloss = 0.1f;
+    check_gradients(c, 7, true, "top-p 0.6, max_k 3");
+    c.threshold = 0.9f;
+    c.gate_dropout = 0.2f;
+    check_gradients(c, 7, true, "top-p 0.9 + gate dropout (u fed)");
+    c.gate_dropout = 0.f;
+    c.dropless = false;
+    c.capacity_factor = 0.5f;  // C = ceil(0.5 * 7 * 3 / 4) = 3: drops
+    check_gradients(c, 7, true, "top-p, capacity drops, token priority");
+    c.priority = "weight";
+    check_gradients(c, 7, true, "top-p, capacity drops, weight priority");
+}
+
 // Shared experts add FFN_s(x) to every token, on top of the routed output.
 TEST(MoeLayer, SharedExpertsAddTheirFfn) {
     MoeConfig c = small_config("topk");
@@ -297,6 +316,42 @@ TEST(MoeLayer, StatisticsByHand) {
     EXPECT_EQ(st.dropped, 0);
 }
 
+// Experts per token: a zero router gives p = 1/4 exactly, so top-p with threshold 0.5 takes
+// exactly 2 experts on every token (0.25 + 0.25 >= 0.5); with capacity the histogram counts the
+// kept slots: it always sums to T and its mean is kept slots / T.
+TEST(MoeLayer, ExpertsPerTokenByHand) {
+    MoeConfig c = small_config("top-p");
+    c.top_k = 3;
+    c.threshold = 0.5f;
+    const int T = 12, d = c.d_model, E = c.n_experts;
+    auto x = test::randn(T * d, 4);
+    std::vector<float> y(T * d);
+    {
+        MoeLayer L(c);
+        std::memset(L.param_data(), 0, sizeof(float) * E * d);
+        L.forward({x.data(), {T, d}}, {y.data(), {T, d}}, false);
+        EXPECT_EQ(L.stats().experts_per_token, (std::vector<int64_t>{0, 0, T, 0}));
+        EXPECT_DOUBLE_EQ(L.stats().mean_experts_per_token, 2.0);
+        EXPECT_EQ(L.stats().routed, 2 * T);
+    }
+    c = small_config("topk");
+    c.dropless = false;
+    c.capacity_factor = 0.5f;  // C = 3 per expert, 12 kept of 24
+    MoeLayer L(c);
+    L.forward({x.data(), {T, d}}, {y.data(), {T, d}}, false);
+    const MoeStats& st = L.stats();
+    ASSERT_EQ(st.experts_per_token.size(), 3u);
+    int64_t tokens = 0, used = 0;
+    for (int n = 0; n <= 2; n++) {
+        tokens += st.experts_per_token[n];
+        used += n * st.experts_per_token[n];
+    }
+    EXPECT_EQ(tokens, T);
+    EXPECT_EQ(used, st.routed - st.dropped);
+    EXPECT_GT(st.dropped, 0);
+    EXPECT_DOUBLE_EQ(st.mean_experts_per_token, (double)used / T);
+}
+
 // The layer draws its noise from Rng(cfg.seed) in the documented order: jitter u [T,d],
 // normal [T,E], uniform [T,E], gshard_u [T] (each only when the router needs it).
 TEST(MoeLayer, NoiseOrderIsDocumented) {
@@ -330,7 +385,7 @@ TEST(MoeLayer, DeterministicForOneAndTwoThreads) {
     struct Case {
         const char* router;
         int E, k, f;
-    } cases[] = {{"noisy-topk", 4, 2, 96}, {"topk", 32, 4, 24}};
+    } cases[] = {{"noisy-topk", 4, 2, 96}, {"topk", 32, 4, 24}, {"top-p", 16, 4, 24}};
     for (auto& cs : cases) {
         MoeConfig c;
         c.router = cs.router;

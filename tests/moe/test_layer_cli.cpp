@@ -65,6 +65,28 @@ TEST(LayerCli, JsonHasTheStatistics) {
     EXPECT_TRUE(j["checksum"].contains("sum") && j["checksum"].contains("abs_sum"));
 }
 
+// top-p: experts_per_token {mean, histogram} over 0..max_k, summing to T, mean = kept / T.
+TEST(LayerCli, TopPReportsExpertsPerToken) {
+    if (test::moe_bin().empty()) GTEST_SKIP() << "MOE_BIN not set";
+    CmdResult r = run_moe("layer --router top-p --threshold 0.6 --topk 4 --experts 8 --d 16 "
+                          "--ffn 8 --tokens 64 --json");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    auto j = last_json(r.out);
+    EXPECT_EQ(j["router"], "top-p");
+    EXPECT_NEAR(j["threshold"].get<double>(), 0.6, 1e-6);
+    const auto& h = j["experts_per_token"]["histogram"];
+    ASSERT_EQ(h.size(), 5u);
+    int64_t tokens = 0, used = 0;
+    for (int n = 0; n < 5; n++) {
+        tokens += h[n].get<int64_t>();
+        used += n * h[n].get<int64_t>();
+    }
+    EXPECT_EQ(tokens, 64);
+    EXPECT_EQ(used, j["routed"].get<int64_t>() - j["dropped"].get<int64_t>());
+    EXPECT_DOUBLE_EQ(j["experts_per_token"]["mean"].get<double>(), used / 64.0);
+    EXPECT_NE(r.out.find("experts per token: mean"), std::string::npos);
+}
+
 // IN written here from a layer's own parameters; OUT must equal what the library computes.
 TEST(LayerCli, LoadSaveMatchesLibrary) {
     if (test::moe_bin().empty()) GTEST_SKIP() << "MOE_BIN not set";
@@ -149,6 +171,9 @@ TEST(LayerCli, BadFlagsFailClearly) {
         {"layer --router nope", "--router: 'nope' is not allowed"},
         {"layer --activation tanh", "--activation: 'tanh' is not allowed"},
         {"layer --load /nonexistent/in.safetensors", "/nonexistent/in.safetensors"},
+        {"layer --router top-p --threshold 0",
+         "--threshold: 0 is not allowed (expected finite number in (0, 1])"},
+        {"layer --router top-p --threshold 1.5", "--threshold: 1.5 is not allowed"},
     };
     for (auto& c : cases) {
         CmdResult r = run_moe(c.args);

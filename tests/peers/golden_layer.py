@@ -8,7 +8,7 @@ Compares y, dx, every grad.*, the four losses (unweighted) and tokens_per_expert
   atol = 1e-5 * max|peer| of that tensor: entries that cancel to ~0 carry the absolute rounding
   noise of the O(max) terms they are summed from (fp32 eps 6e-8 times up to ~100 terms, BLAS and
   torch accumulating in different orders), so a pure relative bound would flag noise.
-tokens_per_expert must match exactly. Exit 1 on any mismatch; "skipped" only without torch.
+tokens_per_expert and experts_per_token must match exactly. Exit 1 on any mismatch; "skipped" only without torch.
 
   /usr/bin/python3 tests/peers/golden_layer.py --moe build/moe [-k substring] [-v]
 """
@@ -82,11 +82,23 @@ CASES = [
     ("hierarchical cap", {"E": 6}, ["--router", "hierarchical", "--topk", "2", "--groups", "3",
                                     "--topk-groups", "1", "--capacity-factor", "1.0",
                                     "--training"]),
+    ("top-p dropless", {}, ["--router", "top-p", "--topk", "3", "--threshold", "0.6",
+                            "--dropless"] + LOSSES),
+    ("top-p max_k=E", {"E": 6}, ["--router", "top-p", "--topk", "6", "--threshold", "0.85",
+                                 "--dropless", "--temperature", "0.7"]),
+    ("top-p cap token", {}, ["--router", "top-p", "--topk", "3", "--threshold", "0.7",
+                             "--capacity-factor", "0.75"] + LOSSES),
+    ("top-p cap weight", {}, ["--router", "top-p", "--topk", "2", "--threshold", "0.5",
+                              "--capacity-factor", "0.75", "--priority", "weight"]),
+    ("top-p gate dropout", {}, ["--router", "top-p", "--topk", "3", "--threshold", "0.8",
+                                "--dropless", "--training", "--gate-dropout", "0.25"] + LOSSES),
+    ("top-p w-importance", {}, ["--router", "top-p", "--topk", "4", "--threshold", "0.9",
+                                "--dropless", "--w-importance", "0.5"]),
 ]
 
 
 def compare(name, ours, peer, problems):
-    if name == "tokens_per_expert":
+    if name in ("tokens_per_expert", "experts_per_token"):
         if ours.shape != peer.shape or not np.array_equal(ours.astype(np.int64), peer):
             problems.append(f"{name}: ours {ours.tolist()} peer {peer.tolist()}")
         return

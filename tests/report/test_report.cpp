@@ -166,6 +166,55 @@ TEST(Report, OneLoggedStepAndNoEvaluation) {
     for (auto& p : r.pngs) EXPECT_GT(fs::file_size(p), 1000u) << p;
 }
 
+// Experts per token: a top-p-like run (the count varies) gets the mean and histogram figures; a
+// fixed top-2 run gets one sentence; a log without the key gets neither.
+TEST(Report, ExpertsPerToken) {
+    if (!have_gnuplot()) GTEST_SKIP() << "gnuplot not installed (apt-get install gnuplot-nox)";
+    auto metrics = [](bool dynamic, bool with_key) {
+        std::string out;
+        for (int step = 10; step <= 200; step += 10) {
+            std::string layers;
+            for (int l = 0; l < 2; l++) {
+                // 100 tokens; dynamic: the share on 1 expert grows over training.
+                int one = dynamic ? step / 4 : 0, two = 100 - one - (dynamic ? 10 : 0);
+                int three = dynamic ? 10 : 0;
+                double mean = (one + 2.0 * two + 3.0 * three) / 100;
+                std::string ept = with_key ? fmt::format(
+                    R"(,"experts_per_token":{{"mean":{},"histogram":[0,{},{},{}]}})", mean, one,
+                    two, three) : "";
+                layers += fmt::format(
+                    R"({}{{"layer":{},"tokens_per_expert":[50,50,50,50],"dropped":0,"routed":200{}}})",
+                    l ? "," : "", l, ept);
+            }
+            out += fmt::format(R"({{"step":{},"train_loss":2.0,"layers":[{}]}})", step, layers) +
+                   "\n";
+        }
+        return out;
+    };
+    std::string run = fresh_dir("experts_per_token");
+    ReportOptions opt;
+    opt.run_dir = run;
+    opt.similarity = false;
+    write_file_atomic(run + "/metrics.jsonl", metrics(true, true));
+    ReportResult r = run_report(opt);
+    std::string html = read_file(r.html);
+    for (const char* id : {"experts-per-token", "experts-per-token-hist"}) {
+        EXPECT_NE(html.find(fmt::format("id=\"fig-{}\"", id)), std::string::npos) << id;
+        EXPECT_TRUE(is_png(run + "/report/" + id + ".png")) << id;
+    }
+    // Mean over steps and layers: (210 - one)/100 with one = floor(step/4), whose mean is 26.
+    EXPECT_NE(html.find("layers: 1.840."), std::string::npos);
+
+    write_file_atomic(run + "/metrics.jsonl", metrics(false, true));
+    html = read_file(run_report(opt).html);
+    EXPECT_EQ(html.find("id=\"fig-experts-per-token"), std::string::npos);
+    EXPECT_NE(html.find("Experts per token: 2 on every token"), std::string::npos);
+
+    write_file_atomic(run + "/metrics.jsonl", metrics(false, false));
+    html = read_file(run_report(opt).html);
+    EXPECT_EQ(html.find("experts-per-token"), std::string::npos);
+}
+
 TEST(Report, BadInput) {
     std::string run = fresh_dir("bad");
     ReportOptions opt;

@@ -341,6 +341,40 @@ TEST(Inspect, AggregateByCharClass) {
     EXPECT_THROW(aggregate_text(a, 0, 3), Error);  // layer 0 is not in the routing
 }
 
+// Experts per token by class: 'b' gets a second kept slot, 'A' a dropped one. Lowercase: tokens
+// a, b with 3 kept slots -> 1.5; speaker name: A, B, : with 3 kept slots -> 1.0. The layer: 9
+// kept slots over 8 tokens.
+TEST(Inspect, ExpertsPerTokenByCharClass) {
+    auto r = toy_routing();
+    LayerChoice& b = r[5].layers[0];
+    ASSERT_EQ(r[5].text, "b");
+    b.experts.push_back(0);
+    b.weights.push_back(0.25f);
+    b.kept.push_back(1);
+    RoutingAggregate a = aggregate_routing(r, {}, 2, "char-class");
+    const auto& L = a.layers[0];
+    EXPECT_EQ(L.class_tokens[(int)CharClass::lower], 2);
+    EXPECT_EQ(L.class_tokens[(int)CharClass::speaker], 3);
+    nlohmann::json j = nlohmann::json::parse(aggregate_json(a, -1, 3));
+    EXPECT_DOUBLE_EQ(j["layers"][0]["experts_per_token"].get<double>(), 9.0 / 8);
+    int seen = 0;
+    for (auto& c : j["layers"][0]["classes"]) {
+        if (c["class"] == "lowercase") {
+            EXPECT_DOUBLE_EQ(c["experts_per_token"].get<double>(), 1.5);
+            EXPECT_EQ(c["tokens"].get<double>(), 2);
+            seen++;
+        }
+        if (c["class"] == "speaker name") {
+            EXPECT_DOUBLE_EQ(c["experts_per_token"].get<double>(), 1.0);
+            seen++;
+        }
+    }
+    EXPECT_EQ(seen, 2);
+    std::string txt = aggregate_text(a, -1, 3);
+    EXPECT_NE(txt.find("mean experts per token 1.125"), std::string::npos) << txt;
+    EXPECT_NE(aggregate_html(a, -1, 3, "t").find("<th>exp/tok</th>"), std::string::npos);
+}
+
 TEST(Inspect, AggregateByToken) {
     auto r = toy_routing();
     RoutingAggregate a = aggregate_routing(r, {}, 2, "token");

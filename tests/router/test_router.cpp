@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "moe/balance.h"
@@ -535,6 +536,206 @@ TEST(RouterSampler, GshardSecondExpertRate) {
     }
 }
 
+// ---- top-p (threshold) routing ------------------------------------------------------------------
+
+MoeConfig top_p_config(int E, int max_k, float threshold) {
+    MoeConfig c = config("top-p", E, max_k);
+    c.threshold = threshold;
+    return c;
+}
+
+// One token's routing: the used experts in slot order and their weights; checks that every
+// slot after the first unused one is unused too.
+struct TokenRoute {
+    std::vector<int> experts;
+    std::vector<float> weights;
+};
+std::vector<TokenRoute> route_tokens(const MoeConfig& cfg, const std::vector<float>& logits,
+                                     const std::vector<float>* bias = nullptr,
+                                     AuxLosses* aux_out = nullptr) {
+    const int E = cfg.n_experts, k = cfg.top_k, T = (int)logits.size() / E;
+    Case c;
+    c.cfg = cfg;
+    c.T = T;
+    c.ld = E;
+    if (bias) {
+        c.bias = *bias;
+        c.use_bias = true;
+    }
+    auto r = make_router(cfg);
+    Routing out;
+    AuxLosses aux;
+    r->forward(c.input(logits.data()), out, aux);
+    EXPECT_EQ(out.k, k);
+    std::vector<TokenRoute> v(T);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            const size_t a = (size_t)t * k + j;
+            EXPECT_EQ(out.token[a], t);
+            if (out.expert[a] < 0) {
+                EXPECT_EQ(out.weight[a], 0.f);
+                continue;
+            }
+            EXPECT_EQ((int)v[t].experts.size(), j) << "used slot after an unused one";
+            v[t].experts.push_back(out.expert[a]);
+            v[t].weights.push_back(out.weight[a]);
+        }
+    if (aux_out) *aux_out = aux;
+    return v;
+}
+
+// Equal logits: p = 1/4 exactly (exp(0) = 1, 1/4 exact), so the running sums are exact.
+//   threshold 0.25: 0.25 >= 0.25 after one expert -> {0} (the exact threshold stops);
+//   0.5 -> {0, 1}; 0.75 -> {0, 1, 2}; 1 -> all four. Ties: lower index first.
+//   0.26 -> {0, 1}: one expert's 0.25 falls short. max_k = 2 caps threshold 1 at {0, 1}.
+TEST(RouterTopP, EqualProbabilitiesExactThresholdAndTies) {
+    const std::vector<float> zeros(4, 0.f);
+    struct {
+        float thr;
+        int max_k;
+        std::vector<int> want;
+    } cases[] = {{0.25f, 4, {0}},       {0.5f, 4, {0, 1}}, {0.75f, 4, {0, 1, 2}},
+                 {1.f, 4, {0, 1, 2, 3}}, {0.26f, 4, {0, 1}}, {1.f, 2, {0, 1}}, {1.f, 1, {0}}};
+    for (auto& c : cases) {
+        auto v = route_tokens(top_p_config(4, c.max_k, c.thr), zeros);
+        EXPECT_EQ(v[0].experts, c.want) << "threshold " << c.thr << " max_k " << c.max_k;
+        for (float w : v[0].weights) EXPECT_FLOAT_EQ(w, 1.f / (float)c.want.size());
+    }
+}
+
+// Logits log(counts): p = counts / 8 (to rounding).
+//   [1,2,5]: threshold 0.6 -> {2} (5/8 = 0.625), weight 1; 0.7 -> {2, 1} (7/8), weights 5/7, 2/7;
+//   0.9 -> {2, 1, 0}, weights 5/8, 2/8, 1/8; 0.9 with max_k 2 -> {2, 1} (capped), 5/7, 2/7.
+//   [3,3,2] (a tie at the top): 0.3 -> {0} (3/8 >= 0.3, the lower index wins the tie);
+//   0.5 -> {0, 1} weights 1/2, 1/2.
+TEST(RouterTopP, HandWorkedChoices) {
+    auto logs = [](std::vector<float> v) {
+        for (float& x : v) x = std::log(x);
+        return v;
+    };
+    struct {
+        std::vector<float> counts;
+        float thr;
+        int max_k;
+        std::vector<int> want;
+        std::vector<float> w;
+    } cases[] = {
+        {{1, 2, 5}, 0.6f, 3, {2}, {1.f}},
+        {{1, 2, 5}, 0.7f, 3, {2, 1}, {5.f / 7, 2.f / 7}},
+        {{1, 2, 5}, 0.9f, 3, {2, 1, 0}, {5.f / 8, 2.f / 8, 1.f / 8}},
+        {{1, 2, 5}, 0.9f, 2, {2, 1}, {5.f / 7, 2.f / 7}},
+        {{3, 3, 2}, 0.3f, 3, {0}, {1.f}},
+        {{3, 3, 2}, 0.5f, 3, {0, 1}, {0.5f, 0.5f}},
+    };
+    for (auto& c : cases) {
+        auto v = route_tokens(top_p_config(3, c.max_k, c.thr), logs(c.counts));
+        ASSERT_EQ(v[0].experts, c.want) << "threshold " << c.thr;
+        for (size_t j = 0; j < c.w.size(); j++) EXPECT_NEAR(v[0].weights[j], c.w[j], 1e-6);
+    }
+}
+
+// The aux losses over the used slots only. Threshold 0.7, max_k 3:
+//   t0 log[1,2,5] -> e2 5/7, e1 2/7;  t1 log[1,6,1] -> e1 alone (6/8 >= 0.7), weight 1.
+// importance: Importance = [0, 9/7, 5/7], mean 2/3, cv² = 61/98 = 0.6224489796.
+// switch: 3 routed slots, f = [0, 2/3, 1/3]; P = [2, 8, 6]/16;
+//   E Σ f P = 3 (2/3 * 8/16 + 1/3 * 6/16) = 1.375.
+// z: both rows sum to 8 -> lse = ln 8, z = (ln 8)².
+TEST(RouterTopP, AuxLossesOverUsedSlots) {
+    std::vector<float> l = {std::log(1.f), std::log(2.f), std::log(5.f),
+                            std::log(1.f), std::log(6.f), std::log(1.f)};
+    AuxLosses aux;
+    auto v = route_tokens(top_p_config(3, 3, 0.7f), l, nullptr, &aux);
+    EXPECT_EQ(v[0].experts, (std::vector<int>{2, 1}));
+    EXPECT_EQ(v[1].experts, (std::vector<int>{1}));
+    EXPECT_NEAR(aux.importance, 61.0 / 98, 1e-6);
+    EXPECT_NEAR(aux.switch_loss, 1.375, 1e-6);
+    EXPECT_NEAR(aux.z_loss, 4.324077125263812, 1e-5);
+    EXPECT_EQ(aux.load, 0.0);  // no noise: the load loss does not apply
+}
+
+// The aux-loss-free bias reorders the candidates; the running sum and the weights use p.
+//   p = [1,2,5]/8, bias +1 on e0: order e0, e2, e1. Threshold 0.6: e0 (1/8), then e2
+//   (6/8 >= 0.6) -> {0, 2}, weights 1/6, 5/6.
+TEST(RouterTopP, BiasReordersOnly) {
+    std::vector<float> l = {std::log(1.f), std::log(2.f), std::log(5.f)};
+    std::vector<float> bias = {1.f, 0.f, 0.f};
+    auto v = route_tokens(top_p_config(3, 3, 0.6f), l, &bias);
+    ASSERT_EQ(v[0].experts, (std::vector<int>{0, 2}));
+    EXPECT_NEAR(v[0].weights[0], 1.0 / 6, 1e-6);
+    EXPECT_NEAR(v[0].weights[1], 5.0 / 6, 1e-6);
+}
+
+// On random logits: 1 <= used <= max_k, weights descending and summing to 1, the used set is the
+// shortest prefix of the order by p reaching the threshold (or max_k), and the same input gives
+// the same bits twice.
+TEST(RouterTopP, InvariantsAndDeterminism) {
+    for (int E : {1, 5, 8})
+        for (int max_k : {1, 2, E})
+            for (float thr : {0.3f, 0.6f, 0.9f, 1.f}) {
+                if (max_k > E) continue;
+                MoeConfig cfg = top_p_config(E, max_k, thr);
+                cfg.temperature = 0.7f;
+                Case c = make_case(cfg, 11, false, 500 + E * 31 + max_k * 7 + (int)(thr * 10));
+                auto r = make_router(cfg);
+                Routing out, again;
+                AuxLosses aux;
+                r->forward(c.input(c.logits.data()), out, aux);
+                make_router(cfg)->forward(c.input(c.logits.data()), again, aux);
+                EXPECT_EQ(out.expert, again.expert);
+                EXPECT_EQ(0, std::memcmp(out.weight.data(), again.weight.data(),
+                                         sizeof(float) * out.weight.size()));
+                for (int t = 0; t < c.T; t++) {
+                    const float* p = &r->probs()[(size_t)t * E];
+                    std::vector<int> order(E);
+                    std::iota(order.begin(), order.end(), 0);
+                    std::stable_sort(order.begin(), order.end(),
+                                     [&](int a, int b) { return p[a] > p[b]; });
+                    int n = 0;
+                    double cum = 0, wsum = 0;
+                    for (int j = 0; j < max_k; j++) {
+                        const size_t a = (size_t)t * max_k + j;
+                        if (out.expert[a] < 0) continue;
+                        EXPECT_EQ(out.expert[a], order[j]);
+                        cum += p[order[j]];
+                        wsum += out.weight[a];
+                        if (j > 0) {
+                            EXPECT_LE(out.weight[a], out.weight[a - 1]);
+                        }
+                        if (j < max_k - 1 && out.expert[a + 1] >= 0) {
+                            EXPECT_LT(cum, thr) << "took another expert after reaching p";
+                        }
+                        n++;
+                    }
+                    EXPECT_GE(n, 1);
+                    EXPECT_LE(n, max_k);
+                    if (n < max_k) {
+                        EXPECT_GE(cum, thr) << "stopped before reaching p";
+                    }
+                    EXPECT_NEAR(wsum, 1.0, 1e-6);
+                }
+            }
+}
+
+TEST(RouterGrad, TopP) {
+    for (float thr : {0.5f, 0.8f})
+        sweep("top-p", {{1, 1}, {4, 2}, {5, 4}, {6, 6}},
+              [thr](MoeConfig& c) { c.threshold = thr; });
+    sweep("top-p", {{6, 3}}, [](MoeConfig& c) {
+        c.threshold = 0.7f;
+        c.gate_dropout = 0.25f;
+    });
+}
+TEST(RouterGrad, TopPWithBias) {
+    MoeConfig cfg = top_p_config(5, 3, 0.7f);
+    cfg.w_importance = 0.5f;
+    cfg.w_switch = 0.5f;
+    cfg.w_zloss = 0.2f;
+    Case c = make_case(cfg, 5, true, 17);
+    c.use_bias = true;
+    auto [checked, total] = check_grad(c, 18, "top-p + bias");
+    EXPECT_GE(checked, (int)(0.9 * total));
+}
+
 // ---- bad configs ------------------------------------------------------------------------------------
 
 void expect_error(const MoeConfig& c, const std::string& needle) {
@@ -552,7 +753,7 @@ TEST(RouterConfig, BadConfigsThrow) {
     expect_error(config("noisy-topk", 0, 1), "n_experts=0");
     expect_error(config("bogus", 4, 2),
                  "unknown router 'bogus' (valid: softmax, noisy-topk, topk, switch, gshard, "
-                 "expert-choice, hierarchical)");
+                 "expert-choice, hierarchical, top-p)");
     MoeConfig h = config("hierarchical", 6, 2);
     h.n_groups = 4;
     expect_error(h, "not divisible by n_groups=4");
@@ -576,6 +777,13 @@ TEST(RouterConfig, BadConfigsThrow) {
     expect_error(t, "temperature=0");
     t.temperature = 1.f, t.gate_dropout = 1.f;
     expect_error(t, "gate_dropout=1");
+    MoeConfig tp = config("top-p", 4, 2);
+    tp.threshold = 0.f;
+    expect_error(tp, "threshold=0 must be in (0, 1]");
+    tp.threshold = 1.5f;
+    expect_error(tp, "threshold=1.5 must be in (0, 1]");
+    tp.threshold = std::nanf("");
+    expect_error(tp, "threshold=nan");
 }
 
 TEST(RouterConfig, MissingDrawsThrow) {
@@ -593,7 +801,7 @@ TEST(RouterConfig, MissingDrawsThrow) {
 }
 
 TEST(RouterConfig, NamesAndMatrices) {
-    EXPECT_EQ(router_names().size(), 7u);
+    EXPECT_EQ(router_names().size(), 8u);
     for (auto& n : router_names()) {
         MoeConfig c = config(n, 4, n == "gshard" ? 2 : 1);
         c.n_groups = 2;
