@@ -45,5 +45,7 @@ ModelConfig load_model_config(const std::string& dir);  // config.json
 void load_params(Model& model, const std::string& dir);
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v);
 nlohmann::json load_trainer_state(const std::string& dir);
+// trainer_state.json's text -> JSON (load_trainer_state and fuzzing); `where` names it in errors.
+nlohmann::json parse_trainer_state(const std::string& text, const std::string& where);
 
 }  // namespace moe

@@ -51,8 +51,9 @@ bool is_token_file(const std::string& path) {
     return in.read(buf, 8) && std::memcmp(buf, kMagic, 8) == 0;
 }
 
-TokenFile read_token_file(const std::string& path) {
-    std::string f = read_file(path);
+TokenFile read_token_file(const std::string& path) { return parse_token_file(read_file(path), path); }
+
+TokenFile parse_token_file(const std::string& f, const std::string& path) {
     if (f.size() < 16 || std::memcmp(f.data(), kMagic, 8) != 0)
         fail("{}: not a token file (no MOETOK01 magic)", path);
     uint64_t hlen;

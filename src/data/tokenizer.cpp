@@ -245,30 +245,30 @@ std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialize
     return std::make_unique<SpTokenizer>(serialized, where);
 }
 
+std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
+                                                    const std::string& vocab) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const std::exception& e) {
+        fail("{}: not valid JSON: {}", vocab, e.what());
+    }
+    if (!j.is_array() || j.empty()) fail("{}: expected a non-empty JSON array of symbols", vocab);
+    std::vector<std::string> syms;
+    for (auto& s : j) {
+        if (!s.is_string()) fail("{}: every entry must be a string, got {}", vocab, s.dump());
+        syms.push_back(s.get<std::string>());
+    }
+    try {
+        return char_tokenizer_from_symbols(syms);
+    } catch (const Error& e) {
+        fail("{}: {}", vocab, e.what());
+    }
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     std::string vocab = dir + "/vocab.json", spm = dir + "/tokenizer.model";
-    if (file_exists(vocab)) {
-        json j;
-        try {
-            j = json::parse(read_file(vocab));
-        } catch (const Error&) {
-            throw;
-        } catch (const std::exception& e) {
-            fail("{}: not valid JSON: {}", vocab, e.what());
-        }
-        if (!j.is_array() || j.empty())
-            fail("{}: expected a non-empty JSON array of symbols", vocab);
-        std::vector<std::string> syms;
-        for (auto& s : j) {
-            if (!s.is_string()) fail("{}: every entry must be a string, got {}", vocab, s.dump());
-            syms.push_back(s.get<std::string>());
-        }
-        try {
-            return char_tokenizer_from_symbols(syms);
-        } catch (const Error& e) {
-            fail("{}: {}", vocab, e.what());
-        }
-    }
+    if (file_exists(vocab)) return char_tokenizer_from_json(read_file(vocab), vocab);
     if (file_exists(spm)) return sentencepiece_from_model(read_file(spm), spm);
     fail("{}: no tokenizer (neither vocab.json nor tokenizer.model)", dir);
 }

@@ -218,15 +218,7 @@ std::string resolve_resume_dir(const std::string& path) {
 
 ModelConfig load_model_config(const std::string& dir) {
     std::string path = dir + "/config.json";
-    json j;
-    try {
-        j = json::parse(read_file(path));
-    } catch (const Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", path, e.what());
-    }
-    return model_config_from_hf(j, path);
+    return model_config_from_text(read_file(path), path);
 }
 
 void load_params(Model& model, const std::string& dir) {
@@ -269,12 +261,14 @@ void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* 
 
 json load_trainer_state(const std::string& dir) {
     const std::string path = dir + "/trainer_state.json";
+    return parse_trainer_state(read_file(path), path);
+}
+
+json parse_trainer_state(const std::string& text, const std::string& where) {
     try {
-        return json::parse(read_file(path));
-    } catch (const Error&) {
-        throw;
+        return json::parse(text);
     } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", path, e.what());
+        fail("{}: not valid JSON: {}", where, e.what());
     }
 }
 

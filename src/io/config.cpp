@@ -157,16 +157,17 @@ void config_apply_json(TrainConfig& c, const json& j, const std::string& where) 
     }
 }
 
-TrainConfig config_load(const std::string& path) {
-    std::string text = read_file(path);
+TrainConfig config_load(const std::string& path) { return config_from_text(read_file(path), path); }
+
+TrainConfig config_from_text(const std::string& text, const std::string& where) {
     json j;
     try {
         j = json::parse(text, nullptr, true, /*ignore_comments=*/true);
     } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", path, e.what());
+        fail("{}: not valid JSON: {}", where, e.what());
     }
     TrainConfig c;
-    config_apply_json(c, j, path);
+    config_apply_json(c, j, where);
     return c;
 }
 
@@ -436,6 +437,16 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         fail("{}: {}", where, err.what());
     }
     return m;
+}
+
+ModelConfig model_config_from_text(const std::string& text, const std::string& where) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const std::exception& e) {
+        fail("{}: not valid JSON: {}", where, e.what());
+    }
+    return model_config_from_hf(j, where);
 }
 
 }  // namespace moe

@@ -42,7 +42,18 @@ static float half_to_float(uint16_t h) {
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-    std::string file = read_file(path);
+    parse(read_file(path));
+}
+
+SafetensorsReader SafetensorsReader::from_bytes(const std::string& bytes, const std::string& where) {
+    SafetensorsReader r;
+    r.path_ = where;
+    r.parse(bytes);
+    return r;
+}
+
+void SafetensorsReader::parse(const std::string& file) {
+    const std::string& path = path_;
     if (file.size() < 8) fail("{}: not a safetensors file (only {} bytes)", path, file.size());
     uint64_t hlen;
     std::memcpy(&hlen, file.data(), 8);
