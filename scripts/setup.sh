@@ -3,7 +3,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libopenblas0-openmp libgtest-dev
       libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsentencepiece-dev
-      sentencepiece python3 python3-torch python3-numpy gnuplot-nox)
+      sentencepiece python3 python3-torch python3-numpy gnuplot-nox
+      clang-14 libclang-rt-14-dev libomp-14-dev)  # the last three: the fuzzers (tests only)
 if [ "${MOE_WITH_BROWSER:-0}" = 1 ]; then PKGS+=(chromium); fi
 missing=()
 for p in "${PKGS[@]}"; do
