@@ -147,7 +147,8 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
         for (int c = 0; c < kNumCharClasses; c++)
             a.classes.push_back(char_class_name((CharClass)c));
     } else {
-        for (size_t i = 0; i < routing.size(); i++) cls[i] = std::max(0, (int)routing[i].token);
+        // A trace line without a token id (-1) has no class: it is not counted.
+        for (size_t i = 0; i < routing.size(); i++) cls[i] = (int)routing[i].token;
         a.classes = a.vocab_text;
     }
     const int E = a.n_experts, C = (int)a.classes.size(), V = a.vocab;
@@ -158,7 +159,7 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
         L.token_counts.assign((size_t)E * V, 0.0);
         for (size_t i = 0; i < routing.size(); i++) {
             const LayerChoice* c = find_layer(routing[i], l);
-            if (!c) continue;
+            if (!c || cls[i] < 0) continue;
             for (size_t j = 0; j < c->experts.size(); j++) {
                 int e = c->experts[j];
                 if (e < 0 || !c->kept[j]) continue;
