@@ -54,7 +54,10 @@ void rng_from_json(Rng& r, const json& j, const std::string& where) {
 
 json BatchLoader::state() const { return {{"rng", rng_to_json(rng_)}, {"B", B_}, {"S", S_}}; }
 
-void BatchLoader::set_state(const json& j) { rng_from_json(rng_, j.at("rng"), "loader state"); }
+void BatchLoader::set_state(const json& j) {
+    if (!j.is_object() || !j.contains("rng")) fail("loader state: no \"rng\" in {}", j.dump());
+    rng_from_json(rng_, j["rng"], "loader state");
+}
 
 int64_t n_eval_windows(size_t n_tokens, int S) { return (int64_t)(n_tokens / ((size_t)S + 1)); }
 
