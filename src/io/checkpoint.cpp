@@ -265,11 +265,30 @@ json load_trainer_state(const std::string& dir) {
 }
 
 json parse_trainer_state(const std::string& text, const std::string& where) {
+    json s;
     try {
-        return json::parse(text);
+        s = json::parse(text);
     } catch (const std::exception& e) {
         fail("{}: not valid JSON: {}", where, e.what());
     }
+    // The types of the keys `moe train --resume` reads (docs/formats.md), checked here so a
+    // damaged file is refused with the key's name instead of a JSON library exception.
+    if (!s.is_object()) fail("{}: not a JSON object", where);
+    auto check = [&](const char* key, bool (json::*is)() const noexcept, const char* type) {
+        auto it = s.find(key);
+        if (it != s.end() && !((*it).*is)())
+            fail("{}: '{}' must be {}, got {}; the checkpoint is damaged: resume from another one",
+                 where, key, type, it->dump());
+    };
+    check("step", &json::is_number_integer, "an integer");
+    check("best_step", &json::is_number_integer, "an integer");
+    check("train_tokens", &json::is_number_integer, "an integer");
+    check("val_tokens", &json::is_number_integer, "an integer");
+    check("elapsed_s", &json::is_number, "a number");
+    check("config", &json::is_object, "an object");
+    check("loader", &json::is_object, "an object");
+    check("moe_layer_rngs", &json::is_object, "an object");
+    return s;
 }
 
 LoadedModel load_model(const std::string& path) {
