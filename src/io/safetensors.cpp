@@ -86,20 +86,24 @@ void SafetensorsReader::parse(const std::string& file) {
         }
         size_t esz = dtype_size(t.dtype);
         if (esz == 0) fail("{}: tensor {}: unsupported dtype {}", path, name, t.dtype);
-        for (int64_t dsz : t.shape.dims)
+        // The element count, checked before any product can overflow (Shape::numel would).
+        uint64_t n = 1;
+        for (int64_t dsz : t.shape.dims) {
             if (dsz < 0) fail("{}: tensor {}: negative dimension", path, name);
+            if (__builtin_mul_overflow(n, (uint64_t)dsz, &n) || n > (uint64_t)INT64_MAX)
+                fail("{}: tensor {}: shape {} has too many elements", path, name, t.shape.str());
+        }
         auto off = v["data_offsets"];
         if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
             !off[1].is_number_unsigned())
             fail("{}: tensor {}: bad data_offsets", path, name);
         uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
-        uint64_t n = (uint64_t)t.shape.numel();
         if (b > e || e > data_size)
             fail("{}: tensor {}: data_offsets [{}, {}] outside the data ({} bytes): file truncated?",
                  path, name, b, e, data_size);
-        if (e - b != n * esz)
-            fail("{}: tensor {}: {} bytes for shape {} of {} (expected {})", path, name, e - b,
-                 t.shape.str(), t.dtype, n * esz);
+        if (n > (e - b) / esz || e - b != n * esz)
+            fail("{}: tensor {}: {} bytes for shape {} of {} (expected {} elements of {} bytes)",
+                 path, name, e - b, t.shape.str(), t.dtype, n, esz);
         const char* src = file.data() + data_start + b;
         t.data.resize(n);
         for (uint64_t i = 0; i < n; i++) {
