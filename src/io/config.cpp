@@ -360,7 +360,12 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
     auto get_num = [&](const json& o, const char* k, double def) -> double {
         if (!o.contains(k) || o[k].is_null()) return def;
         if (!o[k].is_number()) fail("{}: key '{}' must be a number, got {}", where, k, o[k].dump());
-        return o[k].get<double>();
+        double x = o[k].get<double>();
+        // Every such key is stored as a float: one outside its range would become inf, which
+        // config.json cannot hold (it is written back as null).
+        if (!(std::fabs(x) <= 3.4028234663852886e38))
+            fail("{}: key '{}' = {} is outside the range of a float", where, k, o[k].dump());
+        return x;
     };
     auto get_bool = [&](const json& o, const char* k, bool def) -> bool {
         if (!o.contains(k)) return def;
