@@ -75,10 +75,11 @@ TokenFile parse_token_file(const std::string& f, const std::string& path) {
         size_t esz = t.dtype == "uint16" ? 2 : t.dtype == "uint32" ? 4 : 0;
         if (esz == 0) fail("{}: dtype '{}' (uint16 or uint32)", path, t.dtype);
         if (t.vocab <= 0) fail("{}: vocab={} must be positive", path, t.vocab);
-        size_t want = 16 + hlen + count * esz;
-        if (f.size() != want)
-            fail("{}: {} bytes, header says {} {} ids ({} bytes): truncated or corrupt", path,
-                 f.size(), count, t.dtype, want);
+        // count is checked against the bytes present before it is multiplied (no wrap-around).
+        const uint64_t id_bytes = f.size() - 16 - hlen;
+        if (count > id_bytes / esz || id_bytes != count * esz)
+            fail("{}: {} bytes of ids, header says {} {} ids: truncated or corrupt", path,
+                 id_bytes, count, t.dtype);
         t.ids.resize(count);
         const char* p = f.data() + 16 + hlen;
         for (uint64_t i = 0; i < count; i++) {
