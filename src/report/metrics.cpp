@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -45,6 +46,9 @@ static void for_each_line(const std::string& text, Fn fn) {
     }
 }
 
+// A count logged as a JSON number: finite and inside int64 (a cast from outside is undefined).
+static bool is_count(double x) { return std::isfinite(x) && std::fabs(x) < 9.2e18; }
+
 static LayerMetrics parse_layer(const json& l) {
     LayerMetrics m;
     if (!l.is_object()) throw std::runtime_error("a layers entry is not an object");
@@ -55,13 +59,14 @@ static LayerMetrics parse_layer(const json& l) {
         const json& t = l["tokens_per_expert"];
         if (!t.is_array()) throw std::runtime_error("tokens_per_expert is not an array");
         for (auto& v : t) {
-            if (!v.is_number()) throw std::runtime_error("tokens_per_expert has a non-number");
+            if (!v.is_number() || !is_count(v.get<double>()))
+                throw std::runtime_error("tokens_per_expert has a value that is not a count");
             m.tokens_per_expert.push_back((int64_t)v.get<double>());
         }
     }
     double d = num_or_nan(l, "dropped"), r = num_or_nan(l, "routed");
-    m.dropped = std::isfinite(d) ? (int64_t)d : 0;
-    m.routed = std::isfinite(r) ? (int64_t)r : 0;
+    m.dropped = is_count(d) ? (int64_t)d : 0;
+    m.routed = is_count(r) ? (int64_t)r : 0;
     m.load_cv = num_or_nan(l, "load_cv");
     m.router_entropy = num_or_nan(l, "router_entropy");
     m.mean_top1_weight = num_or_nan(l, "mean_top1_weight");
