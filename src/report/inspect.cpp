@@ -130,9 +130,16 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
     a.by = by;
     a.n_tokens = (int)routing.size();
     a.n_experts = n_experts > 0 ? n_experts : routing_experts(routing);
-    int max_id = -1;
-    for (auto& t : routing) max_id = std::max(max_id, (int)t.token);
-    a.vocab = std::max((int)vocab_text.size(), max_id + 1);
+    int64_t max_id = -1;
+    for (auto& t : routing) max_id = std::max(max_id, (int64_t)t.token);
+    // The tables below are [E, classes] and [E, V] per layer, sized by ids read from a trace:
+    // refuse sizes no model here has before allocating them (parse_trace bounds each id).
+    const int64_t V64 = std::max((int64_t)vocab_text.size(), max_id + 1);
+    if ((int64_t)a.n_experts * 2 * V64 > (int64_t)1 << 25)
+        fail("routing tables for {} experts x {} token ids are too large; is this the routing of "
+             "a model here (moe generate --trace)?",
+             a.n_experts, V64);
+    a.vocab = (int)V64;
     a.vocab_text = vocab_text;
     a.vocab_text.resize(a.vocab);
     for (auto& t : routing)  // traces carry the text of each token

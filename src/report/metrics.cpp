@@ -131,6 +131,23 @@ MetricsLog read_metrics(const std::string& run_dir) {
     return parse_metrics(read_file(path), path);
 }
 
+// Ids in a trace: tokens below 2^22 and experts below 2^16 (far above any model here), so no
+// id + 1 overflows and the tables `moe inspect` sizes from them can be checked (inspect.cpp).
+static constexpr int64_t kMaxTraceToken = 1 << 22, kMaxTraceExpert = 1 << 16;
+
+// An optional integer key of a trace line: absent -> def; else an integer in [0, limit).
+static bool trace_int(const json& o, const char* key, int64_t def, int64_t limit, int64_t* out) {
+    auto it = o.find(key);
+    if (it == o.end()) {
+        *out = def;
+        return true;
+    }
+    if (!it->is_number_integer() || (it->is_number_unsigned() && it->get<uint64_t>() >= (uint64_t)limit))
+        return false;
+    *out = it->get<int64_t>();
+    return *out >= 0 && *out < limit;
+}
+
 std::vector<TokenRouting> parse_trace(const std::string& text, const std::string& where,
                                       int* skipped) {
     std::vector<TokenRouting> out;
@@ -145,20 +162,32 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
         if (j.is_discarded() || !j.is_object()) return skip("not a JSON object");
         if (!j.contains("layers") || !j["layers"].is_array()) return skip("no \"layers\" array");
         TokenRouting t;
-        t.pos = j.value("pos", (int)out.size());
-        t.token = j.value("token", -1);
+        int64_t pos, token;
+        if (!trace_int(j, "pos", (int64_t)out.size(), INT32_MAX, &pos))
+            return skip("\"pos\" is not an integer in [0, 2^31)");
+        if (!trace_int(j, "token", -1, kMaxTraceToken, &token))
+            return skip("\"token\" is not an integer in [0, 2^22)");
+        t.pos = (int)pos;
+        t.token = (int32_t)token;
         t.text = j.contains("text") && j["text"].is_string() ? j["text"].get<std::string>() : "";
         for (auto& l : j["layers"]) {
             if (!l.is_object() || !l.contains("experts") || !l["experts"].is_array())
                 return skip("a layer without \"experts\"");
             LayerChoice c;
-            c.layer = l.value("layer", (int)t.layers.size());
+            int64_t layer;
+            if (!trace_int(l, "layer", (int64_t)t.layers.size(), INT32_MAX, &layer))
+                return skip("a \"layer\" is not an integer in [0, 2^31)");
+            c.layer = (int)layer;
             std::vector<std::pair<float, int>> ew;
-            const json& ws = l.contains("weights") ? l["weights"] : json::array();
+            const json& ws =
+                l.contains("weights") && l["weights"].is_array() ? l["weights"] : json::array();
             for (size_t i = 0; i < l["experts"].size(); i++) {
-                if (!l["experts"][i].is_number_integer()) return skip("an expert is not an int");
+                const json& ej = l["experts"][i];
+                if (!ej.is_number_integer() || ej.get<int64_t>() < 0 ||
+                    ej.get<uint64_t>() >= (uint64_t)kMaxTraceExpert)
+                    return skip("an expert is not an integer in [0, 2^16)");
                 float w = i < ws.size() && ws[i].is_number() ? ws[i].get<float>() : NAN;
-                ew.push_back({w, l["experts"][i].get<int>()});
+                ew.push_back({w, ej.get<int>()});
             }
             std::stable_sort(ew.begin(), ew.end(),
                              [](auto& a, auto& b) { return a.first > b.first; });
