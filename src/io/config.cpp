@@ -133,6 +133,9 @@ static void set_from_json(TrainConfig& c, ConfigField& f, const json& v, const s
             break;
         case ConfigField::Float:
             if (!v.is_number()) bad();
+            // Outside float range it would become inf, which train_config.json cannot hold.
+            if (!(std::fabs(v.get<double>()) <= 3.4028234663852886e38))
+                fail("{}: key '{}' = {} is outside the range of a float", where, f.name, v.dump());
             *(float*)f.ptr = v.get<float>();
             break;
         case ConfigField::Bool:
