@@ -131,9 +131,10 @@ MetricsLog read_metrics(const std::string& run_dir) {
     return parse_metrics(read_file(path), path);
 }
 
-// Ids in a trace: tokens below 2^22 and experts below 2^16 (far above any model here), so no
-// id + 1 overflows and the tables `moe inspect` sizes from them can be checked (inspect.cpp).
-static constexpr int64_t kMaxTraceToken = 1 << 22, kMaxTraceExpert = 1 << 16;
+// Ids in a trace: tokens below 2^22 and experts below 1024 (far above any model here), so no
+// id + 1 overflows and what `moe inspect` sizes from them stays small: its tables and its output
+// (one row per expert: a trace naming expert 32511 made a 1 kB trace print megabytes, slowly).
+static constexpr int64_t kMaxTraceToken = 1 << 22, kMaxTraceExpert = 1 << 10;
 
 // An optional integer key of a trace line: absent -> def; else an integer in [0, limit).
 static bool trace_int(const json& o, const char* key, int64_t def, int64_t limit, int64_t* out) {
@@ -185,7 +186,7 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
                 const json& ej = l["experts"][i];
                 if (!ej.is_number_integer() || ej.get<int64_t>() < 0 ||
                     ej.get<uint64_t>() >= (uint64_t)kMaxTraceExpert)
-                    return skip("an expert is not an integer in [0, 2^16)");
+                    return skip("an expert is not an integer in [0, 1024)");
                 float w = i < ws.size() && ws[i].is_number() ? ws[i].get<float>() : NAN;
                 ew.push_back({w, ej.get<int>()});
             }
