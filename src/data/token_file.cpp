@@ -51,7 +51,9 @@ bool is_token_file(const std::string& path) {
     return in.read(buf, 8) && std::memcmp(buf, kMagic, 8) == 0;
 }
 
-TokenFile read_token_file(const std::string& path) { return parse_token_file(read_file(path), path); }
+TokenFile read_token_file(const std::string& path) {
+    return parse_token_file(read_file(path), path);
+}
 
 TokenFile parse_token_file(const std::string& f, const std::string& path) {
     if (f.size() < 16 || std::memcmp(f.data(), kMagic, 8) != 0)
@@ -78,8 +80,8 @@ TokenFile parse_token_file(const std::string& f, const std::string& path) {
         // count is checked against the bytes present before it is multiplied (no wrap-around).
         const uint64_t id_bytes = f.size() - 16 - hlen;
         if (count > id_bytes / esz || id_bytes != count * esz)
-            fail("{}: {} bytes of ids, header says {} {} ids: truncated or corrupt", path,
-                 id_bytes, count, t.dtype);
+            fail("{}: {} bytes of ids, header says {} {} ids: truncated or corrupt", path, id_bytes,
+                 count, t.dtype);
         t.ids.resize(count);
         const char* p = f.data() + 16 + hlen;
         for (uint64_t i = 0; i < count; i++) {

@@ -45,7 +45,8 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     parse(read_file(path));
 }
 
-SafetensorsReader SafetensorsReader::from_bytes(const std::string& bytes, const std::string& where) {
+SafetensorsReader SafetensorsReader::from_bytes(const std::string& bytes,
+                                                const std::string& where) {
     SafetensorsReader r;
     r.path_ = where;
     r.parse(bytes);

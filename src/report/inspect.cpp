@@ -136,9 +136,10 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
     // refuse sizes no model here has before allocating them (parse_trace bounds each id).
     const int64_t V64 = std::max((int64_t)vocab_text.size(), max_id + 1);
     if ((int64_t)a.n_experts * 2 * V64 > (int64_t)1 << 25)
-        fail("routing tables for {} experts x {} token ids are too large; is this the routing of "
-             "a model here (moe generate --trace)?",
-             a.n_experts, V64);
+        fail(
+            "routing tables for {} experts x {} token ids are too large; is this the routing of "
+            "a model here (moe generate --trace)?",
+            a.n_experts, V64);
     a.vocab = (int)V64;
     a.vocab_text = vocab_text;
     a.vocab_text.resize(a.vocab);

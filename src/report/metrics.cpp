@@ -143,7 +143,8 @@ static bool trace_int(const json& o, const char* key, int64_t def, int64_t limit
         *out = def;
         return true;
     }
-    if (!it->is_number_integer() || (it->is_number_unsigned() && it->get<uint64_t>() >= (uint64_t)limit))
+    if (!it->is_number_integer() ||
+        (it->is_number_unsigned() && it->get<uint64_t>() >= (uint64_t)limit))
         return false;
     *out = it->get<int64_t>();
     return *out >= 0 && *out < limit;

@@ -29,13 +29,13 @@ void metrics(const std::string& input);        // metrics.jsonl (moe report's re
 void vocab(const std::string& input);          // a char tokenizer's vocab.json
 
 // A result the parser returned must hold what its type promises; a broken promise is a finding.
-#define MOE_FUZZ_ASSERT(cond)                                                              \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
+#define MOE_FUZZ_ASSERT(cond)                                                                 \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
             std::fprintf(stderr, "fuzz: %s:%d: invariant '%s' broken by an accepted input\n", \
-                         __FILE__, __LINE__, #cond);                                       \
-            std::abort();                                                                  \
-        }                                                                                  \
+                         __FILE__, __LINE__, #cond);                                          \
+            std::abort();                                                                     \
+        }                                                                                     \
     } while (0)
 
 // An accepted input must survive its own round trip (written, then read back): a moe::Error there
@@ -56,8 +56,8 @@ inline int run_one(void (*target)(const std::string&), const uint8_t* data, size
         target(std::string((const char*)data, size));
     } catch (const moe::Error&) {
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "fuzz: contract broken: %s escaped the parser: %s\n",
-                     typeid(e).name(), e.what());
+        std::fprintf(stderr, "fuzz: contract broken: %s escaped the parser: %s\n", typeid(e).name(),
+                     e.what());
         std::abort();
     } catch (...) {
         std::fprintf(stderr, "fuzz: contract broken: a non-std exception escaped the parser\n");
