@@ -322,7 +322,9 @@ json model_config_to_hf(const ModelConfig& m) {
     const MoeConfig& e = m.moe;
     j["moe_cpp"] = {
         {"format_version", 1},
-        {"moe_every", m.moe_every},
+        // A model with no MoE layer (moe_every > n_layers) is dense-only: recorded as moe_every 0,
+        // beside num_local_experts 0, or its config.json would not load back.
+        {"moe_every", any_moe ? m.moe_every : 0},
         {"dense_intermediate_size", m.d_ff},
         {"router", e.router},
         {"activation", activation_name(e.activation)},
