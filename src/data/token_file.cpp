@@ -70,10 +70,17 @@ TokenFile parse_token_file(const std::string& f, const std::string& path) {
     }
     TokenFile t;
     try {
-        t.vocab = h.at("vocab").get<int>();
+        // Integers with their type checked: the JSON library casts a float such as 6.9e28 to int
+        // or uint64_t, which is undefined.
+        const json &jv = h.at("vocab"), &jc = h.at("count");
+        if (!jv.is_number_integer() || jv.get<int64_t>() <= 0 || jv.get<int64_t>() > INT32_MAX)
+            fail("{}: vocab {} must be an integer in [1, 2^31)", path, jv.dump());
+        if (!jc.is_number_unsigned())
+            fail("{}: count {} must be an unsigned integer", path, jc.dump());
+        t.vocab = jv.get<int>();
         t.dtype = h.at("dtype").get<std::string>();
         t.tokenizer = h.value("tokenizer", std::string());
-        uint64_t count = h.at("count").get<uint64_t>();
+        uint64_t count = jc.get<uint64_t>();
         size_t esz = t.dtype == "uint16" ? 2 : t.dtype == "uint32" ? 4 : 0;
         if (esz == 0) fail("{}: dtype '{}' (uint16 or uint32)", path, t.dtype);
         if (t.vocab <= 0) fail("{}: vocab={} must be positive", path, t.vocab);
