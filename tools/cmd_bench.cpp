@@ -17,6 +17,7 @@
 #include "moe/rng.h"
 #include "moe/runtime.h"
 #include "tools/bench.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 #include "tools/layer_options.h"
 
@@ -334,8 +335,8 @@ static void register_bench_layer(CLI::App& bench) {
         "Example: moe bench layer --tokens 4096 --d 512 --ffn 256 --experts 64 --topk 8 "
         "--threads 2 --json");
     opts->shape.add_flags(sub);
-    sub->add_option("--reps", opts->reps, "timed repetitions (median)")->capture_default_str();
-    sub->add_option("--warmup", opts->warmup, "untimed repetitions first")->capture_default_str();
+    add_checked(sub, "--reps", opts->reps, Range::in(1, 100000), "timed repetitions (median)");
+    add_checked(sub, "--warmup", opts->warmup, Range::in(0, 100000), "untimed repetitions first");
     sub->add_flag("--no-peer", opts->no_peer, "skip the PyTorch peer");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->callback([opts, sub]() {

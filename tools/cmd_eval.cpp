@@ -4,11 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include "data/token_file.h"
+#include "moe/checked.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 #include "moe/runtime.h"
 #include "moe/trainer.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 
 namespace moe::tools {
@@ -35,20 +37,25 @@ static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel&
     if (file_exists(lm.dir + "/trainer_state.json")) {
         auto st = load_trainer_state(lm.dir);
         if (st.contains("config")) {
-            val_fraction = st["config"].value("val_fraction", 0.1);
+            const std::string where = lm.dir + "/trainer_state.json: config";
+            val_fraction = json_num(st["config"], "val_fraction", where, Range::in_open(0, 1), 0.1);
             if (data.empty()) {
                 std::string vt = parent_dir(lm.dir) + "/data/val.tok";
                 if (file_exists(vt))
                     data = vt;
                 else
-                    data = st["config"].value("data", std::string());
+                    data = json_str(st["config"], "data", where, Range(), "");
             }
         }
     }
-    if (data.empty()) fail("moe eval: {} has no training record; give --data FILE", lm.dir);
+    if (data.empty()) usage_fail("{}: has no training record; give --data FILE", lm.dir);
     if (is_token_file(data)) {
         TokenFile t = read_token_file(data);
-        if (t.vocab != V) fail("moe eval: {} has vocab {} but the model has {}", data, t.vocab, V);
+        if (t.vocab != V)
+            fail(
+                "{}: token file has vocab {} but the model has {}; give a token file made with "
+                "this model's tokenizer",
+                data, t.vocab, V);
         *what = data;
         return t.ids;
     }
@@ -57,10 +64,14 @@ static std::vector<int32_t> eval_tokens(const EvalOptions& o, const LoadedModel&
     std::string tr, va;
     split_text(text, val_fraction, &tr, &va);
     *what = data + " (" + split + " split)";
-    if (split == "val") return tok.encode(va);
-    if (split == "train") return tok.encode(tr);
-    if (split == "all") return tok.encode(text);
-    fail("moe eval: --split {} (val, train or all)", o.split);
+    try {
+        if (split == "val") return tok.encode(va);
+        if (split == "train") return tok.encode(tr);
+        if (split == "all") return tok.encode(text);
+    } catch (const Error& e) {
+        fail("{}: {}; give text the model's tokenizer knows, or a token file", data, e.what());
+    }
+    usage_fail("--split: '{}' is not allowed (expected one of: auto | val | train | all)", o.split);
 }
 
 static int run_eval(const EvalOptions& o) {
@@ -71,7 +82,12 @@ static int run_eval(const EvalOptions& o) {
     const int S = lm.model->config().block_size;
     const double t0 = now_seconds();
     int64_t n_pred = 0;
-    double loss = evaluate_windows(*lm.model, toks, S, o.batch, &n_pred);
+    double loss = 0;
+    try {
+        loss = evaluate_windows(*lm.model, toks, S, o.batch, &n_pred);
+    } catch (const Error& e) {
+        fail("{}: {}", what, e.what());
+    }
     const double dt = now_seconds() - t0;
     std::printf("%s on %s: val loss %.4f over %lld predicted tokens (%lld windows of %d), %.1f s\n",
                 lm.dir.c_str(), what.c_str(), loss, (long long)n_pred, (long long)(n_pred / S),
@@ -96,9 +112,10 @@ static void register_eval(CLI::App& app) {
     sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")
         ->required();
     sub->add_option("--data", o->data, "text or token file (default: the run's validation split)");
-    sub->add_option("--split", o->split, "for a text file: val (default), train or all");
-    sub->add_option("--batch", o->batch, "windows per forward (default 32)");
-    sub->add_option("--threads", o->threads, "threads (0: all cores)");
+    add_choice(sub, "--split", o->split, "auto|val|train|all",
+               "for a text file: which split (auto: val)");
+    add_checked(sub, "--batch", o->batch, Range::in(1, 1 << 16), "windows per forward");
+    add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
     sub->add_flag("--json", o->json, "last stdout line: {\"val_loss\": ...}");
     sub->callback([o]() { exit_code() = run_eval(*o); });
 }

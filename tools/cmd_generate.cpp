@@ -8,6 +8,7 @@
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/runtime.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 #include "train/generate.h"
 
@@ -23,18 +24,20 @@ struct GenerateOptions {
 static int run_generate(const GenerateOptions& o) {
     set_threads(o.threads);
     LoadedModel lm = load_model(o.ckpt);
-    if (o.prompt.empty()) fail("moe generate: --prompt is empty");
+    if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
     std::vector<int32_t> prompt;
     try {
         prompt = lm.tokenizer->encode(o.prompt);
     } catch (const Error& e) {
-        fail("moe generate: prompt: {}", e.what());
+        fail("--prompt: {}; use only characters of the model's vocabulary", e.what());
     }
-    if (prompt.empty()) fail("moe generate: the prompt encodes to no tokens");
+    if (prompt.empty()) fail("--prompt: encodes to no tokens; give other text");
     FILE* trace = nullptr;
     if (!o.trace.empty()) {
         trace = std::fopen(o.trace.c_str(), "w");
-        if (!trace) fail("cannot create {}: {}", o.trace, std::strerror(errno));
+        if (!trace)
+            fail("--trace {}: cannot create: {}; give a writable file path", o.trace,
+                 std::strerror(errno));
     }
     std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
@@ -87,22 +90,19 @@ static void register_generate(CLI::App& app) {
     sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")
         ->required();
     sub->add_option("--prompt", o->prompt, "text to continue (default: a newline)");
-    sub->add_option("--max-tokens", o->sample.max_tokens, "tokens to generate (default 200)");
-    sub->add_option("--temperature", o->sample.temperature,
-                    "softmax temperature; 0 = greedy (default 0.8)");
-    sub->add_option("--top-k", o->sample.top_k, "keep the k most likely tokens (0 = off)");
-    sub->add_option("--top-p", o->sample.top_p, "nucleus sampling mass (1 = off)");
-    sub->add_option("--seed", o->sample.seed, "sampling seed (default 1337)");
+    add_checked(sub, "--max-tokens", o->sample.max_tokens, Range::in(1, 1 << 20),
+                "tokens to generate");
+    add_checked(sub, "--temperature", o->sample.temperature, Range::in(0, 1e6),
+                "softmax temperature; 0 = greedy");
+    add_checked(sub, "--top-k", o->sample.top_k, Range::in(0, 1 << 24),
+                "keep the k most likely tokens (0 = off)");
+    add_checked(sub, "--top-p", o->sample.top_p, Range{0, 1, /*lo_open=*/true, false},
+                "nucleus sampling mass (1 = off)");
+    add_checked(sub, "--seed", o->sample.seed, Range::at_least(0), "sampling seed");
     sub->add_option("--trace", o->trace, "write per-token routing as JSON lines to FILE");
-    sub->add_option("--threads", o->threads, "threads (0: all cores)");
+    add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
     sub->add_flag("--json", o->json, "last stdout line: one JSON object (text, tokens/s)");
-    sub->callback([o]() {
-        if (o->sample.max_tokens < 1) fail("moe generate: --max-tokens must be >= 1");
-        if (o->sample.temperature < 0) fail("moe generate: --temperature must be >= 0");
-        if (o->sample.top_p <= 0 || o->sample.top_p > 1)
-            fail("moe generate: --top-p must be in (0, 1]");
-        exit_code() = run_generate(*o);
-    });
+    sub->callback([o]() { exit_code() = run_generate(*o); });
 }
 
 static RegisterCommand reg_generate("generate", register_generate);

@@ -12,6 +12,7 @@
 #include "moe/file_io.h"
 #include "moe/report.h"
 #include "moe/tokenizer.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 
 namespace moe::tools {
@@ -59,11 +60,12 @@ static std::string unescape(const std::string& s) {
 
 void run_inspect(const InspectOptions& o) {
     int n_src = !o.text.empty() + !o.corpus.empty() + !o.trace.empty();
-    if (n_src != 1) fail("moe inspect: give exactly one of --text, --corpus, --trace");
+    if (n_src != 1) usage_fail("moe inspect: give exactly one of --text, --corpus, --trace");
     if (o.trace.empty() && o.ckpt.empty())
-        fail("moe inspect: --text and --corpus need a checkpoint (moe inspect CKPT --text ...)");
-    if (!o.by.empty() && o.by != "char-class" && o.by != "token")
-        fail("moe inspect: --by {}: expected char-class or token", o.by);
+        usage_fail(
+            "moe inspect: --text and --corpus need a checkpoint (moe inspect CKPT --text ...)");
+    if (!o.trace.empty() && !o.ckpt.empty())
+        usage_fail("moe inspect: --trace reads its routing from the file; give no checkpoint");
     bool color = o.color == "always" || (o.color == "auto" && isatty(1) && !o.json);
 
     std::vector<TokenRouting> routing;
@@ -86,8 +88,8 @@ void run_inspect(const InspectOptions& o) {
             vocab_text.push_back(lm.tokenizer->piece(v));
         std::string text = unescape(o.text);
         if (!o.corpus.empty()) {
-            if (!file_exists(o.corpus)) fail("--corpus {}: file not found", o.corpus);
             text = read_file(o.corpus);
+            if (text.empty()) fail("--corpus {}: is empty; give a text file", o.corpus);
             // Route only what --max-tokens keeps: cut the text early (at a line end) when it is
             // far longer, so encoding a big corpus does not dominate.
             size_t cap = (size_t)std::max(o.max_tokens, 1) * 16;
@@ -149,16 +151,13 @@ static void register_inspect(CLI::App& app) {
                   "newline and tab)");
     c->add_option("--corpus", o->corpus, "text file to aggregate routing over");
     c->add_option("--trace", o->trace, "routing trace written by `moe generate --trace`");
-    c->add_option("--layer", o->layer, "only this MoE layer (default: all)");
+    add_checked(c, "--layer", o->layer, Range::in(-1, 1023), "only this MoE layer (-1: all)");
     c->add_option("--html", o->html, "also write a self-contained HTML page here");
-    c->add_option("--by", o->by,
-                  "aggregate by char-class or token (default for --corpus: "
-                  "char-class for a char tokenizer, else token)");
-    c->add_option("--max-tokens", o->max_tokens,
-                  "route at most this many tokens (--corpus, "
-                  "--trace)")
-        ->capture_default_str();
-    c->add_option("--top", o->top, "top tokens listed per expert")->capture_default_str();
+    add_choice(c, "--by", o->by, "char-class|token",
+               "aggregate by (default for --corpus: char-class for a char tokenizer, else token)");
+    add_checked(c, "--max-tokens", o->max_tokens, Range::in(0, 1 << 24),
+                "route at most this many tokens (--corpus, --trace; 0: no limit)");
+    add_checked(c, "--top", o->top, Range::in(1, 1000), "top tokens listed per expert");
     c->add_option("--color", o->color, "auto (when stdout is a terminal), always or never")
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "always", "never"}));

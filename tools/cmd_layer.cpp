@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "moe/checked.h"
+#include "moe/file_io.h"
 #include "moe/moe_layer.h"
 #include "moe/rng.h"
 #include "moe/runtime.h"
@@ -27,19 +29,29 @@ struct LayerOptions {
 // (checked again tensor by tensor when the parameters are read).
 static void shapes_from_file(LayerOptions& o, const SafetensorsReader& in) {
     const StTensor& x = in.get("x");
-    if (x.shape.rank() != 2) fail("{}: tensor x: expected shape [T, d], got {}", in.path(), x.shape.str());
-    auto agree = [&](bool given, int& flag, int64_t v, const char* name, const char* what) {
-        if (!given) flag = (int)v;
+    if (x.shape.rank() != 2)
+        fail("{}: tensor x: expected shape [T, d], got {}; write x as a 2-D tensor", in.path(),
+             x.shape.str());
+    // A size read from the file is checked with the flag's own range before it becomes an int.
+    auto agree = [&](bool given, int& flag, int64_t v, const char* name, const char* what,
+                     const Range& r) {
+        if (!r.contains((double)v))
+            fail("{}: {} has {} = {}, outside {} ({}); fix the file", in.path(), what, name, v,
+                 name, r.describe(true));
+        if (!given)
+            flag = (int)v;
         else if (flag != v)
-            fail("{}: {} has {} = {} but {} {} was given", in.path(), what, name, v, name, flag);
+            fail("{}: {} has {} = {} but {} {} was given; drop the flag or fix the file", in.path(),
+                 what, name, v, name, flag);
     };
-    agree(o.tokens_given, o.shape.tokens, x.shape[0], "--tokens", "x");
-    agree(o.d_given, o.shape.d, x.shape[1], "--d", "x");
-    if (in.has("router.weight"))
+    agree(o.tokens_given, o.shape.tokens, x.shape[0], "--tokens", "x", Range::in(1, 1 << 24));
+    agree(o.d_given, o.shape.d, x.shape[1], "--d", "x", Range::in(1, 1 << 16));
+    if (in.has("router.weight") && in.get("router.weight").shape.rank() == 2)
         agree(o.experts_given, o.shape.experts, in.get("router.weight").shape[0], "--experts",
-              "router.weight");
-    if (in.has("experts.0.w1"))
-        agree(o.ffn_given, o.shape.ffn, in.get("experts.0.w1").shape[0], "--ffn", "experts.0.w1");
+              "router.weight", Range::in(1, 1 << 16));
+    if (in.has("experts.0.w1") && in.get("experts.0.w1").shape.rank() == 2)
+        agree(o.ffn_given, o.shape.ffn, in.get("experts.0.w1").shape[0], "--ffn", "experts.0.w1",
+              Range::in(1, 1 << 20));
 }
 
 static int run_layer(LayerOptions o) {
@@ -52,6 +64,17 @@ static int run_layer(LayerOptions o) {
     set_threads(o.shape.threads);
     const int T = o.shape.tokens, d = cfg.d_model, E = cfg.n_experts;
     const bool training = !o.eval;
+    {
+        // Parameters and gradients, x y dx dy, router logits and probabilities, and the experts'
+        // activations (T k slots of width up to 3 f): refused before allocating when too big.
+        size_t n = 0;
+        MoeLayer::layout(cfg, &n);
+        const double Td = (double)T * d, slots = (double)T * cfg.top_k;
+        double bytes = 4.0 * (2.0 * n + 6 * Td + 6.0 * T * E + slots * (4.0 * cfg.d_ff + 2 * d));
+        check_fits_in_memory(
+            bytes, fmt::format("--tokens {} --d {} --experts {} --ffn {}", T, d, E, cfg.d_ff),
+            "use smaller sizes");
+    }
     MoeLayer layer(cfg);
 
     std::vector<float> x((size_t)T * d), dy((size_t)T * d, 1.f), y((size_t)T * d),
@@ -59,15 +82,29 @@ static int run_layer(LayerOptions o) {
     RouterNoise noise;
     std::vector<float> nrm, uni, jit, gu;
     if (in) {
+        // Every tensor read is checked for NaN/Inf here, at the boundary: weights and dy as
+        // well as x (the layer itself only checks its input).
+        auto finite = [&](const std::string& name, const std::vector<float>& v) {
+            int64_t i = first_non_finite(v.data(), v.size());
+            if (i >= 0)
+                fail("{}: tensor {}: value {} at index {} is not finite; write finite values",
+                     o.load, name, v[i], i);
+        };
         x = in->get("x", Shape{T, d}).data;
-        if (in->has("dy")) dy = in->get("dy", Shape{T, d}).data;
+        finite("x", x);
+        if (in->has("dy")) {
+            dy = in->get("dy", Shape{T, d}).data;
+            finite("dy", dy);
+        }
         for (auto& s : layer.params()) {
             const StTensor& t = in->get(s.name, s.shape);  // names the missing tensor / shape
+            finite(s.name, t.data);
             std::copy(t.data.begin(), t.data.end(), layer.param_data() + s.offset);
         }
         auto opt = [&](const char* name, Shape shape, std::vector<float>& buf, const float*& ptr) {
             if (!in->has(name)) return;
             buf = in->get(name, shape).data;
+            finite(name, buf);
             ptr = buf.data();
         };
         opt("noise", Shape{T, E}, nrm, noise.normal);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/report.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 
 namespace moe::tools {
@@ -21,24 +22,19 @@ static void register_report(CLI::App& app) {
     c->add_option("--out", opt->out,
                   "HTML file to write (default RUN_DIR/report/report.html); "
                   "the PNGs go beside it");
-    c->add_option("--collapse-share", opt->collapse_share,
-                  "an expert has collapsed when its load share stays below this / E")
-        ->capture_default_str();
-    c->add_option("--collapse-steps", opt->collapse_steps,
-                  "... for this many consecutive logged steps")
-        ->capture_default_str();
-    c->add_option("--dominance-share", opt->dominance_share,
-                  "an expert dominates when its share stays above max(this, 1.5/E)")
-        ->capture_default_str();
-    c->add_option("--dominance-steps", opt->dominance_steps,
-                  "... for this many consecutive logged steps")
-        ->capture_default_str();
-    c->add_option("--redundant", opt->redundant,
-                  "cosine similarity above which two experts are named redundant")
-        ->capture_default_str();
-    c->add_option("--probe-tokens", opt->probe_tokens,
-                  "tokens of the probe batch for expert output similarity")
-        ->capture_default_str();
+    using R = Range;
+    add_checked(c, "--collapse-share", opt->collapse_share, R::in(0, 1),
+                "an expert has collapsed when its load share stays below this / E");
+    add_checked(c, "--collapse-steps", opt->collapse_steps, R::in(1, 1e9),
+                "... for this many consecutive logged steps");
+    add_checked(c, "--dominance-share", opt->dominance_share, R::in(0, 1),
+                "an expert dominates when its share stays above max(this, 1.5/E)");
+    add_checked(c, "--dominance-steps", opt->dominance_steps, R::in(1, 1e9),
+                "... for this many consecutive logged steps");
+    add_checked(c, "--redundant", opt->redundant, R::in(-1, 1),
+                "cosine similarity above which two experts are named redundant");
+    add_checked(c, "--probe-tokens", opt->probe_tokens, R::in(1, 1 << 20),
+                "tokens of the probe batch for expert output similarity");
     c->add_option("--probe-text", opt->probe_text,
                   "text file for the probe batch (default: the run's validation split)");
     c->add_flag("--no-similarity", *no_sim, "skip the checkpoint's expert similarity section");

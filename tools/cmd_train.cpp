@@ -22,14 +22,14 @@ static std::vector<std::pair<std::string, std::string>> parse_overrides(
     for (size_t i = 0; i < args.size(); i++) {
         const std::string& a = args[i];
         if (a.rfind("--", 0) != 0 || a.size() < 3)
-            fail("moe train: unexpected argument '{}' (config keys are given as --key value)", a);
+            usage_fail("'{}': unexpected argument (config keys are given as --key value)", a);
         std::string key = a.substr(2), value;
         auto eq = key.find('=');
         if (eq != std::string::npos) {
             value = key.substr(eq + 1);
             key = key.substr(0, eq);
         } else {
-            if (i + 1 >= args.size()) fail("moe train: option --{} needs a value", key);
+            if (i + 1 >= args.size()) usage_fail("--{}: needs a value", key);
             value = args[++i];
         }
         out.emplace_back(key, value);
@@ -37,15 +37,29 @@ static std::vector<std::pair<std::string, std::string>> parse_overrides(
     return out;
 }
 
+// A flag's value outside its type or range is a usage error (exit 2).
+static void check_flags(TrainConfig& probe,
+                        const std::vector<std::pair<std::string, std::string>>& overrides) {
+    for (auto& [k, v] : overrides) {
+        try {
+            config_set(probe, k, v);
+        } catch (const UsageError&) {
+            throw;
+        } catch (const Error& e) {
+            throw UsageError(e.what());
+        }
+    }
+}
+
 static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string>& extras) {
     TrainOptions t;
     t.overrides = parse_overrides(extras);
     if (o.resume.empty()) {
-        if (o.config.empty()) fail("moe train: give --config FILE (or --resume DIR)");
+        if (o.config.empty()) usage_fail("moe train: give --config FILE (or --resume DIR)");
         t.cfg = config_load(o.config);
         // Check the flags now, so a typo fails before any work.
         TrainConfig probe = t.cfg;
-        for (auto& [k, v] : t.overrides) config_set(probe, k, v);
+        check_flags(probe, t.overrides);
         t.out_dir = o.out;
         if (t.out_dir.empty()) {
             std::string base = o.config.substr(o.config.find_last_of('/') + 1);
@@ -55,17 +69,27 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
         }
     } else {
         if (!o.config.empty())
-            fail("moe train: --resume takes the config from the checkpoint; give changes as flags");
+            usage_fail(
+                "--config: --resume takes the config from the checkpoint; give changes as flags");
         t.resume_dir = o.resume;
         t.out_dir = o.out;
+        TrainConfig probe;  // types and ranges of the flags (the run's config is read later)
+        check_flags(probe, t.overrides);
     }
     t.progress = !o.quiet;
     TrainResult r = run_train(t);
-    std::printf(
-        "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
-        "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
-        (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
-        (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
+    if (r.already_finished) {
+        std::printf(
+            "%s: already finished at step %lld (max_steps); nothing to do. To train "
+            "further: moe train --resume %s --max-steps N (N > %lld)\n",
+            r.run_dir.c_str(), (long long)r.step, r.run_dir.c_str(), (long long)r.step);
+    } else {
+        std::printf(
+            "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
+            "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
+            (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
+            (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
+    }
     if (o.json) {
         nlohmann::json j = {{"run_dir", r.run_dir},
                             {"best_dir", r.best_dir},
@@ -76,7 +100,8 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
                             {"best_step", r.best_step},
                             {"train_time_s", r.train_time_s},
                             {"tokens_per_s", r.tokens_per_s},
-                            {"wall_s", r.wall_s}};
+                            {"wall_s", r.wall_s},
+                            {"already_finished", r.already_finished}};
         std::printf("%s\n", j.dump().c_str());
     }
     return 0;
@@ -96,7 +121,9 @@ static void register_train(CLI::App& app) {
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_flag("--quiet", opts->quiet, "no progress lines on stderr");
     sub->allow_extras();
-    sub->footer("Config keys (as --key VALUE): see docs/training.md.");
+    sub->footer(config_keys_help() +
+                "Relative paths in a config file (data) are relative to "
+                "that file's folder. See docs/training.md.");
     sub->callback([opts, sub]() { exit_code() = run_train_cmd(*opts, sub->remaining()); });
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "moe/moe_layer.h"
+#include "tools/checked_flags.h"
 
 namespace moe::tools {
 
@@ -27,39 +28,44 @@ struct LayerShapeOptions {
     int threads = 0;
 
     void add_flags(CLI::App* app) {
-        app->add_option("--router", router,
-                        "softmax | noisy-topk | topk | switch | gshard | expert-choice | "
-                        "hierarchical")
-            ->capture_default_str();
-        app->add_option("--experts", experts, "number of experts E")->capture_default_str();
-        app->add_option("--topk", topk, "experts per token k")->capture_default_str();
-        app->add_option("--d", d, "model width d")->capture_default_str();
-        app->add_option("--ffn", ffn, "expert FFN width f")->capture_default_str();
-        app->add_option("--tokens", tokens, "tokens T")->capture_default_str();
+        using R = Range;
+        add_choice(app, "--router", router,
+                   "softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical", "router");
+        add_checked(app, "--experts", experts, R::in(1, 1 << 16), "number of experts E");
+        add_checked(app, "--topk", topk, R::in(1, 1 << 16), "experts per token k");
+        add_checked(app, "--d", d, R::in(1, 1 << 16), "model width d");
+        add_checked(app, "--ffn", ffn, R::in(1, 1 << 20), "expert FFN width f");
+        add_checked(app, "--tokens", tokens, R::in(1, 1 << 24), "tokens T");
         app->add_option("--capacity-factor", capacity_factor,
-                        "cap each expert at ceil(cf*T*k/E) token-slots (default: dropless; "
-                        "expert choice: cf = k)");
-        app->add_flag("--dropless", dropless, "never drop (wins over --capacity-factor)");
-        app->add_option("--priority", priority, "who keeps a slot when capped: token | weight")
-            ->capture_default_str();
-        app->add_option("--shared-experts", shared_experts, "always-on experts")
-            ->capture_default_str();
-        app->add_option("--ffn-shared", ffn_shared, "shared expert width (default: --ffn)");
-        app->add_option("--activation", activation, "swiglu | gelu | relu")->capture_default_str();
-        app->add_option("--temperature", temperature, "router logits / t")->capture_default_str();
+                        "cap each expert at C = ceil(cf*T*k/E) token-slots (finite number in "
+                        "(0, 1000]; token-choice default: dropless, no cap; expert choice: each "
+                        "expert takes C = min(T, ceil(cf*T*k/E)) tokens, default cf = 1, i.e. "
+                        "C = T*k/E)")
+            ->check(range_validator(R::in(0, 1000), false));
+        app->add_flag("--dropless", dropless,
+                      "never drop (token-choice routers; wins over --capacity-factor; not "
+                      "with --router expert-choice, whose capacity is its definition)");
+        add_choice(app, "--priority", priority, "token|weight", "who keeps a slot when capped");
+        add_checked(app, "--shared-experts", shared_experts, R::in(0, 64), "always-on experts");
+        add_checked(app, "--ffn-shared", ffn_shared, R::in(0, 1 << 20),
+                    "shared expert width (0: --ffn)");
+        add_choice(app, "--activation", activation, "swiglu|gelu|relu", "expert activation");
+        add_checked(app, "--temperature", temperature, R::in_open(0, 1e6), "router logits / t");
         app->add_flag("--no-renormalize", no_renormalize, "topk: keep raw top-k probabilities");
-        app->add_option("--score", score, "topk scores: softmax | sigmoid")->capture_default_str();
-        app->add_option("--jitter", jitter, "multiplicative router-input noise U(1-j, 1+j)");
-        app->add_option("--gate-dropout", gate_dropout, "dropout on gate probabilities");
-        app->add_option("--groups", groups, "hierarchical: number of groups G");
-        app->add_option("--topk-groups", topk_groups, "hierarchical: groups per token");
-        app->add_option("--w-importance", w_importance, "importance loss weight");
-        app->add_option("--w-load", w_load, "load loss weight");
-        app->add_option("--w-switch", w_switch, "switch loss weight");
-        app->add_option("--w-zloss", w_zloss, "router z-loss weight");
-        app->add_option("--seed", seed, "random seed (parameters, input, noise)")
-            ->capture_default_str();
-        app->add_option("--threads", threads, "threads (default: all cores)");
+        add_choice(app, "--score", score, "softmax|sigmoid", "topk scores");
+        add_checked(app, "--jitter", jitter, R::in_open_hi(0, 1),
+                    "multiplicative router-input noise U(1-j, 1+j)");
+        add_checked(app, "--gate-dropout", gate_dropout, R::in_open_hi(0, 1),
+                    "dropout on gate probabilities");
+        add_checked(app, "--groups", groups, R::in(0, 1 << 16), "hierarchical: number of groups G");
+        add_checked(app, "--topk-groups", topk_groups, R::in(1, 1 << 16),
+                    "hierarchical: groups per token");
+        add_checked(app, "--w-importance", w_importance, R::in(0, 1e6), "importance loss weight");
+        add_checked(app, "--w-load", w_load, R::in(0, 1e6), "load loss weight");
+        add_checked(app, "--w-switch", w_switch, R::in(0, 1e6), "switch loss weight");
+        add_checked(app, "--w-zloss", w_zloss, R::in(0, 1e6), "router z-loss weight");
+        add_checked(app, "--seed", seed, R::at_least(0), "random seed (parameters, input, noise)");
+        add_checked(app, "--threads", threads, R::in(0, 4096), "threads (0: all cores)");
     }
 
     MoeConfig config() const {
@@ -69,13 +75,22 @@ struct LayerShapeOptions {
         c.top_k = topk;
         c.d_model = d;
         c.d_ff = ffn;
-        c.dropless = dropless || !capacity_given;
+        const bool expert_choice = router == "expert-choice";
+        if (expert_choice && dropless)
+            usage_fail(
+                "--dropless: expert choice always caps each expert at "
+                "C = min(T, ceil(cf*T*k/E)) tokens; drop --dropless (or use a token-choice "
+                "router)");
+        c.dropless = !expert_choice && (dropless || !capacity_given);
         if (capacity_given) {
             if (!(capacity_factor > 0))
-                fail("--capacity-factor {} must be > 0", capacity_factor);
+                usage_fail(
+                    "--capacity-factor: {} is not allowed (expected finite number in "
+                    "(0, 1000]); give a value in that range",
+                    capacity_factor);
             c.capacity_factor = capacity_factor;
-        } else if (router == "expert-choice") {
-            c.capacity_factor = 0.f;  // the router's default: cf = k
+        } else if (expert_choice) {
+            c.capacity_factor = 1.f;  // C = T*k/E: the expert-choice paper's default
         }
         c.priority = priority;
         c.n_shared_experts = shared_experts;
@@ -93,8 +108,11 @@ struct LayerShapeOptions {
         c.w_switch = w_switch;
         c.w_zloss = w_zloss;
         c.seed = seed;
-        if (tokens <= 0) fail("--tokens {} must be >= 1", tokens);
-        c.validate();
+        try {
+            c.validate();
+        } catch (const Error& e) {
+            usage_fail("{}; change the flags", e.what());
+        }
         return c;
     }
 };

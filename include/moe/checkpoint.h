@@ -43,6 +43,10 @@ ModelConfig load_model_config(const std::string& dir);  // config.json
 // model.safetensors into model.param_data(): every parameter present with its exact shape, no
 // tensor the model does not have. Errors name the file and the tensor.
 void load_params(Model& model, const std::string& dir);
+// Before a Model is built: config.json's shapes against model.safetensors' header (names the key
+// that disagrees, with expected and actual shapes) and the memory it needs against the machine's
+// (training: + gradients + AdamW moments). Reads only the header.
+void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool training);
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v);
 nlohmann::json load_trainer_state(const std::string& dir);
 // trainer_state.json's text -> JSON (load_trainer_state and fuzzing); `where` names it in errors.

@@ -12,13 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "moe/checked.h"
 #include "moe/model.h"
 
 namespace moe {
 
 struct TrainConfig {
     // data and tokenizer
-    std::string data = "data/tinyshakespeare.txt";  // relative paths: to the working directory
+    std::string data =
+        "data/tinyshakespeare.txt";  // relative: to the config file's folder, else cwd
     double val_fraction = 0.1;                      // the last 10% is validation (nanoGPT's split)
     std::string tokenizer = "char";                 // "char" or "sentencepiece"
     int vocab_size = 512;               // sentencepiece only (char: the corpus' symbols)
@@ -50,13 +52,21 @@ struct TrainConfig {
     int threads = 0;  // 0 = all cores
 };
 
+// One row per key: its type, where it lives, its help line and its allowed range (Range::in,
+// at_least, above, one_of ...; include/moe/checked.h). JSON and flags are both read through the
+// checked-number functions with this range, and `moe train --help` prints it. A row without a
+// range accepts any finite number / any string.
 struct ConfigField {
     enum Type { Int, U64, Double, Float, Bool, String };
     const char* name;
     Type type;
     void* ptr;
     const char* help;
+    Range range = {};
 };
+
+// The key table as text (key, type, default, range, help), for `moe train --help`.
+std::string config_keys_help();
 
 // The table of every key (pointers into cfg).
 std::vector<ConfigField> config_fields(TrainConfig& cfg);
@@ -64,7 +74,10 @@ std::vector<ConfigField> config_fields(TrainConfig& cfg);
 // Parse a JSON object into cfg (keys not named keep their value). `where` names the source in
 // errors ("configs/x.json"). Unknown keys and wrong types throw moe::Error naming the key.
 void config_apply_json(TrainConfig& cfg, const nlohmann::json& j, const std::string& where);
-TrainConfig config_load(const std::string& path);  // defaults + file
+TrainConfig config_load(const std::string& path);  // defaults + file; data relative to the file
+// A JSON file, with errors that name the file (missing, a folder, empty, not JSON at byte N);
+// `what` says what the file should be ("a training config").
+nlohmann::json read_json_file(const std::string& path, const char* what);
 // The same from the file's text; `where` names the source in errors (config_load and fuzzing).
 TrainConfig config_from_text(const std::string& text, const std::string& where);
 // Set one key from a command-line string ("--lr 2e-3"): dashes in key become underscores.

@@ -12,6 +12,16 @@ struct Error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A wrong command line (a missing or conflicting flag): the tool exits 2 instead of 1.
+struct UsageError : Error {
+    using Error::Error;
+};
+
+template <typename... Args>
+[[noreturn]] inline void usage_fail(fmt::format_string<Args...> f, Args&&... args) {
+    throw UsageError(fmt::format(f, std::forward<Args>(args)...));
+}
+
 template <typename... Args>
 [[noreturn]] inline void fail(fmt::format_string<Args...> f, Args&&... args) {
     throw Error(fmt::format(f, std::forward<Args>(args)...));

@@ -44,7 +44,14 @@ struct LayerRouting {  // per MoE layer, the last forward's statistics and aux l
 
 class Model {
    public:
-    explicit Model(const ModelConfig& cfg);
+    // trainable = false: an inference model (eval, generate, inspect): no gradient buffers, no
+    // random initialisation (the caller loads the weights).
+    explicit Model(const ModelConfig& cfg, bool trainable = true);
+    // The parameter table of a model with this config, built without allocating anything:
+    // names, shapes, offsets; n_params: the total. Sizes are checked against it before a Model
+    // is built (checkpoint loading, training set-up).
+    static std::vector<ParamSpec> layout(const ModelConfig& cfg, size_t* n_params);
+    bool trainable() const { return trainable_; }
     ~Model();
     const ModelConfig& config() const { return cfg_; }
 
@@ -81,6 +88,7 @@ class Model {
 
    private:
     ModelConfig cfg_;
+    bool trainable_ = true;
     std::unique_ptr<Impl> impl_;
 };
 

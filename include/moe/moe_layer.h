@@ -93,6 +93,12 @@ struct ParamSpec {
 class MoeLayer {
    public:
     explicit MoeLayer(const MoeConfig& cfg);  // validates cfg
+    // own_buffers = false: no parameter or gradient buffer of its own (a model binds views into
+    // its flat buffers right after), so a big model is not allocated twice.
+    MoeLayer(const MoeConfig& cfg, bool own_buffers);
+    // The parameter table (names, shapes, offsets) of a layer with this config, without building
+    // it: what sizes are checked against before anything is allocated. n_params: their total.
+    static std::vector<ParamSpec> layout(const MoeConfig& cfg, size_t* n_params);
     ~MoeLayer();
     MoeLayer(const MoeLayer&) = delete;
     MoeLayer& operator=(const MoeLayer&) = delete;
@@ -104,6 +110,7 @@ class MoeLayer {
 
     // By default the layer owns its parameter and gradient buffers; a model that keeps all
     // parameters in one flat buffer binds views into it instead (n_params() floats each).
+    // grads == nullptr: an inference-only layer (backward refuses).
     void bind(float* params, float* grads);
     float* param_data() { return params_; }
     float* grad_data() { return grads_; }

@@ -17,6 +17,16 @@ struct StTensor {
     std::vector<float> data;  // converted to float
 };
 
+// The header alone (names, dtypes, shapes; no data read or converted): what sizes are checked
+// against before a model is allocated. Validated like the full reader (length, offsets, shapes).
+struct StHeaderEntry {
+    std::string dtype;
+    Shape shape;
+    uint64_t begin = 0, end = 0;  // data_offsets
+};
+std::map<std::string, StHeaderEntry> read_safetensors_header(const std::string& path,
+                                                             uint64_t* file_bytes = nullptr);
+
 class SafetensorsReader {
    public:
     explicit SafetensorsReader(const std::string& path);  // throws moe::Error on any malformation

@@ -30,9 +30,14 @@ struct TrainResult {
     double train_time_s = 0;  // elapsed_s: steps only (no set-up, eval or checkpoints)
     double tokens_per_s = 0;  // over this invocation's steps
     double wall_s = 0;
+    bool already_finished = false;  // a resumed run that had nothing left to do (nothing touched)
 };
 
 TrainResult run_train(const TrainOptions& opt);
+
+// Throws moe::Error "<path>: not UTF-8 text: invalid byte 0x.. at byte N (line L); ..." for a
+// training text that is not valid UTF-8.
+void check_utf8(const std::string& text, const std::string& path);
 
 // nanoGPT's schedule, for the 1-based step t (it = t - 1): linear warmup lr*(it+1)/(warmup+1)
 // while it < warmup, cosine from lr to min_lr until lr_decay_steps (default max_steps), then

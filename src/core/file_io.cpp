@@ -31,7 +31,9 @@ void fsync_dir(const std::string& dir) {
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
     std::string tmp = path + ".tmp." + std::to_string(::getpid());
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) fail("cannot create {}: {}", tmp, std::strerror(errno));
+    if (fd < 0)
+        fail("{}: cannot create: {}; check that its folder exists and is writable", path,
+             std::strerror(errno));
     const char* p = static_cast<const char*>(data);
     size_t left = size;
     while (left > 0) {
@@ -41,7 +43,8 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
             int e = errno;
             ::close(fd);
             ::unlink(tmp.c_str());
-            fail("cannot write {}: {}", path, std::strerror(e));
+            fail("{}: cannot write: {}; free disk space or choose another place", path,
+                 std::strerror(e));
         }
         p += n;
         left -= (size_t)n;
@@ -49,12 +52,14 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
     if (::fsync(fd) != 0 || ::close(fd) != 0) {
         int e = errno;
         ::unlink(tmp.c_str());
-        fail("cannot flush {}: {}", path, std::strerror(e));
+        fail("{}: cannot flush: {}; free disk space or choose another place", path,
+             std::strerror(e));
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         int e = errno;
         ::unlink(tmp.c_str());
-        fail("cannot rename {} to {}: {}", tmp, path, std::strerror(e));
+        fail("{}: cannot rename {} into place: {}; check the folder's permissions", path, tmp,
+             std::strerror(e));
     }
     fsync_dir(parent_dir(path));
 }
@@ -63,9 +68,37 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     write_file_atomic(path, text.data(), text.size());
 }
 
+void check_readable_file(const std::string& path) {
+    struct stat st;
+    if (path.empty()) fail("(empty path): no file named; give a file path");
+    if (::stat(path.c_str(), &st) != 0)
+        fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) fail("{}: is a folder, not a file; give a file path", path);
+    if (!S_ISREG(st.st_mode))
+        fail("{}: not a regular file (a device, pipe or socket); give a file path", path);
+}
+
+uint64_t available_memory_bytes() {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    uint64_t kb = 0;
+    std::string unit;
+    while (in >> key >> kb >> unit)
+        if (key == "MemAvailable:") return kb * 1024;
+    return 0;
+}
+
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& hint) {
+    const double avail = (double)available_memory_bytes();
+    if (avail <= 0 || bytes <= 0.9 * avail) return;
+    fail("{}: needs {:.3g} GB of memory but {:.3g} GB are available; {}", what, bytes / 1e9,
+         avail / 1e9, hint);
+}
+
 std::string read_file(const std::string& path) {
+    check_readable_file(path);
     std::ifstream in(path, std::ios::binary);
-    if (!in) fail("cannot open {}: {}", path, std::strerror(errno));
+    if (!in) fail("{}: cannot open: {}; check its permissions", path, std::strerror(errno));
     std::ostringstream ss;
     ss << in.rdbuf();
     return ss.str();
@@ -85,7 +118,8 @@ void make_dirs(const std::string& path) {
     if (path.empty() || dir_exists(path)) return;
     make_dirs(parent_dir(path));
     if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
-        fail("cannot create folder {}: {}", path, std::strerror(errno));
+        fail("{}: cannot create folder: {}; give a path whose parents are folders you can write",
+             path, std::strerror(errno));
 }
 
 }  // namespace moe

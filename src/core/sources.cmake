@@ -3,4 +3,5 @@ list(APPEND MOE_SOURCES
   src/core/rng.cpp
   src/core/runtime.cpp
   src/core/file_io.cpp
+  src/core/checked.cpp
 )

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "moe/checked.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -39,21 +40,15 @@ json rng_to_json(const Rng& r) {
 
 void rng_from_json(Rng& r, const json& j, const std::string& where) {
     try {
-        // Words are unsigned integers: the JSON library would cast a float such as 1e20 to
-        // uint64_t, which is undefined.
+        // Words are unsigned integers, read with their type checked (include/moe/checked.h): the
+        // JSON library would cast a float such as 1e20 to uint64_t, which is undefined.
         const json& s = j.at("s");
         if (!s.is_array() || s.size() != 4)
             fail("{}: rng state needs 4 words, got {}", where, s.dump());
-        for (int i = 0; i < 4; i++) {
-            if (!s[i].is_number_unsigned())
-                fail("{}: rng word {} is not an unsigned integer", where, s[i].dump());
-            r.s[i] = s[i].get<uint64_t>();
-        }
-        r.has_spare = j.at("has_spare").get<bool>();
-        const json& sb = j.at("spare_bits");
-        if (!sb.is_number_unsigned() || sb.get<uint64_t>() > UINT32_MAX)
-            fail("{}: rng spare_bits {} is not a 32-bit unsigned integer", where, sb.dump());
-        uint32_t bits = sb.get<uint32_t>();
+        for (int i = 0; i < 4; i++) r.s[i] = checked_u64(s[i], where + ": rng word");
+        r.has_spare = checked_bool(j.at("has_spare"), where + ": rng has_spare");
+        uint32_t bits = (uint32_t)checked_int(j.at("spare_bits"), where + ": rng spare_bits",
+                                              Range::in(0, 4294967295.0));
         std::memcpy(&r.spare, &bits, 4);
     } catch (const Error&) {
         throw;

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 
@@ -57,57 +58,46 @@ TokenFile read_token_file(const std::string& path) {
 
 TokenFile parse_token_file(const std::string& f, const std::string& path) {
     if (f.size() < 16 || std::memcmp(f.data(), kMagic, 8) != 0)
-        fail("{}: not a token file (no MOETOK01 magic)", path);
+        fail("{}: not a token file (no MOETOK01 magic); give a .tok file written by moe train",
+             path);
     uint64_t hlen;
     std::memcpy(&hlen, f.data() + 8, 8);
     if (hlen > f.size() - 16)
-        fail("{}: header length {} exceeds the file ({} bytes)", path, hlen, f.size());
-    json h;
-    try {
-        h = json::parse(f.begin() + 16, f.begin() + 16 + (long)hlen);
-    } catch (const std::exception& e) {
-        fail("{}: token file header is not valid JSON: {}", path, e.what());
-    }
+        fail("{}: header length {} exceeds the file ({} bytes); the file is damaged", path, hlen,
+             f.size());
+    json h = parse_json_text(f.substr(16, hlen), path, "a token file header");
+    if (!h.is_object())
+        fail("{}: token file header is not a JSON object; the file is damaged", path);
+    // Every number of the header with its range (include/moe/checked.h) before it sizes anything.
     TokenFile t;
-    try {
-        // Integers with their type checked: the JSON library casts a float such as 6.9e28 to int
-        // or uint64_t, which is undefined.
-        const json &jv = h.at("vocab"), &jc = h.at("count");
-        if (!jv.is_number_integer() || jv.get<int64_t>() <= 0 || jv.get<int64_t>() > INT32_MAX)
-            fail("{}: vocab {} must be an integer in [1, 2^31)", path, jv.dump());
-        if (!jc.is_number_unsigned())
-            fail("{}: count {} must be an unsigned integer", path, jc.dump());
-        t.vocab = jv.get<int>();
-        t.dtype = h.at("dtype").get<std::string>();
-        t.tokenizer = h.value("tokenizer", std::string());
-        uint64_t count = jc.get<uint64_t>();
-        size_t esz = t.dtype == "uint16" ? 2 : t.dtype == "uint32" ? 4 : 0;
-        if (esz == 0) fail("{}: dtype '{}' (uint16 or uint32)", path, t.dtype);
-        if (t.vocab <= 0) fail("{}: vocab={} must be positive", path, t.vocab);
-        // count is checked against the bytes present before it is multiplied (no wrap-around).
-        const uint64_t id_bytes = f.size() - 16 - hlen;
-        if (count > id_bytes / esz || id_bytes != count * esz)
-            fail("{}: {} bytes of ids, header says {} {} ids: truncated or corrupt", path, id_bytes,
-                 count, t.dtype);
-        t.ids.resize(count);
-        const char* p = f.data() + 16 + hlen;
-        for (uint64_t i = 0; i < count; i++) {
-            uint32_t v;
-            if (esz == 2) {
-                uint16_t s;
-                std::memcpy(&s, p + 2 * i, 2);
-                v = s;
-            } else {
-                std::memcpy(&v, p + 4 * i, 4);
-            }
-            if (v >= (uint32_t)t.vocab)
-                fail("{}: token {} has id {} outside vocab {}", path, i, v, t.vocab);
-            t.ids[i] = (int32_t)v;
+    t.vocab = (int)json_int(h, "vocab", path, Range::in(1, 1 << 24));
+    t.dtype = json_str(h, "dtype", path, Range::one_of("uint16|uint32"), "");
+    if (t.dtype.empty())
+        fail("{}: missing key 'dtype' (uint16 or uint32); the file is damaged", path);
+    t.tokenizer = json_str(h, "tokenizer", path, Range(), "");
+    const uint64_t count = (uint64_t)json_int(h, "count", path, Range::in(0, 1e15));
+    const size_t esz = t.dtype == "uint16" ? 2 : 4;
+    const uint64_t data = f.size() - 16 - hlen;
+    if (count * esz != data)
+        fail(
+            "{}: header says {} {} ids ({} bytes) but the file holds {} bytes of ids; the file "
+            "is truncated or damaged",
+            path, count, t.dtype, count * esz, data);
+    t.ids.resize(count);
+    const char* p = f.data() + 16 + hlen;
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t v;
+        if (esz == 2) {
+            uint16_t s;
+            std::memcpy(&s, p + 2 * i, 2);
+            v = s;
+        } else {
+            std::memcpy(&v, p + 4 * i, 4);
         }
-    } catch (const Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        fail("{}: bad token file header {}: {}", path, h.dump(), e.what());
+        if (v >= (uint32_t)t.vocab)
+            fail("{}: token {} has id {} outside vocab {}; the file is damaged", path, i, v,
+                 t.vocab);
+        t.ids[i] = (int32_t)v;
     }
     return t;
 }

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "moe/checked.h"
 #include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
@@ -196,29 +197,156 @@ static std::string find_in_run(const std::string& run, const std::string& name) 
     return "";
 }
 
+static void need_folder(const std::string& path) {
+    if (dir_exists(path)) return;
+    if (::access(path.c_str(), F_OK) == 0)
+        fail("{}: is a file, not a folder; give a checkpoint folder or a run folder", path);
+    fail("{}: no such folder; give a checkpoint folder or a run folder", path);
+}
+
 std::string resolve_checkpoint_dir(const std::string& path) {
-    if (!dir_exists(path)) fail("{}: no such folder (expected a checkpoint or a run folder)", path);
+    need_folder(path);
     if (is_ckpt(path)) return path;
     for (const char* name : {"best", "latest"}) {
         std::string d = find_in_run(path, name);
         if (!d.empty()) return d;
     }
     fail(
-        "{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or latest/)",
+        "{}: not a checkpoint folder (no model.safetensors) nor a run folder (no best/ or "
+        "latest/); give the folder `moe train --out` wrote",
         path);
 }
 
 std::string resolve_resume_dir(const std::string& path) {
-    if (!dir_exists(path)) fail("{}: no such folder (expected a checkpoint or a run folder)", path);
+    need_folder(path);
     if (is_ckpt(path)) return path;
     std::string d = find_in_run(path, "latest");
     if (!d.empty()) return d;
-    fail("{}: nothing to resume: no latest/ checkpoint in this run folder", path);
+    // A run killed during its very first latest/ write has only best/ (written just before):
+    // resume from there (the trainer says so; best/ holds no optimizer moments).
+    d = find_in_run(path, "best");
+    if (!d.empty() && file_exists(d + "/trainer_state.json")) return d;
+    fail(
+        "{}: nothing to resume: no latest/ or best/ checkpoint in this run folder; start a new "
+        "run with --config",
+        path);
 }
 
 ModelConfig load_model_config(const std::string& dir) {
     std::string path = dir + "/config.json";
     return model_config_from_text(read_file(path), path);
+}
+
+// Every parameter finite, checked once on load (one pass, ~1 ms per 10M floats): NaN router or
+// Inf norm weights would otherwise generate garbage with exit 0.
+static void check_finite(const std::string& path, const std::string& name, const float* x,
+                         size_t n) {
+    int64_t i = first_non_finite(x, n);
+    if (i >= 0)
+        fail(
+            "{}: tensor {}: value {} at index {} is not finite; the checkpoint is damaged (or "
+            "saved from a diverged run): use another checkpoint",
+            path, name, x[i], i);
+}
+
+// Rough count of parameters and tensors a config describes, in doubles: computed before
+// Model::layout builds its table, so an absurd config.json (hidden_size 8192 beside a small
+// file, 65536 experts) is refused before any allocation sized by it.
+static void rough_size(const ModelConfig& c, double* n_params, double* n_tensors) {
+    const double d = c.d_model, V = c.vocab_size, hd = (double)c.d_model / c.n_heads;
+    const double qd = c.n_heads * hd, kvd = c.n_kv_heads * hd, E = c.moe.n_experts;
+    const double glu = c.moe.activation == Activation::swiglu ? 3 : 2;
+    const double fs = c.moe.d_ff_shared > 0 ? c.moe.d_ff_shared : c.moe.d_ff;
+    double p = V * d * (c.tie_embeddings ? 1 : 2) + d, t = c.tie_embeddings ? 2 : 3;
+    for (int l = 0; l < c.n_layers; l++) {
+        p += 2 * d + 2 * qd * d + 2 * kvd * d;
+        t += 6;
+        if (c.is_moe_layer(l)) {
+            p += E * d + E * glu * c.moe.d_ff * d + c.moe.n_shared_experts * glu * fs * d;
+            t += 1 + E * glu + c.moe.n_shared_experts * glu;
+        } else {
+            p += 3.0 * c.d_ff * d;
+            t += 3;
+        }
+    }
+    *n_params = p;
+    *n_tensors = t;
+}
+
+// The config.json keys whose values appear in an expected shape, to name what disagrees.
+static std::string keys_of_dims(const ModelConfig& c, const Shape& want, const Shape& got) {
+    std::vector<std::pair<const char*, int64_t>> keys = {{"hidden_size", c.d_model},
+                                                         {"vocab_size", c.vocab_size},
+                                                         {"intermediate_size", c.moe.d_ff},
+                                                         {"dense_intermediate_size", c.d_ff},
+                                                         {"num_local_experts", c.moe.n_experts},
+                                                         {"num_attention_heads", c.n_heads},
+                                                         {"num_key_value_heads", c.n_kv_heads}};
+    std::string out;
+    for (int i = 0; i < want.rank(); i++) {
+        if (i < got.rank() && want[i] == got[i]) continue;
+        for (auto& [k, v] : keys)
+            if (v == want[i] && out.find(k) == std::string::npos)
+                out += fmt::format("{}{}={}", out.empty() ? "" : ", ", k, v);
+    }
+    return out.empty() ? std::string("its shape keys") : out;
+}
+
+void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool training) {
+    const std::string st_path = dir + "/model.safetensors", cj = dir + "/config.json";
+    uint64_t file_bytes = 0;
+    auto header = read_safetensors_header(st_path, &file_bytes);
+    double n_rough = 0, t_rough = 0;
+    rough_size(cfg, &n_rough, &t_rough);
+    auto describe = [&] {
+        return fmt::format(
+            "config.json describes {:.3g} parameters ({:.3g} MB as F32), "
+            "model.safetensors has {:.3g} MB",
+            n_rough, n_rough * 4 / 1e6, file_bytes / 1e6);
+    };
+    // One header entry per tensor: a config implying far more tensors than the file holds is
+    // refused before its table is built.
+    if (t_rough > (double)header.size() + 64)
+        fail(
+            "{}: num_hidden_layers={} and num_local_experts={} do not match the weights: they "
+            "imply {:.3g} tensors, model.safetensors holds {}; restore the checkpoint's "
+            "config.json",
+            cj, cfg.n_layers, cfg.moe.n_experts, t_rough, header.size());
+    size_t n = 0;
+    std::vector<ParamSpec> specs = Model::layout(cfg, &n);
+    int layers_in_file = 0;
+    for (auto& [name, e] : header)
+        if (name.rfind("model.layers.", 0) == 0)
+            layers_in_file = std::max(layers_in_file, 1 + std::atoi(name.c_str() + 13));
+    if (layers_in_file > 0 && layers_in_file != cfg.n_layers)
+        fail(
+            "{}: key 'num_hidden_layers' is {} but model.safetensors holds {} layers; restore the "
+            "checkpoint's config.json",
+            cj, cfg.n_layers, layers_in_file);
+    for (auto& s : specs) {
+        auto it = header.find(s.name);
+        if (it == header.end())
+            fail(
+                "{}: missing tensor {} (config.json implies it); restore the checkpoint's "
+                "config.json (or its weights)",
+                st_path, s.name);
+        if (it->second.shape != s.shape)
+            fail(
+                "{}: {} do not match the weights: tensor {}: expected shape {} (from "
+                "config.json), model.safetensors has {}; restore the checkpoint's config.json",
+                cj, keys_of_dims(cfg, s.shape, it->second.shape), s.name, s.shape.str(),
+                it->second.shape.str());
+    }
+    // Every parameter takes at least 2 bytes (BF16/F16).
+    if (n_rough * 2 > (double)file_bytes)
+        fail(
+            "{}: the shape keys do not match the weights: {}; restore the checkpoint's "
+            "config.json",
+            cj, describe());
+    // The file is read whole and converted (file + floats), then the model's buffers; training
+    // adds gradients and two AdamW moments.
+    double need = (double)file_bytes + 4.0 * n * (training ? 5 : 2);
+    check_fits_in_memory(need, dir, "use a machine with more memory (or a smaller checkpoint)");
 }
 
 void load_params(Model& model, const std::string& dir) {
@@ -227,6 +355,7 @@ void load_params(Model& model, const std::string& dir) {
     float* p = model.param_data();
     for (auto& s : model.params()) {
         const StTensor& t = r.get(s.name, s.shape);
+        check_finite(path, s.name, t.data.data(), t.data.size());
         std::memcpy(p + s.offset, t.data.data(), t.data.size() * 4);
     }
     std::set<std::string> known;
@@ -238,22 +367,29 @@ void load_params(Model& model, const std::string& dir) {
         if (r.has(bn)) {
             auto& b = model.moe_layer(l)->balance_bias();
             const StTensor& t = r.get(bn, Shape{(int64_t)b.size()});
+            check_finite(path, bn, t.data.data(), t.data.size());
             b.assign(t.data.begin(), t.data.end());
         }
     }
     for (auto& n : r.names())
         if (!known.count(n))
-            fail("{}: unexpected tensor {} (the checkpoint does not match its config.json)", path,
-                 n);
+            fail(
+                "{}: unexpected tensor {}: the checkpoint does not match its config.json; restore "
+                "the checkpoint",
+                path, n);
 }
 
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v) {
     const std::string path = dir + "/optimizer.safetensors";
-    if (!file_exists(path)) fail("{}: missing (this checkpoint cannot be resumed)", path);
+    if (!file_exists(path))
+        fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/",
+             path);
     SafetensorsReader r(path);
     for (auto& s : model.params()) {
         const StTensor& m = r.get(s.name + ".exp_avg", s.shape);
         const StTensor& v = r.get(s.name + ".exp_avg_sq", s.shape);
+        check_finite(path, s.name + ".exp_avg", m.data.data(), m.data.size());
+        check_finite(path, s.name + ".exp_avg_sq", v.data.data(), v.data.size());
         std::memcpy(adam_m + s.offset, m.data.data(), m.data.size() * 4);
         std::memcpy(adam_v + s.offset, v.data.data(), v.data.size() * 4);
     }
@@ -264,31 +400,28 @@ json load_trainer_state(const std::string& dir) {
     return parse_trainer_state(read_file(path), path);
 }
 
-json parse_trainer_state(const std::string& text, const std::string& where) {
-    json s;
-    try {
-        s = json::parse(text);
-    } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", where, e.what());
-    }
-    // The types of the keys `moe train --resume` reads (docs/formats.md), checked here so a
-    // damaged file is refused with the key's name instead of a JSON library exception.
-    if (!s.is_object()) fail("{}: not a JSON object", where);
-    auto check = [&](const char* key, bool (json::*is)() const noexcept, const char* type) {
-        auto it = s.find(key);
-        if (it != s.end() && !((*it).*is)())
-            fail("{}: '{}' must be {}, got {}; the checkpoint is damaged: resume from another one",
-                 where, key, type, it->dump());
-    };
-    check("step", &json::is_number_integer, "an integer");
-    check("best_step", &json::is_number_integer, "an integer");
-    check("train_tokens", &json::is_number_integer, "an integer");
-    check("val_tokens", &json::is_number_integer, "an integer");
-    check("elapsed_s", &json::is_number, "a number");
-    check("config", &json::is_object, "an object");
-    check("loader", &json::is_object, "an object");
-    check("moe_layer_rngs", &json::is_object, "an object");
-    return s;
+json parse_trainer_state(const std::string& text, const std::string& path) {
+    const char* what = "a trainer_state.json written by moe train";
+    if (text.empty()) fail("{}: empty file; expected {}", path, what);
+    json j = parse_json_text(text, path, what);
+    if (!j.is_object()) fail("{}: not a JSON object; the checkpoint is damaged", path);
+    // The numbers a resume relies on, with their ranges (include/moe/checked.h).
+    json_int(j, "format_version", path, Range::in(1, 1), 1);
+    if (j.contains("step")) json_int(j, "step", path, Range::in(0, 1e12));
+    json_num(j, "elapsed_s", path, Range::in(0, 1e12), 0);
+    json_int(j, "best_step", path, Range::in(0, 1e12), 0);
+    json_num(j, "best_val_loss", path, Range::in(0, 1e6), 0);
+    json_num(j, "val_loss", path, Range::in(0, 1e6), 0);
+    json_int(j, "train_tokens", path, Range::in(0, 1e15), 0);
+    json_int(j, "val_tokens", path, Range::in(0, 1e15), 0);
+    json_int(j, "tokens_seen", path, Range::in(0, 1e18), 0);
+    if (j.contains("config") && !j["config"].is_object())
+        fail("{}: key 'config' must be an object; the checkpoint is damaged", path);
+    if (j.contains("loader") && !j["loader"].is_object())
+        fail("{}: key 'loader' must be an object; the checkpoint is damaged", path);
+    if (j.contains("moe_layer_rngs") && !j["moe_layer_rngs"].is_object())
+        fail("{}: key 'moe_layer_rngs' must be an object; the checkpoint is damaged", path);
+    return j;
 }
 
 LoadedModel load_model(const std::string& path) {
@@ -297,9 +430,12 @@ LoadedModel load_model(const std::string& path) {
     ModelConfig cfg = load_model_config(out.dir);
     out.tokenizer = load_tokenizer(out.dir);
     if (out.tokenizer->vocab_size() != cfg.vocab_size)
-        fail("{}: tokenizer has {} symbols but config.json says vocab_size={}", out.dir,
-             out.tokenizer->vocab_size(), cfg.vocab_size);
-    out.model = std::make_unique<Model>(cfg);
+        fail(
+            "{}/config.json: key 'vocab_size' is {} but the tokenizer has {} symbols; restore "
+            "the checkpoint's config.json or tokenizer",
+            out.dir, cfg.vocab_size, out.tokenizer->vocab_size());
+    check_checkpoint_sizes(cfg, out.dir, /*training=*/false);
+    out.model = std::make_unique<Model>(cfg, /*trainable=*/false);
     load_params(*out.model, out.dir);
     return out;
 }

@@ -1,6 +1,8 @@
 // Training config <-> JSON and flags; the checkpoint's config.json <-> ModelConfig.
 #include "moe/config.h"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 
@@ -13,71 +15,96 @@ using json = nlohmann::json;
 
 std::vector<ConfigField> config_fields(TrainConfig& c) {
     using F = ConfigField;
+    using R = Range;
     ModelConfig& m = c.model;
     MoeConfig& e = c.model.moe;
     return {
         {"data", F::String, &c.data, "training text (UTF-8) or a token file"},
         {"val_fraction", F::Double, &c.val_fraction,
-         "share of the corpus (its end) kept for validation"},
-        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece"},
+         "share of the corpus (its end) kept for validation", R::in_open(0, 1)},
+        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece",
+         R::one_of("char|sentencepiece")},
         {"vocab_size", F::Int, &c.vocab_size,
-         "sentencepiece vocabulary size (char: from the corpus)"},
-        {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram"},
-        {"n_layers", F::Int, &m.n_layers, "Transformer blocks (num_hidden_layers)"},
-        {"d_model", F::Int, &m.d_model, "hidden size d"},
-        {"n_heads", F::Int, &m.n_heads, "attention heads"},
-        {"n_kv_heads", F::Int, &m.n_kv_heads, "key/value heads (< n_heads: grouped-query)"},
-        {"d_ff", F::Int, &m.d_ff, "dense SwiGLU FFN width (dense layers)"},
-        {"block_size", F::Int, &m.block_size, "context length S"},
-        {"rms_eps", F::Float, &m.rms_eps, "RMSNorm epsilon"},
-        {"rope_theta", F::Float, &m.rope_theta, "RoPE base"},
+         "sentencepiece vocabulary size (char: from the corpus)", R::in(2, 1 << 20)},
+        {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram",
+         R::one_of("bpe|unigram")},
+        {"n_layers", F::Int, &m.n_layers, "Transformer blocks (num_hidden_layers)", R::in(1, 1024)},
+        {"d_model", F::Int, &m.d_model, "hidden size d", R::in(2, 1 << 16)},
+        {"n_heads", F::Int, &m.n_heads, "attention heads", R::in(1, 4096)},
+        {"n_kv_heads", F::Int, &m.n_kv_heads, "key/value heads (< n_heads: grouped-query)",
+         R::in(1, 4096)},
+        {"d_ff", F::Int, &m.d_ff, "dense SwiGLU FFN width (dense layers)", R::in(1, 1 << 20)},
+        {"block_size", F::Int, &m.block_size, "context length S", R::in(1, 1 << 20)},
+        {"rms_eps", F::Float, &m.rms_eps, "RMSNorm epsilon", R::in_open(0, 1)},
+        {"rope_theta", F::Float, &m.rope_theta, "RoPE base", R::in(1, 1e9)},
         {"tie_embeddings", F::Bool, &m.tie_embeddings, "LM head shares the embedding matrix"},
-        {"init_std", F::Float, &m.init_std, "normal init std of weights"},
-        {"moe_every", F::Int, &m.moe_every, "1: every FFN is MoE; N: every Nth; 0: all dense"},
-        {"n_experts", F::Int, &e.n_experts, "experts per MoE layer E"},
-        {"top_k", F::Int, &e.top_k, "experts per token k"},
-        {"expert_d_ff", F::Int, &e.d_ff, "expert FFN width"},
+        {"init_std", F::Float, &m.init_std, "normal init std of weights", R::in(0, 10)},
+        {"moe_every", F::Int, &m.moe_every, "1: every FFN is MoE; N: every Nth; 0: all dense",
+         R::in(0, 1024)},
+        {"n_experts", F::Int, &e.n_experts, "experts per MoE layer E (>= 1 when moe_every > 0)",
+         R::in(0, 1 << 16)},
+        {"top_k", F::Int, &e.top_k, "experts per token k", R::in(1, 1 << 16)},
+        {"expert_d_ff", F::Int, &e.d_ff, "expert FFN width (>= 1 when moe_every > 0)",
+         R::in(0, 1 << 20)},
         {"router", F::String, &e.router,
-         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical"},
-        {"activation", F::String, nullptr, "expert activation: swiglu | gelu | relu"},
-        {"n_shared_experts", F::Int, &e.n_shared_experts, "always-on shared experts"},
-        {"d_ff_shared", F::Int, &e.d_ff_shared, "shared expert width (0: expert_d_ff)"},
+         "softmax | noisy-topk | topk | switch | gshard | expert-choice | hierarchical",
+         R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|hierarchical")},
+        {"activation", F::String, nullptr, "expert activation: swiglu | gelu | relu",
+         R::one_of("swiglu|gelu|relu")},
+        {"n_shared_experts", F::Int, &e.n_shared_experts, "always-on shared experts", R::in(0, 64)},
+        {"d_ff_shared", F::Int, &e.d_ff_shared, "shared expert width (0: expert_d_ff)",
+         R::in(0, 1 << 20)},
         {"dropless", F::Bool, &e.dropless, "no capacity limit (token-choice routers)"},
-        {"capacity_factor", F::Float, &e.capacity_factor, "C = ceil(cf * T * k / E)"},
-        {"priority", F::String, &e.priority, "capacity priority: token | weight"},
-        {"router_temperature", F::Float, &e.temperature, "router logits / temperature"},
+        {"capacity_factor", F::Float, &e.capacity_factor, "C = ceil(cf * T * k / E)",
+         R::in(0, 1000)},
+        {"priority", F::String, &e.priority, "capacity priority: token | weight",
+         R::one_of("token|weight")},
+        {"router_temperature", F::Float, &e.temperature, "router logits / temperature",
+         R::in_open(0, 1e6)},
         {"renormalize", F::Bool, &e.renormalize, "topk: renormalise the k weights"},
-        {"score", F::String, &e.score, "topk scores: softmax | sigmoid"},
-        {"jitter", F::Float, &e.jitter, "multiplicative router-input noise (training)"},
-        {"gate_dropout", F::Float, &e.gate_dropout, "dropout on gate probabilities (training)"},
-        {"n_groups", F::Int, &e.n_groups, "hierarchical: expert groups"},
-        {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token"},
-        {"w_importance", F::Float, &e.w_importance, "importance loss weight"},
-        {"w_load", F::Float, &e.w_load, "load loss weight"},
-        {"w_switch", F::Float, &e.w_switch, "switch loss weight"},
-        {"w_zloss", F::Float, &e.w_zloss, "router z-loss weight"},
-        {"bias_update_rate", F::Float, &e.bias_update_rate,
-         "aux-loss-free balancing rate (0: off)"},
-        {"batch_size", F::Int, &c.batch_size, "sequences per step B"},
-        {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)"},
-        {"stop_after", F::Int, &c.stop_after, "stop and save after this step (0: max_steps)"},
-        {"lr", F::Double, &c.lr, "peak learning rate"},
-        {"min_lr", F::Double, &c.min_lr, "learning rate at the end of the cosine"},
-        {"warmup_steps", F::Int, &c.warmup_steps, "linear warmup steps"},
-        {"lr_decay_steps", F::Int, &c.lr_decay_steps, "cosine decay length (0: max_steps)"},
-        {"weight_decay", F::Double, &c.weight_decay, "AdamW decoupled weight decay"},
-        {"beta1", F::Double, &c.beta1, "AdamW beta1"},
-        {"beta2", F::Double, &c.beta2, "AdamW beta2"},
-        {"adam_eps", F::Double, &c.adam_eps, "AdamW epsilon"},
-        {"grad_clip", F::Double, &c.grad_clip, "global gradient-norm clip (0: off)"},
-        {"eval_every", F::Int, &c.eval_every, "evaluate every N steps (0: only at the end)"},
-        {"eval_batches", F::Int, &c.eval_batches, "validation batches per evaluation"},
-        {"log_every", F::Int, &c.log_every, "metrics.jsonl line every N steps"},
-        {"save_every", F::Int, &c.save_every, "latest/ checkpoint every N steps (0: each eval)"},
-        {"print_every", F::Int, &c.print_every, "progress line every N steps (not a terminal)"},
-        {"max_time_s", F::Double, &c.max_time_s, "stop when training time exceeds this (0: off)"},
+        {"score", F::String, &e.score, "topk scores: softmax | sigmoid",
+         R::one_of("softmax|sigmoid")},
+        {"jitter", F::Float, &e.jitter, "multiplicative router-input noise (training)",
+         R::in_open_hi(0, 1)},
+        {"gate_dropout", F::Float, &e.gate_dropout, "dropout on gate probabilities (training)",
+         R::in_open_hi(0, 1)},
+        {"n_groups", F::Int, &e.n_groups, "hierarchical: expert groups", R::in(0, 1 << 16)},
+        {"topk_groups", F::Int, &e.topk_groups, "hierarchical: groups per token",
+         R::in(1, 1 << 16)},
+        {"w_importance", F::Float, &e.w_importance, "importance loss weight", R::in(0, 1e6)},
+        {"w_load", F::Float, &e.w_load, "load loss weight", R::in(0, 1e6)},
+        {"w_switch", F::Float, &e.w_switch, "switch loss weight", R::in(0, 1e6)},
+        {"w_zloss", F::Float, &e.w_zloss, "router z-loss weight", R::in(0, 1e6)},
+        {"bias_update_rate", F::Float, &e.bias_update_rate, "aux-loss-free balancing rate (0: off)",
+         R::in(0, 1)},
+        {"batch_size", F::Int, &c.batch_size, "sequences per step B", R::in(1, 1 << 20)},
+        {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)",
+         R::in(1, 1e9)},
+        {"stop_after", F::Int, &c.stop_after, "stop and save after this step (0: max_steps)",
+         R::in(0, 1e9)},
+        {"lr", F::Double, &c.lr, "peak learning rate", R::in(0, 10)},
+        {"min_lr", F::Double, &c.min_lr, "learning rate at the end of the cosine", R::in(0, 10)},
+        {"warmup_steps", F::Int, &c.warmup_steps, "linear warmup steps", R::in(0, 1e9)},
+        {"lr_decay_steps", F::Int, &c.lr_decay_steps, "cosine decay length (0: max_steps)",
+         R::in(0, 1e9)},
+        {"weight_decay", F::Double, &c.weight_decay, "AdamW decoupled weight decay", R::in(0, 10)},
+        {"beta1", F::Double, &c.beta1, "AdamW beta1", R::in_open_hi(0, 1)},
+        {"beta2", F::Double, &c.beta2, "AdamW beta2", R::in_open_hi(0, 1)},
+        {"adam_eps", F::Double, &c.adam_eps, "AdamW epsilon", R::in_open(0, 1)},
+        {"grad_clip", F::Double, &c.grad_clip, "global gradient-norm clip (0: off)", R::in(0, 1e6)},
+        {"eval_every", F::Int, &c.eval_every, "evaluate every N steps (0: only at the end)",
+         R::in(0, 1e9)},
+        {"eval_batches", F::Int, &c.eval_batches, "validation batches per evaluation",
+         R::in(1, 1e6)},
+        {"log_every", F::Int, &c.log_every, "metrics.jsonl line every N steps", R::in(1, 1e9)},
+        {"save_every", F::Int, &c.save_every, "latest/ checkpoint every N steps (0: each eval)",
+         R::in(0, 1e9)},
+        {"print_every", F::Int, &c.print_every, "progress line every N steps (not a terminal)",
+         R::in(0, 1e9)},
+        {"max_time_s", F::Double, &c.max_time_s, "stop when training time exceeds this (0: off)",
+         R::in(0, 1e9)},
         {"seed", F::U64, &c.seed, "seed of init, data order and router noise"},
-        {"threads", F::Int, &c.threads, "threads (0: all cores)"},
+        {"threads", F::Int, &c.threads, "threads (0: all cores)", R::in(0, 4096)},
     };
 }
 
@@ -86,7 +113,7 @@ static const char* type_name(ConfigField::Type t) {
         case ConfigField::Int:
             return "integer";
         case ConfigField::U64:
-            return "unsigned integer";
+            return "uint64";
         case ConfigField::Double:
         case ConfigField::Float:
             return "number";
@@ -109,68 +136,99 @@ static ConfigField* find_field(std::vector<ConfigField>& fields, const std::stri
     return nullptr;
 }
 
-static void set_from_json(TrainConfig& c, ConfigField& f, const json& v, const std::string& where) {
-    auto bad = [&] {
-        fail("{}: key '{}' must be a {}, got {}", where, f.name, type_name(f.type), v.dump());
-    };
+// Integer keys are C ints: their range never exceeds what an int holds.
+static Range int_field_range(const ConfigField& f) {
+    Range r = f.range;
+    r.lo = std::max(r.lo, (double)INT32_MIN);
+    r.hi = std::min(r.hi, (double)INT32_MAX);
+    return r;
+}
+
+// Every value, from a file or a flag, goes through the checked readers with the key's range.
+static void set_from_json(TrainConfig& c, ConfigField& f, const json& v, const std::string& what) {
     if (f.ptr == nullptr) {  // activation: an enum kept as its name
-        if (!v.is_string()) bad();
-        c.model.moe.activation = activation_from_string(v.get<std::string>());
+        c.model.moe.activation = activation_from_string(checked_str(v, what, f.range));
         return;
     }
     switch (f.type) {
         case ConfigField::Int:
-            if (!v.is_number_integer()) bad();
-            *(int*)f.ptr = v.get<int>();
+            *(int*)f.ptr = (int)checked_int(v, what, int_field_range(f));
             break;
         case ConfigField::U64:
-            if (!v.is_number_integer() || v.get<int64_t>() < 0) bad();
-            *(uint64_t*)f.ptr = v.get<uint64_t>();
+            *(uint64_t*)f.ptr = checked_u64(v, what);
             break;
         case ConfigField::Double:
-            if (!v.is_number()) bad();
-            *(double*)f.ptr = v.get<double>();
+            *(double*)f.ptr = checked_num(v, what, f.range);
             break;
-        case ConfigField::Float:
-            if (!v.is_number()) bad();
-            // Outside float range it would become inf, which train_config.json cannot hold.
-            if (!(std::fabs(v.get<double>()) <= 3.4028234663852886e38))
-                fail("{}: key '{}' = {} is outside the range of a float", where, f.name, v.dump());
-            *(float*)f.ptr = v.get<float>();
+        case ConfigField::Float: {
+            double x = checked_num(v, what, f.range);
+            if (std::fabs(x) > 3.4e38)
+                fail("{}: {} does not fit a float; use a smaller value", what, x);
+            *(float*)f.ptr = (float)x;
             break;
+        }
         case ConfigField::Bool:
-            if (!v.is_boolean()) bad();
-            *(bool*)f.ptr = v.get<bool>();
+            *(bool*)f.ptr = checked_bool(v, what);
             break;
-        case ConfigField::String:
-            if (!v.is_string()) bad();
-            *(std::string*)f.ptr = v.get<std::string>();
+        case ConfigField::String: {
+            std::string s = checked_str(v, what, f.range);
+            if (s.find('\0') != std::string::npos)
+                fail("{}: contains a NUL character; fix the value", what);
+            *(std::string*)f.ptr = s;
             break;
+        }
     }
 }
 
 void config_apply_json(TrainConfig& c, const json& j, const std::string& where) {
-    if (!j.is_object()) fail("{}: a config must be a JSON object", where);
+    if (!j.is_object())
+        fail("{}: a config must be a JSON object ({{\"key\": value, ...}}); see configs/*.json",
+             where);
     auto fields = config_fields(c);
     for (auto& [k, v] : j.items()) {
         if (k == "comment" || k.rfind("_", 0) == 0) continue;  // free-text notes
         ConfigField* f = find_field(fields, k);
-        if (!f) fail("{}: unknown config key '{}' (known keys: {})", where, k, known_keys(c));
-        set_from_json(c, *f, v, where);
+        if (!f) fail("{}: unknown config key '{}'; known keys: {}", where, k, known_keys(c));
+        set_from_json(c, *f, v, fmt::format("{}: key '{}'", where, k));
     }
 }
 
-TrainConfig config_load(const std::string& path) { return config_from_text(read_file(path), path); }
+// Relative paths in a config file are relative to the file's folder (so a config works from any
+// working directory). The bundled configs say "data/tinyshakespeare.txt" from configs/: when the
+// file's folder has no such path but the working directory does, the latter is kept (older
+// configs were written relative to the repository root).
+static std::string resolve_data_path(const std::string& config_path, const std::string& data) {
+    if (data.empty() || data[0] == '/') return data;
+    auto slash = config_path.find_last_of('/');
+    std::string dir = slash == std::string::npos ? "." : config_path.substr(0, slash);
+    std::string beside = dir + "/" + data;
+    if (dir != "." && !file_exists(beside) && file_exists(data)) return data;
+    return dir == "." ? data : beside;
+}
+
+// JSON text with errors that name `where` (empty, not JSON at byte N); `what` is what it should be.
+static json json_from_text(const std::string& text, const std::string& where, const char* what) {
+    if (text.empty()) fail("{}: empty file; expected {}", where, what);
+    return parse_json_text(text, where, what);
+}
+
+json read_json_file(const std::string& path, const char* what) {
+    return json_from_text(read_file(path), path, what);
+}
+
+static const char* kTrainConfigWhat = "a training config (JSON object, see configs/*.json)";
 
 TrainConfig config_from_text(const std::string& text, const std::string& where) {
-    json j;
-    try {
-        j = json::parse(text, nullptr, true, /*ignore_comments=*/true);
-    } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", where, e.what());
-    }
     TrainConfig c;
-    config_apply_json(c, j, where);
+    config_apply_json(c, json_from_text(text, where, kTrainConfigWhat), where);
+    return c;
+}
+
+TrainConfig config_load(const std::string& path) {
+    json j = read_json_file(path, kTrainConfigWhat);
+    TrainConfig c;
+    config_apply_json(c, j, path);
+    if (j.is_object() && j.contains("data")) c.data = resolve_data_path(path, c.data);
     return c;
 }
 
@@ -180,39 +238,50 @@ void config_set(TrainConfig& c, const std::string& key_in, const std::string& va
         if (ch == '-') ch = '_';
     auto fields = config_fields(c);
     ConfigField* f = find_field(fields, key);
-    if (!f) fail("unknown option --{} (config keys: {})", key_in, known_keys(c));
-    auto bad = [&] { fail("option --{}: '{}' is not a {}", key_in, value, type_name(f->type)); };
-    const char* s = value.c_str();
-    char* end = nullptr;
+    if (!f)
+        fail("--{}: unknown option; config keys: {} (see moe train --help)", key_in, known_keys(c));
+    const std::string what = "--" + key_in;
     json v;
     switch (f->type) {
         case ConfigField::Int:
-        case ConfigField::U64: {
-            long long x = std::strtoll(s, &end, 10);
-            if (value.empty() || *end) bad();
-            v = x;
+            v = parse_int(value, what, int_field_range(*f));
             break;
-        }
+        case ConfigField::U64:
+            v = parse_u64(value, what);
+            break;
         case ConfigField::Double:
-        case ConfigField::Float: {
-            double x = std::strtod(s, &end);
-            if (value.empty() || *end) bad();
-            v = x;
+        case ConfigField::Float:
+            v = parse_num(value, what, f->range);
             break;
-        }
         case ConfigField::Bool:
-            if (value == "true" || value == "1")
-                v = true;
-            else if (value == "false" || value == "0")
-                v = false;
-            else
-                bad();
+            v = parse_bool(value, what);
             break;
         case ConfigField::String:
             v = value;
             break;
     }
-    set_from_json(c, *f, v, "command line");
+    set_from_json(c, *f, v, what);
+}
+
+std::string config_keys_help() {
+    TrainConfig c;
+    json d = config_to_json(c);
+    std::string s =
+        "Config keys (in the JSON file, or as --key VALUE; --key=VALUE; dashes or "
+        "underscores):\n";
+    for (auto& f : config_fields(c)) {
+        std::string def = d[f.name].is_string() ? d[f.name].get<std::string>() : d[f.name].dump();
+        std::string range =
+            f.type == ConfigField::Bool  ? "true | false"
+            : f.type == ConfigField::U64 ? "integer in [0, 2^64-1]"
+            : f.type == ConfigField::String
+                ? (f.range.choices ? f.range.describe(false) : std::string("path or text"))
+            : f.type == ConfigField::Int ? int_field_range(f).describe(true)
+                                         : f.range.describe(false);
+        s += fmt::format("  {:<20} {:<8} default {:<24} {}\n  {:<20} {}\n", f.name,
+                         type_name(f.type), def, range, "", f.help);
+    }
+    return s;
 }
 
 json config_to_json(const TrainConfig& cin) {
@@ -249,7 +318,7 @@ json config_to_json(const TrainConfig& cin) {
 
 void config_validate(const TrainConfig& c) {
     auto need = [](bool ok, const std::string& msg) {
-        if (!ok) throw Error("config: " + msg);
+        if (!ok) throw Error("config: " + msg + "; fix the key in the config or its --flag");
     };
     need(c.tokenizer == "char" || c.tokenizer == "sentencepiece",
          fmt::format("tokenizer='{}' (char or sentencepiece)", c.tokenizer));
@@ -261,6 +330,10 @@ void config_validate(const TrainConfig& c) {
     need(c.max_steps >= 1, fmt::format("max_steps={} (must be >= 1)", c.max_steps));
     need(c.stop_after >= 0, fmt::format("stop_after={} (must be >= 0)", c.stop_after));
     need(c.lr >= 0 && c.min_lr >= 0, fmt::format("lr={} min_lr={} (must be >= 0)", c.lr, c.min_lr));
+    need(c.min_lr <= c.lr,
+         fmt::format("min_lr={} is above lr={} (min_lr must be <= lr)", c.min_lr, c.lr));
+    need(std::isfinite(c.lr) && std::isfinite(c.adam_eps) && c.adam_eps > 0,
+         fmt::format("lr={} adam_eps={} (adam_eps must be > 0, both finite)", c.lr, c.adam_eps));
     need(c.warmup_steps >= 0, fmt::format("warmup_steps={} (must be >= 0)", c.warmup_steps));
     need(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
          fmt::format("beta1={} beta2={} (must be in [0, 1))", c.beta1, c.beta2));
@@ -291,6 +364,13 @@ void config_validate(const TrainConfig& c) {
         need(m.moe.d_ff >= 1, fmt::format("expert_d_ff={} (must be >= 1)", m.moe.d_ff));
     } else {
         need(m.d_ff >= 1, fmt::format("d_ff={} (must be >= 1 for dense layers)", m.d_ff));
+    }
+    try {  // the model's and MoE layer's own checks (hierarchical groups, capacity, ...)
+        ModelConfig probe = m;
+        probe.vocab_size = std::max(probe.vocab_size, 1);
+        probe.validate();
+    } catch (const Error& e) {
+        need(false, e.what());
     }
 }
 
@@ -352,111 +432,103 @@ json model_config_to_hf(const ModelConfig& m) {
 }
 
 ModelConfig model_config_from_hf(const json& j, const std::string& where) {
-    if (!j.is_object()) fail("{}: config.json is not a JSON object", where);
-    auto get_int = [&](const json& o, const char* k, bool required, int def) -> int {
-        if (!o.contains(k)) {
-            if (required) fail("{}: missing key '{}'", where, k);
-            return def;
-        }
-        if (!o[k].is_number_integer())
-            fail("{}: key '{}' must be an integer, got {}", where, k, o[k].dump());
-        return o[k].get<int>();
+    if (!j.is_object())
+        fail("{}: config.json is not a JSON object; the checkpoint is damaged (restore it)", where);
+    using R = Range;
+    auto i32 = [&](const json& o, const char* k, const Range& r, int def, bool required) -> int {
+        return required ? (int)json_int(o, k, where, r) : (int)json_int(o, k, where, r, def);
     };
-    auto get_num = [&](const json& o, const char* k, double def) -> double {
-        if (!o.contains(k) || o[k].is_null()) return def;
-        if (!o[k].is_number()) fail("{}: key '{}' must be a number, got {}", where, k, o[k].dump());
-        double x = o[k].get<double>();
-        // Every such key is stored as a float: one outside its range would become inf, which
-        // config.json cannot hold (it is written back as null).
-        if (!(std::fabs(x) <= 3.4028234663852886e38))
-            fail("{}: key '{}' = {} is outside the range of a float", where, k, o[k].dump());
-        return x;
-    };
-    auto get_bool = [&](const json& o, const char* k, bool def) -> bool {
-        if (!o.contains(k)) return def;
-        if (!o[k].is_boolean())
-            fail("{}: key '{}' must be a boolean, got {}", where, k, o[k].dump());
-        return o[k].get<bool>();
-    };
-    auto get_str = [&](const json& o, const char* k, const std::string& def) -> std::string {
-        if (!o.contains(k)) return def;
-        if (!o[k].is_string()) fail("{}: key '{}' must be a string, got {}", where, k, o[k].dump());
-        return o[k].get<std::string>();
+    auto f32 = [&](const json& o, const char* k, const Range& r, double def) -> float {
+        return (float)json_num(o, k, where, r, def);
     };
     ModelConfig m;
-    m.d_model = get_int(j, "hidden_size", true, 0);
-    int inter = get_int(j, "intermediate_size", true, 0);
-    m.n_layers = get_int(j, "num_hidden_layers", true, 0);
-    m.n_heads = get_int(j, "num_attention_heads", true, 0);
-    m.n_kv_heads = get_int(j, "num_key_value_heads", false, m.n_heads);
-    int E = get_int(j, "num_local_experts", false, 0);
-    int k = get_int(j, "num_experts_per_tok", false, 0);
-    m.vocab_size = get_int(j, "vocab_size", true, 0);
-    m.rms_eps = (float)get_num(j, "rms_norm_eps", 1e-5);
-    m.rope_theta = (float)get_num(j, "rope_theta", 10000.0);
-    m.block_size = get_int(j, "max_position_embeddings", true, 0);
-    m.tie_embeddings = get_bool(j, "tie_word_embeddings", false);
-    m.init_std = (float)get_num(j, "initializer_range", 0.02);
+    m.d_model = i32(j, "hidden_size", R::in(2, 1 << 16), 0, true);
+    int inter = i32(j, "intermediate_size", R::in(1, 1 << 20), 0, true);
+    m.n_layers = i32(j, "num_hidden_layers", R::in(1, 1024), 0, true);
+    m.n_heads = i32(j, "num_attention_heads", R::in(1, 4096), 0, true);
+    m.n_kv_heads = i32(j, "num_key_value_heads", R::in(1, 4096), m.n_heads, false);
+    int E = i32(j, "num_local_experts", R::in(0, 1 << 16), 0, false);
+    int k = i32(j, "num_experts_per_tok", R::in(0, 1 << 16), 0, false);
+    if (E > 0 && k == 0)
+        fail(
+            "{}: key 'num_experts_per_tok': 0 with num_local_experts={} (expected an integer in "
+            "[1, {}]); fix config.json",
+            where, E, E);
+    if (E == 0 && k != 0)
+        fail(
+            "{}: key 'num_experts_per_tok': {} but num_local_experts=0 (a dense model records 0); "
+            "fix config.json",
+            where, k);
+    m.vocab_size = i32(j, "vocab_size", R::in(1, 1 << 24), 0, true);
+    m.rms_eps = f32(j, "rms_norm_eps", R::in_open(0, 1), 1e-5);
+    m.rope_theta = f32(j, "rope_theta", R::in(1, 1e9), 10000.0);
+    m.block_size = i32(j, "max_position_embeddings", R::in(1, 1 << 20), 0, true);
+    m.tie_embeddings = json_bool(j, "tie_word_embeddings", where, false);
+    m.init_std = f32(j, "initializer_range", R::in(0, 10), 0.02);
+    json_str(j, "torch_dtype", where, R::one_of("float32"), "float32");
     MoeConfig& e = m.moe;
     e.n_experts = E;
     e.top_k = k > 0 ? k : 1;
     e.d_ff = inter;
-    e.w_switch = (float)get_num(j, "router_aux_loss_coef", 0.0);
+    e.w_switch = f32(j, "router_aux_loss_coef", R::in(0, 1e6), 0.0);
     m.moe_every = E > 0 ? 1 : 0;
     m.d_ff = inter;
     if (j.contains("moe_cpp")) {
         const json& o = j["moe_cpp"];
-        if (!o.is_object()) fail("{}: 'moe_cpp' must be an object", where);
-        m.moe_every = get_int(o, "moe_every", false, m.moe_every);
-        m.d_ff = get_int(o, "dense_intermediate_size", false, m.d_ff);
-        e.router = get_str(o, "router", e.router);
-        e.activation = activation_from_string(get_str(o, "activation", "swiglu"));
-        e.n_shared_experts = get_int(o, "n_shared_experts", false, 0);
-        e.d_ff_shared = get_int(o, "shared_intermediate_size", false, 0);
-        e.dropless = get_bool(o, "dropless", e.dropless);
-        e.capacity_factor = (float)get_num(o, "capacity_factor", e.capacity_factor);
-        e.priority = get_str(o, "priority", e.priority);
-        e.temperature = (float)get_num(o, "router_temperature", e.temperature);
-        e.renormalize = get_bool(o, "renormalize", e.renormalize);
-        e.score = get_str(o, "score", e.score);
-        e.jitter = (float)get_num(o, "jitter", 0.0);
-        e.gate_dropout = (float)get_num(o, "gate_dropout", 0.0);
-        e.n_groups = get_int(o, "n_groups", false, 0);
-        e.topk_groups = get_int(o, "topk_groups", false, 1);
-        e.w_importance = (float)get_num(o, "w_importance", 0.0);
-        e.w_load = (float)get_num(o, "w_load", 0.0);
-        e.w_switch = (float)get_num(o, "w_switch", e.w_switch);
-        e.w_zloss = (float)get_num(o, "w_zloss", 0.0);
-        e.bias_update_rate = (float)get_num(o, "bias_update_rate", 0.0);
-        if (o.contains("seed") && o["seed"].is_number_unsigned())
-            m.seed = o["seed"].get<uint64_t>();
-        if (o.contains("moe_seed") && o["moe_seed"].is_number_unsigned())
-            e.seed = o["moe_seed"].get<uint64_t>();
+        const std::string w = where + ": moe_cpp";
+        if (!o.is_object()) fail("{}: 'moe_cpp' must be an object; fix config.json", where);
+        int version = (int)json_int(o, "format_version", w, R::in(1, 1), 1);
+        (void)version;
+        m.moe_every = (int)json_int(o, "moe_every", w, R::in(0, 1024), m.moe_every);
+        m.d_ff = (int)json_int(o, "dense_intermediate_size", w, R::in(1, 1 << 20), m.d_ff);
+        e.router = json_str(o, "router", w,
+                            R::one_of("softmax|noisy-topk|topk|switch|gshard|expert-choice|"
+                                      "hierarchical"),
+                            e.router);
+        e.activation = activation_from_string(
+            json_str(o, "activation", w, R::one_of("swiglu|gelu|relu"), "swiglu"));
+        e.n_shared_experts = (int)json_int(o, "n_shared_experts", w, R::in(0, 64), 0);
+        e.d_ff_shared = (int)json_int(o, "shared_intermediate_size", w, R::in(0, 1 << 20), 0);
+        e.dropless = json_bool(o, "dropless", w, e.dropless);
+        e.capacity_factor =
+            (float)json_num(o, "capacity_factor", w, R::in(0, 1000), e.capacity_factor);
+        e.priority = json_str(o, "priority", w, R::one_of("token|weight"), e.priority);
+        e.temperature =
+            (float)json_num(o, "router_temperature", w, R::in_open(0, 1e6), e.temperature);
+        e.renormalize = json_bool(o, "renormalize", w, e.renormalize);
+        e.score = json_str(o, "score", w, R::one_of("softmax|sigmoid"), e.score);
+        e.jitter = (float)json_num(o, "jitter", w, R::in_open_hi(0, 1), 0.0);
+        e.gate_dropout = (float)json_num(o, "gate_dropout", w, R::in_open_hi(0, 1), 0.0);
+        e.n_groups = (int)json_int(o, "n_groups", w, R::in(0, 1 << 16), 0);
+        e.topk_groups = (int)json_int(o, "topk_groups", w, R::in(1, 1 << 16), 1);
+        e.w_importance = (float)json_num(o, "w_importance", w, R::in(0, 1e6), 0.0);
+        e.w_load = (float)json_num(o, "w_load", w, R::in(0, 1e6), 0.0);
+        e.w_switch = (float)json_num(o, "w_switch", w, R::in(0, 1e6), e.w_switch);
+        e.w_zloss = (float)json_num(o, "w_zloss", w, R::in(0, 1e6), 0.0);
+        e.bias_update_rate = (float)json_num(o, "bias_update_rate", w, R::in(0, 1), 0.0);
+        if (o.contains("seed")) m.seed = checked_u64(o["seed"], w + ": key 'seed'");
+        if (o.contains("moe_seed")) e.seed = checked_u64(o["moe_seed"], w + ": key 'moe_seed'");
     }
     if (m.moe_every > 0 && E <= 0)
-        fail("{}: moe_every={} but num_local_experts={}", where, m.moe_every, E);
+        fail("{}: moe_every={} but num_local_experts={}; fix config.json", where, m.moe_every, E);
     e.d_model = m.d_model;
     if (m.d_model <= 0 || m.n_heads <= 0 || m.d_model % m.n_heads != 0)
-        fail("{}: num_attention_heads={} does not divide hidden_size={}", where, m.n_heads,
-             m.d_model);
+        fail("{}: num_attention_heads={} does not divide hidden_size={}; fix config.json", where,
+             m.n_heads, m.d_model);
     if (m.moe_every > 0 && e.router != "expert-choice" && (e.top_k < 1 || e.top_k > E))
-        fail("{}: num_experts_per_tok={} > num_local_experts={}", where, e.top_k, E);
+        fail("{}: num_experts_per_tok={} > num_local_experts={}; fix config.json", where, e.top_k,
+             E);
     try {
         m.validate();
     } catch (const Error& err) {
-        fail("{}: {}", where, err.what());
+        fail("{}: {}; fix config.json", where, err.what());
     }
     return m;
 }
 
 ModelConfig model_config_from_text(const std::string& text, const std::string& where) {
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const std::exception& e) {
-        fail("{}: not valid JSON: {}", where, e.what());
-    }
-    return model_config_from_hf(j, where);
+    return model_config_from_hf(
+        json_from_text(text, where, "a checkpoint's config.json (restore it from the run)"), where);
 }
 
 }  // namespace moe

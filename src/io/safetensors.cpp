@@ -1,8 +1,12 @@
 #include "moe/safetensors.h"
 
+#include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "moe/checked.h"
+#include "moe/error.h"
 #include "moe/file_io.h"
 
 namespace moe {
@@ -41,6 +45,95 @@ static float half_to_float(uint16_t h) {
     return f;
 }
 
+// One header entry, every number checked (include/moe/checked.h): shapes are exact integers in
+// range, [32.5] is refused rather than read as 32, and numel cannot overflow.
+static StHeaderEntry parse_entry(const std::string& path, const std::string& name, const json& v,
+                                 uint64_t data_size) {
+    const std::string what = fmt::format("{}: tensor {}", path, name);
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets"))
+        fail("{}: header entry lacks dtype, shape or data_offsets; the file is damaged", what);
+    StHeaderEntry t;
+    t.dtype = checked_str(v["dtype"], what + ": dtype", Range::one_of("F32|F16|BF16|F64|I32|I64"));
+    const json& sh = v["shape"];
+    if (!sh.is_array() || sh.size() > 8)
+        fail("{}: shape must be an array of at most 8 integers, got {}; the file is damaged", what,
+             sh.dump());
+    std::vector<int64_t> dims;
+    double numel = 1;
+    for (auto& x : sh) {
+        dims.push_back(checked_int(x, what + ": shape", Range::in(0, 1e12)));
+        numel *= (double)dims.back();
+    }
+    if (numel > 1e13) fail("{}: shape {} is too large; the file is damaged", what, sh.dump());
+    t.shape = Shape(dims);
+    const json& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2)
+        fail("{}: data_offsets must be [begin, end]; the file is damaged", what);
+    t.begin = (uint64_t)checked_int(off[0], what + ": data_offsets", Range::in(0, 1e15));
+    t.end = (uint64_t)checked_int(off[1], what + ": data_offsets", Range::in(0, 1e15));
+    const uint64_t n = (uint64_t)t.shape.numel(), esz = dtype_size(t.dtype);
+    if (t.begin > t.end || t.end > data_size)
+        fail(
+            "{}: data_offsets [{}, {}] outside the data ({} bytes); the file is truncated or "
+            "damaged",
+            what, t.begin, t.end, data_size);
+    if (t.end - t.begin != n * esz)
+        fail("{}: {} bytes for shape {} of {} (expected {}); the file is damaged", what,
+             t.end - t.begin, t.shape.str(), t.dtype, n * esz);
+    return t;
+}
+
+static json parse_header(const std::string& path, const std::string& head, uint64_t file_size,
+                         uint64_t* hlen_out) {
+    if (file_size < 8)
+        fail("{}: not a safetensors file (only {} bytes); give a .safetensors file", path,
+             file_size);
+    uint64_t hlen;
+    std::memcpy(&hlen, head.data(), 8);
+    if (hlen > file_size - 8 || hlen > (100u << 20))
+        fail("{}: bad safetensors header length {} (file has {} bytes); the file is damaged", path,
+             hlen, file_size);
+    if (head.size() < 8 + hlen) fail("{}: truncated header; the file is damaged", path);
+    json header;
+    try {
+        header = json::parse(head.begin() + 8, head.begin() + 8 + (long)hlen);
+    } catch (const json::exception& e) {
+        fail("{}: safetensors header is not valid JSON; the file is damaged", path);
+    }
+    if (!header.is_object())
+        fail("{}: safetensors header is not a JSON object; the file is damaged", path);
+    *hlen_out = hlen;
+    return header;
+}
+
+std::map<std::string, StHeaderEntry> read_safetensors_header(const std::string& path,
+                                                             uint64_t* file_bytes) {
+    // Only the first 8 + header bytes are read: a 10 GB file is checked in microseconds.
+    check_readable_file(path);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) fail("{}: cannot open; check the path", path);
+    const uint64_t size = (uint64_t)in.tellg();
+    in.seekg(0);
+    std::string head(std::min<uint64_t>(size, 8), '\0');
+    in.read(&head[0], (long)head.size());
+    if (size >= 8) {
+        uint64_t hlen;
+        std::memcpy(&hlen, head.data(), 8);
+        if (hlen <= size - 8 && hlen <= (100u << 20)) {
+            head.resize(8 + hlen);
+            in.read(&head[8], (long)hlen);
+        }
+    }
+    uint64_t hlen = 0;
+    json header = parse_header(path, head, size, &hlen);
+    std::map<std::string, StHeaderEntry> out;
+    for (auto& [name, v] : header.items())
+        if (name != "__metadata__") out[name] = parse_entry(path, name, v, size - 8 - hlen);
+    if (file_bytes) *file_bytes = size;
+    return out;
+}
+
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     parse(read_file(path));
 }
@@ -55,18 +148,8 @@ SafetensorsReader SafetensorsReader::from_bytes(const std::string& bytes,
 
 void SafetensorsReader::parse(const std::string& file) {
     const std::string& path = path_;
-    if (file.size() < 8) fail("{}: not a safetensors file (only {} bytes)", path, file.size());
-    uint64_t hlen;
-    std::memcpy(&hlen, file.data(), 8);
-    if (hlen > file.size() - 8 || hlen > (100u << 20))
-        fail("{}: bad safetensors header length {} (file has {} bytes)", path, hlen, file.size());
-    json header;
-    try {
-        header = json::parse(file.begin() + 8, file.begin() + 8 + (long)hlen);
-    } catch (const std::exception& e) {
-        fail("{}: safetensors header is not valid JSON: {}", path, e.what());
-    }
-    if (!header.is_object()) fail("{}: safetensors header is not a JSON object", path);
+    uint64_t hlen = 0;
+    json header = parse_header(path, file, file.size(), &hlen);
     const size_t data_start = 8 + hlen, data_size = file.size() - data_start;
     for (auto& [name, v] : header.items()) {
         if (name == "__metadata__") {
@@ -75,36 +158,11 @@ void SafetensorsReader::parse(const std::string& file) {
                     metadata_[k] = mv.is_string() ? mv.get<std::string>() : mv.dump();
             continue;
         }
-        if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
-            !v.contains("data_offsets"))
-            fail("{}: tensor {}: header entry lacks dtype, shape or data_offsets", path, name);
+        StHeaderEntry h = parse_entry(path, name, v, data_size);
         StTensor t;
-        try {
-            t.dtype = v["dtype"].get<std::string>();
-            t.shape = Shape(v["shape"].get<std::vector<int64_t>>());
-        } catch (const std::exception& e) {
-            fail("{}: tensor {}: bad dtype or shape: {}", path, name, e.what());
-        }
-        size_t esz = dtype_size(t.dtype);
-        if (esz == 0) fail("{}: tensor {}: unsupported dtype {}", path, name, t.dtype);
-        // The element count, checked before any product can overflow (Shape::numel would).
-        uint64_t n = 1;
-        for (int64_t dsz : t.shape.dims) {
-            if (dsz < 0) fail("{}: tensor {}: negative dimension", path, name);
-            if (__builtin_mul_overflow(n, (uint64_t)dsz, &n) || n > (uint64_t)INT64_MAX)
-                fail("{}: tensor {}: shape {} has too many elements", path, name, t.shape.str());
-        }
-        auto off = v["data_offsets"];
-        if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
-            !off[1].is_number_unsigned())
-            fail("{}: tensor {}: bad data_offsets", path, name);
-        uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
-        if (b > e || e > data_size)
-            fail("{}: tensor {}: data_offsets [{}, {}] outside the data ({} bytes): file truncated?",
-                 path, name, b, e, data_size);
-        if (n > (e - b) / esz || e - b != n * esz)
-            fail("{}: tensor {}: {} bytes for shape {} of {} (expected {} elements of {} bytes)",
-                 path, name, e - b, t.shape.str(), t.dtype, n, esz);
+        t.dtype = h.dtype;
+        t.shape = h.shape;
+        const uint64_t n = (uint64_t)t.shape.numel(), b = h.begin;
         const char* src = file.data() + data_start + b;
         t.data.resize(n);
         for (uint64_t i = 0; i < n; i++) {
@@ -139,15 +197,16 @@ void SafetensorsReader::parse(const std::string& file) {
 
 const StTensor& SafetensorsReader::get(const std::string& name) const {
     auto it = tensors_.find(name);
-    if (it == tensors_.end()) fail("{}: missing tensor {}", path_, name);
+    if (it == tensors_.end())
+        fail("{}: missing tensor {}; the file does not hold what was expected", path_, name);
     return it->second;
 }
 
 const StTensor& SafetensorsReader::get(const std::string& name, const Shape& expected) const {
     const StTensor& t = get(name);
     if (t.shape != expected)
-        fail("{}: tensor {}: expected shape {}, got {}", path_, name, expected.str(),
-             t.shape.str());
+        fail("{}: tensor {}: expected shape {}, got {}; the file does not match", path_, name,
+             expected.str(), t.shape.str());
     return t;
 }
 

@@ -149,6 +149,7 @@ struct Model::Impl {
     }
     const float* head_w(const float* base) const { return base + off_head; }
 
+    bool trainable = true;
     void alloc_arena(int B_, int S_);
     void alloc_cache(int block);
 };
@@ -192,15 +193,17 @@ void Model::Impl::alloc_arena(int B_, int S_) {
     ffn_out = take(Tz * d);
     // gradients of activations: one set, reused by every layer
     size_t gtotal = Tz * d * 2 + Tz * qkvd + Tz * H * hd + Tz * 2 * f + Tz * f + Tz * V;
-    grad_arena.resize(gtotal);
-    p = grad_arena.data();
-    dres = take(Tz * d);
-    dln = take(Tz * d);
-    dqkv = take(Tz * qkvd);
-    datty = take(Tz * H * hd);
-    dh13 = take(Tz * 2 * f);
-    dact = take(Tz * f);
-    dlogits = take(Tz * V);
+    if (trainable) {  // inference: no gradients of activations
+        grad_arena.resize(gtotal);
+        p = grad_arena.data();
+        dres = take(Tz * d);
+        dln = take(Tz * d);
+        dqkv = take(Tz * qkvd);
+        datty = take(Tz * H * hd);
+        dh13 = take(Tz * 2 * f);
+        dact = take(Tz * f);
+        dlogits = take(Tz * V);
+    }
     arena_T = T, arena_S = S;
 }
 
@@ -232,8 +235,54 @@ void Model::Impl::alloc_cache(int block) {
     c_logits = take(V);
 }
 
-Model::Model(const ModelConfig& cfg) : cfg_(cfg), impl_(new Impl) {
+// The one table every offset, name and shape derives from (MoE layers' tensors from
+// MoeLayer::layout, under their HF names).
+std::vector<ParamSpec> Model::layout(const ModelConfig& cfg_in, size_t* n_params) {
+    ModelConfig cfg = cfg_in;
+    cfg.validate();
+    cfg.moe.d_model = cfg.d_model;
+    const int H = cfg.n_heads, Hkv = cfg.n_kv_heads, hd = cfg.d_model / cfg.n_heads;
+    bool any_dense = false;
+    for (int l = 0; l < cfg.n_layers; l++) any_dense |= !cfg.is_moe_layer(l);
+    const int64_t f = any_dense ? cfg.d_ff : 0;
+    std::vector<ParamSpec> specs;
+    size_t off = 0;
+    auto add = [&](const std::string& name, Shape shape) {
+        specs.push_back({name, shape, off});
+        off += (size_t)shape.numel();
+    };
+    const int64_t d = cfg.d_model, V = cfg.vocab_size, qd = (int64_t)H * hd,
+                  kvd = (int64_t)Hkv * hd;
+    add("model.embed_tokens.weight", {V, d});
+    for (int l = 0; l < cfg.n_layers; l++) {
+        std::string pre = "model.layers." + std::to_string(l) + ".";
+        add(pre + "input_layernorm.weight", {d});
+        add(pre + "self_attn.q_proj.weight", {qd, d});
+        add(pre + "self_attn.k_proj.weight", {kvd, d});
+        add(pre + "self_attn.v_proj.weight", {kvd, d});
+        add(pre + "self_attn.o_proj.weight", {d, qd});
+        add(pre + "post_attention_layernorm.weight", {d});
+        if (cfg.is_moe_layer(l)) {
+            size_t n = 0, base = off;
+            for (const ParamSpec& p : MoeLayer::layout(cfg.moe, &n))
+                specs.push_back({moe_param_name(l, p.name), p.shape, base + p.offset});
+            off = base + n;
+        } else {
+            add(pre + "mlp.gate_proj.weight", {f, d});
+            add(pre + "mlp.up_proj.weight", {f, d});
+            add(pre + "mlp.down_proj.weight", {d, f});
+        }
+    }
+    add("model.norm.weight", {d});
+    if (!cfg.tie_embeddings) add("lm_head.weight", {V, d});
+    if (n_params) *n_params = off;
+    return specs;
+}
+
+Model::Model(const ModelConfig& cfg, bool trainable)
+    : cfg_(cfg), trainable_(trainable), impl_(new Impl) {
     cfg_.validate();
+    impl_->trainable = trainable;
     cfg_.moe.d_model = cfg_.d_model;
     Impl& m = *impl_;
     m.V = cfg_.vocab_size, m.d = cfg_.d_model, m.L = cfg_.n_layers, m.H = cfg_.n_heads;
@@ -244,56 +293,43 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg), impl_(new Impl) {
     for (int l = 0; l < m.L; l++) any_dense |= !cfg_.is_moe_layer(l);
     if (!any_dense) m.f = 0;
 
-    // The one table every offset, name and shape derives from.
-    size_t off = 0;
-    auto add = [&](const std::string& name, Shape shape) {
-        m.specs.push_back({name, shape, off});
-        off += (size_t)shape.numel();
-        return m.specs.back().offset;
+    m.specs = layout(cfg_, &m.n_params);
+    auto offset_of = [&](const std::string& name) {
+        for (auto& s : m.specs)
+            if (s.name == name) return s.offset;
+        MOE_CHECK(false, "no tensor {} in the layout", name);
     };
-    const int64_t d = m.d, V = m.V, qd = (int64_t)m.H * m.hd, kvd = (int64_t)m.Hkv * m.hd;
-    m.off_wte = add("model.embed_tokens.weight", {V, d});
+    m.off_wte = offset_of("model.embed_tokens.weight");
     m.moe.resize(m.L);
     for (int l = 0; l < m.L; l++) {
-        std::string pre = "model.layers." + std::to_string(l) + ".";
-        m.layer_off.push_back(add(pre + "input_layernorm.weight", {d}));
-        add(pre + "self_attn.q_proj.weight", {qd, d});
-        add(pre + "self_attn.k_proj.weight", {kvd, d});
-        add(pre + "self_attn.v_proj.weight", {kvd, d});
-        add(pre + "self_attn.o_proj.weight", {d, qd});
-        add(pre + "post_attention_layernorm.weight", {d});
+        m.layer_off.push_back(
+            offset_of("model.layers." + std::to_string(l) + ".input_layernorm.weight"));
         if (cfg_.is_moe_layer(l)) {
             // Each layer its own noise stream: the same seed everywhere would give every layer
             // the same router noise (noisy-topk, jitter, GShard's u, gate dropout).
             MoeConfig lc = cfg_.moe;
             lc.seed = cfg_.moe.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1);
-            m.moe[l] = std::make_unique<MoeLayer>(lc);
-            size_t base = off;
-            for (const ParamSpec& p : m.moe[l]->params())
-                m.specs.push_back({moe_param_name(l, p.name), p.shape, base + p.offset});
-            off = base + m.moe[l]->n_params();
-        } else {
-            add(pre + "mlp.gate_proj.weight", {(int64_t)m.f, d});
-            add(pre + "mlp.up_proj.weight", {(int64_t)m.f, d});
-            add(pre + "mlp.down_proj.weight", {d, (int64_t)m.f});
+            m.moe[l] = std::make_unique<MoeLayer>(lc, /*own_buffers=*/false);
         }
     }
-    m.off_normf = add("model.norm.weight", {d});
-    m.off_head = cfg_.tie_embeddings ? m.off_wte : add("lm_head.weight", {V, d});
-    m.n_params = off;
+    m.off_normf = offset_of("model.norm.weight");
+    m.off_head = cfg_.tie_embeddings ? m.off_wte : offset_of("lm_head.weight");
+    const size_t off = m.n_params;
     m.params.resize(off);
-    m.grads.resize(off);
     m.params.zero();
-    m.grads.zero();
+    if (trainable_) {
+        m.grads.resize(off);
+        m.grads.zero();
+    }
     for (int l = 0; l < m.L; l++)
         if (m.moe[l]) {
             size_t o = m.layer(m.params.data(), l).moe_offset;
-            m.moe[l]->bind(m.params.data() + o, m.grads.data() + o);
+            m.moe[l]->bind(m.params.data() + o, trainable_ ? m.grads.data() + o : nullptr);
         }
     m.rope_cos.resize((size_t)cfg_.block_size * m.hd / 2);
     m.rope_sin.resize((size_t)cfg_.block_size * m.hd / 2);
     rope_tables(m.rope_cos.data(), m.rope_sin.data(), cfg_.block_size, m.hd, cfg_.rope_theta);
-    init_params(cfg_.seed);
+    if (trainable_) init_params(cfg_.seed);
 }
 
 Model::~Model() = default;
@@ -304,6 +340,7 @@ float* Model::param_data() { return impl_->params.data(); }
 float* Model::grad_data() { return impl_->grads.data(); }
 // Threads share the memset: at 3.4M parameters a single-threaded one is ~5% of a training step.
 void Model::zero_grad() {
+    if (!trainable_) return;
     float* g = impl_->grads.data();
     const long n = (long)impl_->n_params, chunk = 1 << 16;
 #pragma omp parallel for schedule(static) if (n >= 4 * chunk)
@@ -389,6 +426,7 @@ void Model::backward() {
     Impl& m = *impl_;
     if (!m.have_forward || !m.have_targets)
         fail("model backward: needs a forward with targets first");
+    MOE_CHECK(trainable_, "model backward on an inference-only model (built without gradients)");
     const int B = m.B, S = m.S, T = m.T, d = m.d, H = m.H, Hkv = m.Hkv, hd = m.hd, f = m.f,
               qkvd = m.qkvd, V = m.V;
     float* P = m.params.data();

@@ -105,41 +105,51 @@ struct MoeLayer::Impl {
     std::vector<Buffer> sh_h, sh_a;  // shared experts, [T, hf_s] and [T, f_s] each
 };
 
-MoeLayer::MoeLayer(const MoeConfig& cfg) : cfg_(cfg), impl_(new Impl) {
-    cfg_.validate();
-    if (cfg_.d_ff_shared == 0) cfg_.d_ff_shared = cfg_.d_ff;
-    impl_->router = make_router(cfg_);
-    impl_->rng.seed_with(cfg_.seed);
-    impl_->want = expert_threads_from_env();
-    const int64_t d = cfg_.d_model, f = cfg_.d_ff, fs = cfg_.d_ff_shared;
-    const bool glu = cfg_.activation == Activation::swiglu;
+std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_params) {
+    MoeConfig cfg = cfg_in;
+    cfg.validate();
+    if (cfg.d_ff_shared == 0) cfg.d_ff_shared = cfg.d_ff;
+    const int64_t d = cfg.d_model, f = cfg.d_ff, fs = cfg.d_ff_shared;
+    const bool glu = cfg.activation == Activation::swiglu;
+    std::vector<ParamSpec> specs;
     size_t off = 0;
     auto add = [&](const std::string& name, Shape s) {
-        specs_.push_back({name, s, off});
+        specs.push_back({name, s, off});
         off += (size_t)s.numel();
     };
-    for (auto& m : impl_->router->logit_matrices(cfg_)) {
-        add(m.first, {m.second, d});
-        impl_->ld += m.second;
-    }
-    for (int e = 0; e < cfg_.n_experts; e++) {
+    for (auto& m : make_router(cfg)->logit_matrices(cfg)) add(m.first, {m.second, d});
+    for (int e = 0; e < cfg.n_experts; e++) {
         std::string p = "experts." + std::to_string(e) + ".";
         add(p + "w1", {f, d});
         if (glu) add(p + "w3", {f, d});
         add(p + "w2", {d, f});
     }
-    for (int s = 0; s < cfg_.n_shared_experts; s++) {
+    for (int s = 0; s < cfg.n_shared_experts; s++) {
         std::string p = "shared_experts." + std::to_string(s) + ".";
         add(p + "w1", {fs, d});
         if (glu) add(p + "w3", {fs, d});
         add(p + "w2", {d, fs});
     }
-    n_params_ = off;
+    if (n_params) *n_params = off;
+    return specs;
+}
+
+MoeLayer::MoeLayer(const MoeConfig& cfg) : MoeLayer(cfg, /*own_buffers=*/true) {}
+
+MoeLayer::MoeLayer(const MoeConfig& cfg, bool own_buffers) : cfg_(cfg), impl_(new Impl) {
+    cfg_.validate();
+    if (cfg_.d_ff_shared == 0) cfg_.d_ff_shared = cfg_.d_ff;
+    impl_->router = make_router(cfg_);
+    impl_->rng.seed_with(cfg_.seed);
+    impl_->want = expert_threads_from_env();
+    specs_ = layout(cfg_, &n_params_);
+    for (auto& m : impl_->router->logit_matrices(cfg_)) impl_->ld += m.second;
+    balance_bias_.assign(cfg_.n_experts, 0.f);
+    if (!own_buffers) return;
     own_params_.resize(n_params_);
     own_grads_.resize(n_params_);
     params_ = own_params_.data();
     grads_ = own_grads_.data();
-    balance_bias_.assign(cfg_.n_experts, 0.f);
     init_params(cfg_.seed);
     zero_grad();
 }
@@ -154,12 +164,14 @@ const ParamSpec& MoeLayer::param(const std::string& name) const {
 }
 
 void MoeLayer::bind(float* params, float* grads) {
-    MOE_CHECK(params && grads, "bind needs both buffers");
+    MOE_CHECK(params, "bind needs a parameter buffer");
     params_ = params;
     grads_ = grads;
 }
 
-void MoeLayer::zero_grad() { std::memset(grads_, 0, sizeof(float) * n_params_); }
+void MoeLayer::zero_grad() {
+    if (grads_) std::memset(grads_, 0, sizeof(float) * n_params_);
+}
 
 void MoeLayer::init_params(uint64_t seed, float router_std) {
     Rng r(seed);
@@ -392,6 +404,7 @@ void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const Rou
 void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     Impl& m = *impl_;
     if (!m.have_forward) fail("MoeLayer::backward: no forward to differentiate (call forward first)");
+    MOE_CHECK(grads_ != nullptr, "MoeLayer::backward on an inference-only layer (no gradients)");
     const int T = m.T, d = cfg_.d_model;
     check_shape("MoeLayer::backward: dy", dy.shape, Shape{T, d});
     check_shape("MoeLayer::backward: dx", dx.shape, Shape{T, d});

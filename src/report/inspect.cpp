@@ -29,17 +29,22 @@ std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const s
     try {
         ids = tok.encode(text);
     } catch (const Error& e) {
-        fail("the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}", tok.kind(),
-             tok.vocab_size(), e.what());
+        fail(
+            "the text does not fit the checkpoint's tokenizer ({}, {} symbols): {}; use only "
+            "characters the model was trained on",
+            tok.kind(), tok.vocab_size(), e.what());
     }
-    if (ids.empty()) fail("the text is empty: nothing to route");
+    if (ids.empty()) fail("the text is empty: nothing to route; give some text");
     if (max_tokens > 0 && (int)ids.size() > max_tokens) ids.resize(max_tokens);
     const ModelConfig& mc = model.config();
     std::vector<int> layers;
     for (int l = 0; l < mc.n_layers; l++)
         if (model.moe_layer(l)) layers.push_back(l);
     if (layers.empty())
-        fail("the model has no MoE layer (moe_every = {}): nothing to inspect", mc.moe_every);
+        fail(
+            "the model has no MoE layer (moe_every = {}): nothing to inspect; give a MoE "
+            "checkpoint",
+            mc.moe_every);
     std::vector<TokenRouting> out(ids.size());
     for (size_t i = 0; i < ids.size(); i++) {
         out[i].pos = (int)i;
@@ -111,7 +116,7 @@ static std::vector<int> chosen_layers(const std::vector<int>& all, int only_laye
     if (std::find(all.begin(), all.end(), only_layer) == all.end()) {
         std::string have;
         for (int l : all) have += (have.empty() ? "" : ", ") + std::to_string(l);
-        fail("--layer {}: not a MoE layer here (MoE layers: {})", only_layer, have);
+        fail("--layer {}: not a MoE layer here; give one of the MoE layers: {}", only_layer, have);
     }
     return {only_layer};
 }
@@ -125,22 +130,23 @@ static const LayerChoice* find_layer(const TokenRouting& t, int layer) {
 RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
                                    const std::vector<std::string>& vocab_text, int n_experts,
                                    const std::string& by) {
-    if (by != "char-class" && by != "token") fail("--by {}: expected char-class or token", by);
+    if (by != "char-class" && by != "token")
+        usage_fail("--by {}: expected char-class or token; give one of those", by);
     RoutingAggregate a;
     a.by = by;
     a.n_tokens = (int)routing.size();
     a.n_experts = n_experts > 0 ? n_experts : routing_experts(routing);
-    int64_t max_id = -1;
-    for (auto& t : routing) max_id = std::max(max_id, (int64_t)t.token);
-    // The tables below are [E, classes] and [E, V] per layer, sized by ids read from a trace:
-    // refuse sizes no model here has before allocating them (parse_trace bounds each id).
-    const int64_t V64 = std::max((int64_t)vocab_text.size(), max_id + 1);
-    if ((int64_t)a.n_experts * 2 * V64 > (int64_t)1 << 25)
+    int max_id = -1;
+    for (auto& t : routing) max_id = std::max(max_id, (int)t.token);
+    a.vocab = std::max((int)vocab_text.size(), max_id + 1);
+    // The tables are E x classes and E x vocab per layer (classes = vocab with --by token): refuse
+    // sizes no real model has rather than allocate them (a trace's token ids and experts are read
+    // from a file).
+    if ((double)a.n_experts * 2 * a.vocab > (double)(1 << 25))
         fail(
-            "routing tables for {} experts x {} token ids are too large; is this the routing of "
-            "a model here (moe generate --trace)?",
-            a.n_experts, V64);
-    a.vocab = (int)V64;
+            "routing names {} experts and token ids up to {}: an aggregate table of {:.3g} "
+            "entries is too large; is this a `moe generate --trace` file of this model?",
+            a.n_experts, a.vocab - 1, (double)a.n_experts * a.vocab);
     a.vocab_text = vocab_text;
     a.vocab_text.resize(a.vocab);
     for (auto& t : routing)  // traces carry the text of each token
@@ -171,7 +177,11 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
             for (size_t j = 0; j < c->experts.size(); j++) {
                 int e = c->experts[j];
                 if (e < 0 || !c->kept[j]) continue;
-                if (e >= E) fail("routing of token {} names expert {} but there are {}", i, e, E);
+                if (e >= E)
+                    fail(
+                        "routing of token {} names expert {} but there are {}; is this trace "
+                        "from this model?",
+                        i, e, E);
                 L.counts[(size_t)e * C + cls[i]] += 1;
                 if (routing[i].token >= 0) L.token_counts[(size_t)e * V + routing[i].token] += 1;
             }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 #include "moe/report.h"
@@ -26,8 +27,15 @@ std::vector<int> MetricsLog::moe_layers() const {
 static double num_or_nan(const json& j, const char* key) {
     auto it = j.find(key);
     if (it == j.end() || !it->is_number()) return NAN;
-    return it->get<double>();
+    double x = it->get<double>();
+    return std::isfinite(x) ? x : NAN;
 }
+
+// Ranges of what a metrics line or a trace line may hold (checked with include/moe/checked.h;
+// a value outside makes the line skipped, with the reason).
+static const Range kStepRange = Range::in(0, 1e15), kLayerRange = Range::in(0, 1023),
+                   kExpertRange = Range::in(0, 65535), kTokenRange = Range::in(-1, (1 << 24) - 1),
+                   kPosRange = Range::in(0, 1e12), kCountRange = Range::in(0, 1e15);
 
 // Splits into lines, calling fn(line_number, line, ends_with_newline) for each non-blank one.
 template <typename Fn>
@@ -47,26 +55,24 @@ static void for_each_line(const std::string& text, Fn fn) {
 }
 
 // A count logged as a JSON number: finite and inside int64 (a cast from outside is undefined).
-static bool is_count(double x) { return std::isfinite(x) && std::fabs(x) < 9.2e18; }
 
 static LayerMetrics parse_layer(const json& l) {
     LayerMetrics m;
     if (!l.is_object()) throw std::runtime_error("a layers entry is not an object");
-    if (!l.contains("layer") || !l["layer"].is_number_integer())
-        throw std::runtime_error("a layers entry has no integer \"layer\"");
-    m.layer = l["layer"].get<int>();
+    if (!l.contains("layer")) throw std::runtime_error("a layers entry has no \"layer\"");
+    m.layer = (int)checked_int(l["layer"], "\"layer\"", kLayerRange);
     if (l.contains("tokens_per_expert")) {
         const json& t = l["tokens_per_expert"];
         if (!t.is_array()) throw std::runtime_error("tokens_per_expert is not an array");
         for (auto& v : t) {
-            if (!v.is_number() || !is_count(v.get<double>()))
-                throw std::runtime_error("tokens_per_expert has a value that is not a count");
-            m.tokens_per_expert.push_back((int64_t)v.get<double>());
+            if (m.tokens_per_expert.size() > (size_t)kExpertRange.hi)
+                throw std::runtime_error("tokens_per_expert has too many entries");
+            m.tokens_per_expert.push_back(checked_int(v, "tokens_per_expert", kCountRange));
         }
     }
     double d = num_or_nan(l, "dropped"), r = num_or_nan(l, "routed");
-    m.dropped = is_count(d) ? (int64_t)d : 0;
-    m.routed = is_count(r) ? (int64_t)r : 0;
+    m.dropped = kCountRange.contains(d) ? (int64_t)d : 0;
+    m.routed = kCountRange.contains(r) ? (int64_t)r : 0;
     m.load_cv = num_or_nan(l, "load_cv");
     m.router_entropy = num_or_nan(l, "router_entropy");
     m.mean_top1_weight = num_or_nan(l, "mean_top1_weight");
@@ -88,17 +94,21 @@ MetricsLog parse_metrics(const std::string& text, const std::string& where) {
         json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded()) return skip("not valid JSON");
         if (!j.is_object()) return skip("not a JSON object");
-        if (!j.contains("step") || !j["step"].is_number_integer())
-            return skip("no integer \"step\"");
+        if (!j.contains("step")) return skip("no integer \"step\"");
         MetricsRow r;
-        r.step = j["step"].get<int64_t>();
+        try {
+            r.step = checked_int(j["step"], "\"step\"", kStepRange);
+        } catch (const Error& e) {
+            return skip(e.what());
+        }
         r.lr = num_or_nan(j, "lr");
         r.train_loss = num_or_nan(j, "train_loss");
         r.val_loss = num_or_nan(j, "val_loss");
         r.tokens_per_s = num_or_nan(j, "tokens_per_s");
         r.elapsed_s = num_or_nan(j, "elapsed_s");
         for (auto it = j.begin(); it != j.end(); ++it)
-            if (it->is_number() && it.key() != "step") r.scalars[it.key()] = it->get<double>();
+            if (it->is_number() && it.key() != "step")
+                r.scalars[it.key()] = num_or_nan(j, it.key().c_str());
         if (j.contains("layers")) {
             if (!j["layers"].is_array()) return skip("\"layers\" is not an array");
             try {
@@ -122,7 +132,8 @@ MetricsLog parse_metrics(const std::string& text, const std::string& where) {
 
 MetricsLog read_metrics(const std::string& run_dir) {
     std::string path = run_dir + "/metrics.jsonl";
-    if (!dir_exists(run_dir)) fail("{}: no such run folder", run_dir);
+    if (!dir_exists(run_dir))
+        fail("{}: no such run folder; give a run folder written by `moe train`", run_dir);
     if (!file_exists(path))
         fail(
             "{}: no metrics.jsonl in this folder; `moe report` needs a run folder written by "
@@ -131,24 +142,10 @@ MetricsLog read_metrics(const std::string& run_dir) {
     return parse_metrics(read_file(path), path);
 }
 
-// Ids in a trace: tokens below 2^22 and experts below 1024 (far above any model here), so no
-// id + 1 overflows and what `moe inspect` sizes from them stays small: its tables and its output
-// (one row per expert: a trace naming expert 32511 made a 1 kB trace print megabytes, slowly).
-static constexpr int64_t kMaxTraceToken = 1 << 22, kMaxTraceExpert = 1 << 10;
-
-// An optional integer key of a trace line: absent -> def; else an integer in [0, limit).
-static bool trace_int(const json& o, const char* key, int64_t def, int64_t limit, int64_t* out) {
-    auto it = o.find(key);
-    if (it == o.end()) {
-        *out = def;
-        return true;
-    }
-    if (!it->is_number_integer() ||
-        (it->is_number_unsigned() && it->get<uint64_t>() >= (uint64_t)limit))
-        return false;
-    *out = it->get<int64_t>();
-    return *out >= 0 && *out < limit;
-}
+// Experts in a trace are below 1024 (far above any model here), so what `moe inspect` sizes from
+// them stays small: its tables and its output (one row per expert: a trace naming expert 32511
+// made a 1 kB trace print megabytes, slowly).
+static const Range kTraceExpertRange = Range::in(0, 1023);
 
 std::vector<TokenRouting> parse_trace(const std::string& text, const std::string& where,
                                       int* skipped) {
@@ -164,32 +161,32 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
         if (j.is_discarded() || !j.is_object()) return skip("not a JSON object");
         if (!j.contains("layers") || !j["layers"].is_array()) return skip("no \"layers\" array");
         TokenRouting t;
-        int64_t pos, token;
-        if (!trace_int(j, "pos", (int64_t)out.size(), INT32_MAX, &pos))
-            return skip("\"pos\" is not an integer in [0, 2^31)");
-        if (!trace_int(j, "token", -1, kMaxTraceToken, &token))
-            return skip("\"token\" is not an integer in [0, 2^22)");
-        t.pos = (int)pos;
-        t.token = (int32_t)token;
+        try {
+            t.pos = (int)json_int(j, "pos", "", kPosRange, (int64_t)out.size());
+            t.token = (int)json_int(j, "token", "", kTokenRange, -1);
+        } catch (const Error& e) {
+            return skip(e.what());
+        }
         t.text = j.contains("text") && j["text"].is_string() ? j["text"].get<std::string>() : "";
+        if (j["layers"].size() > (size_t)kLayerRange.hi) return skip("too many layers");
         for (auto& l : j["layers"]) {
             if (!l.is_object() || !l.contains("experts") || !l["experts"].is_array())
                 return skip("a layer without \"experts\"");
+            if (l["experts"].size() > (size_t)kExpertRange.hi) return skip("too many experts");
             LayerChoice c;
-            int64_t layer;
-            if (!trace_int(l, "layer", (int64_t)t.layers.size(), INT32_MAX, &layer))
-                return skip("a \"layer\" is not an integer in [0, 2^31)");
-            c.layer = (int)layer;
             std::vector<std::pair<float, int>> ew;
-            const json& ws =
-                l.contains("weights") && l["weights"].is_array() ? l["weights"] : json::array();
-            for (size_t i = 0; i < l["experts"].size(); i++) {
-                const json& ej = l["experts"][i];
-                if (!ej.is_number_integer() || ej.get<int64_t>() < 0 ||
-                    ej.get<uint64_t>() >= (uint64_t)kMaxTraceExpert)
-                    return skip("an expert is not an integer in [0, 1024)");
-                float w = i < ws.size() && ws[i].is_number() ? ws[i].get<float>() : NAN;
-                ew.push_back({w, ej.get<int>()});
+            try {
+                c.layer = (int)json_int(l, "layer", "", kLayerRange, (int64_t)t.layers.size());
+                const json& ws = l.contains("weights") ? l["weights"] : json::array();
+                for (size_t i = 0; i < l["experts"].size(); i++) {
+                    int e = (int)checked_int(l["experts"][i], "an expert", kTraceExpertRange);
+                    float w = ws.is_array() && i < ws.size()
+                                  ? (float)checked_num(ws[i], "a weight", Range::in(-1e30, 1e30))
+                                  : NAN;
+                    ew.push_back({w, e});
+                }
+            } catch (const Error& e) {
+                return skip(e.what());
             }
             std::stable_sort(ew.begin(), ew.end(),
                              [](auto& a, auto& b) { return a.first > b.first; });
@@ -210,7 +207,6 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
 }
 
 std::vector<TokenRouting> read_trace(const std::string& path, int* skipped) {
-    if (!file_exists(path)) fail("{}: trace file not found", path);
     return parse_trace(read_file(path), path, skipped);
 }
 

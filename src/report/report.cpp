@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "moe/checked.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
@@ -216,7 +217,7 @@ std::string find_probe_text(const ReportOptions& opt, std::string* source) {
         // A relative path is relative to where `moe train` ran: try the working directory, then
         // the folders above the run (runs/NAME sits in the project folder).
         std::string data = j["data"].get<std::string>();
-        double vf = j.value("val_fraction", 0.1);
+        double vf = json_num(j, "val_fraction", p, Range::in_open(0, 1), 0.1);
         if (!data.empty() && data[0] != '/' && !file_exists(data)) {
             for (const char* up : {"/..", "/../.."})
                 if (file_exists(opt.run_dir + up + "/" + data)) {
@@ -298,6 +299,8 @@ std::vector<std::string> find_traces(const std::string& run_dir) {
 ReportResult run_report(const ReportOptions& opt_in) {
     ReportOptions opt = opt_in;
     MetricsLog log = read_metrics(opt.run_dir);
+    // Inputs checked before the output folder is made: a refused run leaves nothing behind.
+    if (!opt.probe_text.empty()) check_readable_file(opt.probe_text);
     std::string gnuplot = find_gnuplot();
     if (opt.out.empty()) opt.out = opt.run_dir + "/report/report.html";
     fs::path out_path(opt.out);

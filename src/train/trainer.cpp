@@ -100,13 +100,40 @@ TrainResult run_train(const TrainOptions& opt) {
         resume_ckpt = resolve_resume_dir(opt.resume_dir);
         state = load_trainer_state(resume_ckpt);
         if (!state.contains("config") || !state.contains("step") || !state.contains("loader"))
-            fail("{}/trainer_state.json: lacks config, step or loader", resume_ckpt);
+            fail(
+                "{}/trainer_state.json: lacks config, step or loader; the checkpoint is damaged, "
+                "resume from another one",
+                resume_ckpt);
         cfg = TrainConfig();
-        config_apply_json(cfg, state["config"], resume_ckpt + "/trainer_state.json");
+        config_apply_json(cfg, state["config"], resume_ckpt + "/trainer_state.json: config");
         cfg.stop_after = 0;  // an invocation's own stop point, not part of the run
     }
     for (auto& [k, v] : opt.overrides) config_set(cfg, k, v);
     config_validate(cfg);
+    if (resuming) {
+        // A finished run: say so and touch nothing (no data files, no metrics, no checkpoint).
+        const int64_t saved_step = state["step"].get<int64_t>();
+        const int64_t end =
+            cfg.stop_after > 0 ? std::min<int64_t>(cfg.stop_after, cfg.max_steps) : cfg.max_steps;
+        if (saved_step >= end) {
+            TrainResult r;
+            std::string parent = resume_ckpt.substr(0, resume_ckpt.find_last_of('/'));
+            r.run_dir = opt.out_dir.empty() ? parent : opt.out_dir;
+            r.best_dir = dir_exists(r.run_dir + "/best") ? r.run_dir + "/best" : resume_ckpt;
+            r.latest_dir = resume_ckpt;
+            r.step = saved_step;
+            r.val_loss = state.contains("val_loss") && state["val_loss"].is_number()
+                             ? state["val_loss"].get<double>()
+                             : NAN;
+            r.best_val_loss = state.contains("best_val_loss") && state["best_val_loss"].is_number()
+                                  ? state["best_val_loss"].get<double>()
+                                  : NAN;
+            r.best_step = state.value("best_step", (int64_t)0);
+            r.train_time_s = state.value("elapsed_s", 0.0);
+            r.already_finished = true;
+            return r;
+        }
+    }
     set_threads(cfg.threads);
 
     std::string run_dir = opt.out_dir;
@@ -115,20 +142,20 @@ TrainResult run_train(const TrainOptions& opt) {
         std::string parent = resume_ckpt.substr(0, resume_ckpt.find_last_of('/'));
         run_dir = resume_ckpt.find('/') == std::string::npos ? "." : parent;
     }
-    if (run_dir.empty()) fail("no run folder: give --out DIR");
-    make_dirs(run_dir);
+    if (run_dir.empty()) usage_fail("--out: no run folder; give --out DIR");
     const std::string best_dir = run_dir + "/best", latest_dir = run_dir + "/latest";
     const std::string metrics_path = run_dir + "/metrics.jsonl";
     recover_checkpoint_dir(best_dir);
     recover_checkpoint_dir(latest_dir);
     if (!resuming && (dir_exists(best_dir) || dir_exists(latest_dir)))
         fail(
-            "{} already holds a run (best/ or latest/): continue it with --resume {}, or choose "
-            "another --out, or delete it first",
+            "--out {}: already holds a run (best/ or latest/); continue it with --resume {}, or "
+            "choose another --out, or delete it first",
             run_dir, run_dir);
 
     // ---- data and tokenizer ----
     std::string text = read_corpus_text(cfg.data);
+    check_utf8(text, cfg.data);  // found now, not at the first checkpoint save
     std::unique_ptr<Tokenizer> tok;
     if (resuming) {
         tok = load_tokenizer(resume_ckpt);
@@ -145,22 +172,25 @@ TrainResult run_train(const TrainOptions& opt) {
     Corpus corpus = tokenize_corpus(text, cfg.val_fraction, *tok);
     const int B = cfg.batch_size, S = cfg.model.block_size;
     if (corpus.train.size() < (size_t)S + 1)
-        fail("{}: the training split has {} tokens, fewer than block_size + 1 = {}", cfg.data,
-             corpus.train.size(), S + 1);
+        fail(
+            "{}: the training split has {} tokens, fewer than block_size + 1 = {}; give a longer "
+            "text or a smaller block_size",
+            cfg.data, corpus.train.size(), S + 1);
     if (corpus.val.size() < (size_t)S + 1)
-        fail("{}: the validation split has {} tokens, fewer than block_size + 1 = {}", cfg.data,
-             corpus.val.size(), S + 1);
+        fail(
+            "{}: the validation split has {} tokens, fewer than block_size + 1 = {}; give a "
+            "longer text, a larger val_fraction or a smaller block_size",
+            cfg.data, corpus.val.size(), S + 1);
     if (resuming) {
         int64_t nt = state.value("train_tokens", (int64_t)-1),
                 nv = state.value("val_tokens", (int64_t)-1);
         if (nt != (int64_t)corpus.train.size() || nv != (int64_t)corpus.val.size())
             fail(
                 "{}: the data changed since the checkpoint ({} / {} train / val tokens now, {} / "
-                "{} "
-                "then)",
+                "{} then); resume with the same data, or start a new run",
                 cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
     }
-    make_dirs(run_dir + "/data");
+    make_dirs(run_dir + "/data");  // the run folder too: only once the data is known good
     if (!resuming) {
         write_token_file(run_dir + "/data/train.tok", corpus.train, tok->vocab_size(), tok->kind());
         write_token_file(run_dir + "/data/val.tok", corpus.val, tok->vocab_size(), tok->kind());
@@ -172,8 +202,27 @@ TrainResult run_train(const TrainOptions& opt) {
         ModelConfig saved = load_model_config(resume_ckpt);
         if (model_config_to_hf(saved).dump() != model_config_to_hf(mcfg).dump())
             fail(
-                "{}/config.json does not match the training config (model keys changed by a flag?)",
+                "{}/config.json: does not match the training config (a model key changed by a "
+                "flag, or an edited config.json); resume without model flags, or start a new run",
                 resume_ckpt);
+    }
+    if (resuming) check_checkpoint_sizes(mcfg, resume_ckpt, /*training=*/true);
+    {
+        // Parameters, gradients, two AdamW moments, and the activations of one step (per layer
+        // about 12 d + 3 f + heads x S floats per token, plus the logits): refused before
+        // anything is allocated when the machine cannot hold them.
+        size_t n = 0;
+        Model::layout(mcfg, &n);
+        const double T = (double)cfg.batch_size * mcfg.block_size;
+        const double f = std::max(mcfg.d_ff, mcfg.moe.d_ff * std::max(1, mcfg.moe.top_k));
+        const double act = T * (mcfg.n_layers * (12.0 * mcfg.d_model + 3 * f +
+                                                 (double)mcfg.n_heads * mcfg.block_size) +
+                                2.0 * mcfg.vocab_size);
+        check_fits_in_memory(4.0 * (4.0 * n + act),
+                             fmt::format("config: the model ({:.3g} parameters) and a batch of "
+                                         "batch_size={} x block_size={}",
+                                         (double)n, cfg.batch_size, mcfg.block_size),
+                             "lower d_model, n_layers, n_experts, batch_size or block_size");
     }
     Model model(mcfg);
     const size_t P = model.n_params();
@@ -184,7 +233,14 @@ TrainResult run_train(const TrainOptions& opt) {
     int64_t best_step = 0;
     if (resuming) {
         load_params(model, resume_ckpt);
-        load_optimizer(model, resume_ckpt, adam_m.data(), adam_v.data());
+        if (file_exists(resume_ckpt + "/optimizer.safetensors")) {
+            load_optimizer(model, resume_ckpt, adam_m.data(), adam_v.data());
+        } else if (opt.progress) {
+            std::fprintf(stderr,
+                         "train: resuming from %s, which has no optimizer state (a run killed "
+                         "during its first latest/ write): the AdamW moments restart from zero\n",
+                         resume_ckpt.c_str());
+        }
         step = state["step"].get<int64_t>();
         loader.set_state(state["loader"]);
         if (state.contains("moe_layer_rngs"))  // router noise streams (noisy routers resume exactly)
@@ -287,21 +343,29 @@ TrainResult run_train(const TrainOptions& opt) {
         try {
             loss = model.forward(x.data(), y.data(), B, S, /*training=*/true);
         } catch (const Error& e) {
-            fail("step {}: {} (training stopped; the last good checkpoint is {})", t, e.what(),
-                 dir_exists(latest_dir) ? latest_dir : "none");
+            // The input tokens are checked; non-finite values inside the model come from the
+            // parameters, i.e. from the previous updates: the learning rate is the likely cause.
+            fail(
+                "step {}: the model produced non-finite values ({}); the learning rate {:.3g} is "
+                "probably too high: lower --lr (or keep --grad-clip on) and resume from the last "
+                "good checkpoint, {}",
+                t, e.what(), lr_at(cfg, t),
+                dir_exists(latest_dir) ? latest_dir : "none (start again)");
         }
         if (!std::isfinite(loss))
             fail(
-                "step {}: training loss is {} (learning rate {:.3g} too high?); training stopped, "
-                "the last good checkpoint is {}",
+                "step {}: training loss is {}; the learning rate {:.3g} is probably too high: "
+                "lower --lr and resume from the last good checkpoint, {}",
                 t, loss, lr_at(cfg, t),
                 dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
         model.backward();
         float* g = model.grad_data();
         double gnorm = clip_grad_norm(g, P, cfg.grad_clip);
         if (!std::isfinite(gnorm))
-            fail("step {}: gradient norm is {}; training stopped, the last good checkpoint is {}",
-                 t, gnorm, dir_exists(latest_dir) ? latest_dir : "none");
+            fail(
+                "step {}: gradient norm is {}; the learning rate {:.3g} is probably too high: "
+                "lower --lr (keep --grad-clip on) and resume from the last good checkpoint, {}",
+                t, gnorm, lr_at(cfg, t), dir_exists(latest_dir) ? latest_dir : "none");
         const double lr = lr_at(cfg, t);
         AdamWParams h;
         h.lr = (float)lr;
@@ -335,9 +399,9 @@ TrainResult run_train(const TrainOptions& opt) {
             last_val = evaluate();
             if (!std::isfinite(last_val))
                 fail(
-                    "step {}: validation loss is {}; training stopped, the last good checkpoint is "
-                    "{}",
-                    step, last_val, dir_exists(latest_dir) ? latest_dir : "none");
+                    "step {}: validation loss is {}; the learning rate {:.3g} is probably too "
+                    "high: lower --lr and resume from the last good checkpoint, {}",
+                    step, last_val, lr_at(cfg, step), dir_exists(latest_dir) ? latest_dir : "none");
             line.val_loss = last_val;
             if (last_val < best_val) {
                 best_val = last_val;

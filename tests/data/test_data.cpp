@@ -261,7 +261,7 @@ TEST(Config, ErrorsNameTheKey) {
     m = error_of([&] { config_set(c, "max_steps", "ten"); });
     EXPECT_NE(m.find("max_steps"), std::string::npos) << m;
     m = error_of([&] { config_apply_json(c, nlohmann::json{{"lr", "fast"}}, "x.json"); });
-    EXPECT_NE(m.find("'lr' must be a number"), std::string::npos) << m;
+    EXPECT_NE(m.find("key 'lr': must be a number"), std::string::npos) << m;
     m = error_of([&] { config_apply_json(c, nlohmann::json{{"n_layers", 2.5}}, "x.json"); });
     EXPECT_NE(m.find("n_layers"), std::string::npos) << m;
     std::string d = tmp_dir("cfg2");

@@ -141,13 +141,13 @@ TEST(LayerCli, BadFlagsFailClearly) {
         const char* says;
     } cases[] = {
         {"layer --experts 4 --topk 5", "top_k=5"},
-        {"layer --topk 0", "top_k=0"},
+        {"layer --topk 0", "--topk: 0 is not allowed"},
         {"layer --capacity-factor 0", "capacity-factor"},
         {"layer --capacity-factor -1", "capacity-factor"},
-        {"layer --d 0", "d_model=0"},
-        {"layer --ffn 0", "d_ff=0"},
-        {"layer --router nope", "unknown router 'nope'"},
-        {"layer --activation tanh", "unknown activation 'tanh'"},
+        {"layer --d 0", "--d: 0 is not allowed"},
+        {"layer --ffn 0", "--ffn: 0 is not allowed"},
+        {"layer --router nope", "--router: 'nope' is not allowed"},
+        {"layer --activation tanh", "--activation: 'tanh' is not allowed"},
         {"layer --load /nonexistent/in.safetensors", "/nonexistent/in.safetensors"},
     };
     for (auto& c : cases) {

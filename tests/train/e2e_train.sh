@@ -67,20 +67,20 @@ check "disk full: latest still step 20" test "$(state_step "$W/b_copy/latest")" 
 check "disk full: latest still loads" $MOE eval "$W/b_copy" --json --threads 1
 check "disk full: no temp folder left" test -z "$(compgen -G "$W/b_copy/*.tmp-*")"
 
-# 5. NaN: a huge learning rate, and an injected NaN at step 15 (latest from step 10 survives).
-expect_fail "lr 1e30 -> NaN" "step [0-9]+: .*(NaN|nan|inf|Inf)" $T --out "$W/n1" --lr 1e30 --warmup-steps 0
-MOE_TEST_NAN_AT_STEP=15 expect_fail "injected NaN names step 15" "step 15: " $T --out "$W/n2"
+# 5. NaN: a huge learning rate is refused by its range; an injected NaN at step 15 (latest from step 10 survives).
+expect_fail "lr 1e30 refused by its range" "lr: 1e\+?30 is not allowed" $T --out "$W/n1" --lr 1e30 --warmup-steps 0
+MOE_TEST_NAN_AT_STEP=15 expect_fail "injected NaN names step 15 and the learning rate" "step 15: .*learning rate" $T --out "$W/n2"
 check "NaN: last good checkpoint kept (step 10)" test "$(state_step "$W/n2/latest")" = 10
 check "NaN: last good checkpoint evaluates" $MOE eval "$W/n2/latest" --json --threads 1
 
 # 6. Bad data and bad config.
-expect_fail "missing data file" "does not exist" $T --out "$W/d1" --data "$W/nope.txt"
+expect_fail "missing data file" "nope.txt: cannot open: No such file" $T --out "$W/d1" --data "$W/nope.txt"
 : > "$W/empty.txt"
 expect_fail "empty data file" "is empty" $T --out "$W/d2" --data "$W/empty.txt"
 printf 'short' > "$W/short.txt"
 expect_fail "data shorter than a window" "fewer than block_size" $T --out "$W/d3" --data "$W/short.txt"
 expect_fail "fresh run into an existing run" "already holds a run" $T --out "$W/a"
-expect_fail "unknown flag" "unknown option --n-layer" $T --out "$W/d4" --n-layer 3
+expect_fail "unknown flag" "n-layer: unknown option" $T --out "$W/d4" --n-layer 3
 echo '{"n_layers": 2, "learning_rate": 1}' > "$W/badkey.json"
 expect_fail "unknown config key" "unknown config key 'learning_rate'" $MOE train --config "$W/badkey.json" --out "$W/d5"
 expect_fail "heads do not divide d" "n_heads=3 does not divide d_model=32" $T --out "$W/d6" --n-heads 3
