@@ -55,5 +55,7 @@ void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool
 void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* adam_v,
                     const std::vector<int64_t>* state_offsets = nullptr);
 nlohmann::json load_trainer_state(const std::string& dir);
+// trainer_state.json's text -> JSON (load_trainer_state and fuzzing); `where` names it in errors.
+nlohmann::json parse_trainer_state(const std::string& text, const std::string& where);
 
 }  // namespace moe

@@ -93,6 +93,8 @@ TrainConfig config_load(const std::string& path);  // defaults + file; data rela
 // A JSON file, with errors that name the file (missing, a folder, empty, not JSON at byte N);
 // `what` says what the file should be ("a training config").
 nlohmann::json read_json_file(const std::string& path, const char* what);
+// The same from the file's text; `where` names the source in errors (config_load and fuzzing).
+TrainConfig config_from_text(const std::string& text, const std::string& where);
 // Set one key from a command-line string ("--lr 2e-3"): dashes in key become underscores.
 void config_set(TrainConfig& cfg, const std::string& key, const std::string& value);
 nlohmann::json config_to_json(const TrainConfig& cfg);
@@ -103,5 +105,7 @@ void config_validate(const TrainConfig& cfg);
 // num_local_experts = 0, num_experts_per_tok = 0 and intermediate_size = the dense d_ff.
 nlohmann::json model_config_to_hf(const ModelConfig& m);
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where);
+// config.json's text -> ModelConfig (load_model_config and fuzzing): invalid JSON is a moe::Error.
+ModelConfig model_config_from_text(const std::string& text, const std::string& where);
 
 }  // namespace moe

@@ -30,6 +30,8 @@ std::map<std::string, StHeaderEntry> read_safetensors_header(const std::string& 
 class SafetensorsReader {
    public:
     explicit SafetensorsReader(const std::string& path);  // throws moe::Error on any malformation
+    // The same from the file's bytes in memory; `where` names the source in errors (fuzzing).
+    static SafetensorsReader from_bytes(const std::string& bytes, const std::string& where);
     bool has(const std::string& name) const { return tensors_.count(name) != 0; }
     // Throws "<file>: missing tensor <name>" or "<file>: tensor <name>: expected shape .., got .."
     const StTensor& get(const std::string& name) const;
@@ -39,6 +41,9 @@ class SafetensorsReader {
     const std::string& path() const { return path_; }
 
    private:
+    SafetensorsReader() = default;
+    void parse(const std::string& file);
+
     std::string path_;
     std::map<std::string, StTensor> tensors_;
     std::map<std::string, std::string> metadata_;

@@ -28,6 +28,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 // Shakespeare gives nanoGPT's 65 ids in nanoGPT's order.
 std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus);
 std::unique_ptr<Tokenizer> char_tokenizer_from_symbols(const std::vector<std::string>& symbols);
+// vocab.json's text (a JSON array of the symbols in id order); `where` names it in errors.
+std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
+                                                    const std::string& where);
 
 // SentencePiece trained on `corpus` (model_type "bpe" or "unigram"). Identity normalisation,
 // no dummy prefix and byte fallback, so decode(encode(text)) == text for any text; newlines are

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "moe/checked.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -39,11 +40,15 @@ json rng_to_json(const Rng& r) {
 
 void rng_from_json(Rng& r, const json& j, const std::string& where) {
     try {
-        auto s = j.at("s").get<std::vector<uint64_t>>();
-        if (s.size() != 4) fail("{}: rng state needs 4 words, got {}", where, s.size());
-        for (int i = 0; i < 4; i++) r.s[i] = s[i];
-        r.has_spare = j.at("has_spare").get<bool>();
-        uint32_t bits = j.at("spare_bits").get<uint32_t>();
+        // Words are unsigned integers, read with their type checked (include/moe/checked.h): the
+        // JSON library would cast a float such as 1e20 to uint64_t, which is undefined.
+        const json& s = j.at("s");
+        if (!s.is_array() || s.size() != 4)
+            fail("{}: rng state needs 4 words, got {}", where, s.dump());
+        for (int i = 0; i < 4; i++) r.s[i] = checked_u64(s[i], where + ": rng word");
+        r.has_spare = checked_bool(j.at("has_spare"), where + ": rng has_spare");
+        uint32_t bits = (uint32_t)checked_int(j.at("spare_bits"), where + ": rng spare_bits",
+                                              Range::in(0, 4294967295.0));
         std::memcpy(&r.spare, &bits, 4);
     } catch (const Error&) {
         throw;
@@ -54,7 +59,10 @@ void rng_from_json(Rng& r, const json& j, const std::string& where) {
 
 json BatchLoader::state() const { return {{"rng", rng_to_json(rng_)}, {"B", B_}, {"S", S_}}; }
 
-void BatchLoader::set_state(const json& j) { rng_from_json(rng_, j.at("rng"), "loader state"); }
+void BatchLoader::set_state(const json& j) {
+    if (!j.is_object() || !j.contains("rng")) fail("loader state: no \"rng\" in {}", j.dump());
+    rng_from_json(rng_, j["rng"], "loader state");
+}
 
 int64_t n_eval_windows(size_t n_tokens, int S) { return (int64_t)(n_tokens / ((size_t)S + 1)); }
 

@@ -53,7 +53,10 @@ bool is_token_file(const std::string& path) {
 }
 
 TokenFile read_token_file(const std::string& path) {
-    std::string f = read_file(path);
+    return parse_token_file(read_file(path), path);
+}
+
+TokenFile parse_token_file(const std::string& f, const std::string& path) {
     if (f.size() < 16 || std::memcmp(f.data(), kMagic, 8) != 0)
         fail("{}: not a token file (no MOETOK01 magic); give a .tok file written by moe train",
              path);

@@ -21,6 +21,8 @@ void write_token_file(const std::string& path, const std::vector<int32_t>& ids, 
                       const std::string& tokenizer);
 // Validates magic, header, dtype, the size against count, and every id < vocab.
 TokenFile read_token_file(const std::string& path);
+// The same from the file's bytes; `where` names the source in errors (fuzzing).
+TokenFile parse_token_file(const std::string& bytes, const std::string& where);
 bool is_token_file(const std::string& path);  // starts with the magic
 
 }  // namespace moe

@@ -245,29 +245,31 @@ std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialize
     return std::make_unique<SpTokenizer>(serialized, where);
 }
 
+std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
+                                                    const std::string& vocab) {
+    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded())
+        fail("{}: not valid JSON; the checkpoint's tokenizer is damaged (restore vocab.json)",
+             vocab);
+    if (!j.is_array() || j.empty() || j.size() > (1u << 24))
+        fail("{}: expected a non-empty JSON array of symbols; restore vocab.json", vocab);
+    std::vector<std::string> syms;
+    for (auto& s : j) {
+        if (!s.is_string())
+            fail("{}: every entry must be a string, got {}; restore vocab.json", vocab,
+                 s.dump(-1, ' ', false, json::error_handler_t::replace));
+        syms.push_back(s.get<std::string>());
+    }
+    try {
+        return char_tokenizer_from_symbols(syms);
+    } catch (const Error& e) {
+        fail("{}: {}; restore vocab.json", vocab, e.what());
+    }
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     std::string vocab = dir + "/vocab.json", spm = dir + "/tokenizer.model";
-    if (file_exists(vocab)) {
-        std::string text = read_file(vocab);
-        json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-        if (j.is_discarded())
-            fail("{}: not valid JSON; the checkpoint's tokenizer is damaged (restore vocab.json)",
-                 vocab);
-        if (!j.is_array() || j.empty() || j.size() > (1u << 24))
-            fail("{}: expected a non-empty JSON array of symbols; restore vocab.json", vocab);
-        std::vector<std::string> syms;
-        for (auto& s : j) {
-            if (!s.is_string())
-                fail("{}: every entry must be a string, got {}; restore vocab.json", vocab,
-                     s.dump(-1, ' ', false, json::error_handler_t::replace));
-            syms.push_back(s.get<std::string>());
-        }
-        try {
-            return char_tokenizer_from_symbols(syms);
-        } catch (const Error& e) {
-            fail("{}: {}; restore vocab.json", vocab, e.what());
-        }
-    }
+    if (file_exists(vocab)) return char_tokenizer_from_json(read_file(vocab), vocab);
     if (file_exists(spm)) return sentencepiece_from_model(read_file(spm), spm);
     fail(
         "{}: no tokenizer (neither vocab.json nor tokenizer.model); restore the checkpoint's "

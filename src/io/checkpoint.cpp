@@ -239,8 +239,7 @@ std::string resolve_resume_dir(const std::string& path) {
 
 ModelConfig load_model_config(const std::string& dir) {
     std::string path = dir + "/config.json";
-    json j = read_json_file(path, "a checkpoint's config.json (restore it from the run)");
-    return model_config_from_hf(j, path);
+    return model_config_from_text(read_file(path), path);
 }
 
 // Every parameter finite, checked once on load (one pass, ~1 ms per 10M floats): NaN router or
@@ -414,7 +413,13 @@ void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* 
 
 json load_trainer_state(const std::string& dir) {
     const std::string path = dir + "/trainer_state.json";
-    json j = read_json_file(path, "a trainer_state.json written by moe train");
+    return parse_trainer_state(read_file(path), path);
+}
+
+json parse_trainer_state(const std::string& text, const std::string& path) {
+    const char* what = "a trainer_state.json written by moe train";
+    if (text.empty()) fail("{}: empty file; expected {}", path, what);
+    json j = parse_json_text(text, path, what);
     if (!j.is_object()) fail("{}: not a JSON object; the checkpoint is damaged", path);
     // The numbers a resume relies on, with their ranges (include/moe/checked.h).
     json_int(j, "format_version", path, Range::in(1, 1), 1);
@@ -430,6 +435,8 @@ json load_trainer_state(const std::string& dir) {
         fail("{}: key 'config' must be an object; the checkpoint is damaged", path);
     if (j.contains("loader") && !j["loader"].is_object())
         fail("{}: key 'loader' must be an object; the checkpoint is damaged", path);
+    if (j.contains("moe_layer_rngs") && !j["moe_layer_rngs"].is_object())
+        fail("{}: key 'moe_layer_rngs' must be an object; the checkpoint is damaged", path);
     return j;
 }
 

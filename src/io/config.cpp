@@ -240,14 +240,26 @@ static std::string resolve_data_path(const std::string& config_path, const std::
     return dir == "." ? data : beside;
 }
 
+// JSON text with errors that name `where` (empty, not JSON at byte N); `what` is what it should be.
+static json json_from_text(const std::string& text, const std::string& where, const char* what) {
+    if (text.empty()) fail("{}: empty file; expected {}", where, what);
+    return parse_json_text(text, where, what);
+}
+
 json read_json_file(const std::string& path, const char* what) {
-    std::string text = read_file(path);
-    if (text.empty()) fail("{}: empty file; expected {}", path, what);
-    return parse_json_text(text, path, what);
+    return json_from_text(read_file(path), path, what);
+}
+
+static const char* kTrainConfigWhat = "a training config (JSON object, see configs/*.json)";
+
+TrainConfig config_from_text(const std::string& text, const std::string& where) {
+    TrainConfig c;
+    config_apply_json(c, json_from_text(text, where, kTrainConfigWhat), where);
+    return c;
 }
 
 TrainConfig config_load(const std::string& path) {
-    json j = read_json_file(path, "a training config (JSON object, see configs/*.json)");
+    json j = read_json_file(path, kTrainConfigWhat);
     TrainConfig c;
     config_apply_json(c, j, path);
     if (j.is_object() && j.contains("data")) c.data = resolve_data_path(path, c.data);
@@ -431,7 +443,9 @@ json model_config_to_hf(const ModelConfig& m) {
     const MoeConfig& e = m.moe;
     j["moe_cpp"] = {
         {"format_version", 1},
-        {"moe_every", m.moe_every},
+        // A model with no MoE layer (moe_every > n_layers) is dense-only: recorded as moe_every 0,
+        // beside num_local_experts 0, or its config.json would not load back.
+        {"moe_every", any_moe ? m.moe_every : 0},
         {"dense_intermediate_size", m.d_ff},
         {"router", e.router},
         {"activation", activation_name(e.activation)},
@@ -553,6 +567,11 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         fail("{}: {}; fix config.json", where, err.what());
     }
     return m;
+}
+
+ModelConfig model_config_from_text(const std::string& text, const std::string& where) {
+    return model_config_from_hf(
+        json_from_text(text, where, "a checkpoint's config.json (restore it from the run)"), where);
 }
 
 }  // namespace moe

@@ -135,7 +135,19 @@ std::map<std::string, StHeaderEntry> read_safetensors_header(const std::string& 
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
-    std::string file = read_file(path);
+    parse(read_file(path));
+}
+
+SafetensorsReader SafetensorsReader::from_bytes(const std::string& bytes,
+                                                const std::string& where) {
+    SafetensorsReader r;
+    r.path_ = where;
+    r.parse(bytes);
+    return r;
+}
+
+void SafetensorsReader::parse(const std::string& file) {
+    const std::string& path = path_;
     uint64_t hlen = 0;
     json header = parse_header(path, file, file.size(), &hlen);
     const size_t data_start = 8 + hlen, data_size = file.size() - data_start;

@@ -139,9 +139,10 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
     int max_id = -1;
     for (auto& t : routing) max_id = std::max(max_id, (int)t.token);
     a.vocab = std::max((int)vocab_text.size(), max_id + 1);
-    // The tables are E x classes and E x vocab per layer: refuse sizes no real model has rather
-    // than allocate them (a trace's token ids and experts are read from a file).
-    if ((double)a.n_experts * a.vocab > (double)(1 << 26))
+    // The tables are E x classes and E x vocab per layer (classes = vocab with --by token): refuse
+    // sizes no real model has rather than allocate them (a trace's token ids and experts are read
+    // from a file).
+    if ((double)a.n_experts * 2 * a.vocab > (double)(1 << 25))
         fail(
             "routing names {} experts and token ids up to {}: an aggregate table of {:.3g} "
             "entries is too large; is this a `moe generate --trace` file of this model?",
@@ -160,7 +161,8 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
         for (int c = 0; c < kNumCharClasses; c++)
             a.classes.push_back(char_class_name((CharClass)c));
     } else {
-        for (size_t i = 0; i < routing.size(); i++) cls[i] = std::max(0, (int)routing[i].token);
+        // A trace line without a token id (-1) has no class: it is not counted.
+        for (size_t i = 0; i < routing.size(); i++) cls[i] = (int)routing[i].token;
         a.classes = a.vocab_text;
     }
     const int E = a.n_experts, C = (int)a.classes.size(), V = a.vocab;
@@ -172,7 +174,7 @@ RoutingAggregate aggregate_routing(const std::vector<TokenRouting>& routing,
         L.class_tokens.assign(C, 0.0);
         for (size_t i = 0; i < routing.size(); i++) {
             const LayerChoice* c = find_layer(routing[i], l);
-            if (!c) continue;
+            if (!c || cls[i] < 0) continue;
             L.class_tokens[cls[i]] += 1;
             for (size_t j = 0; j < c->experts.size(); j++) {
                 int e = c->experts[j];

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -52,6 +53,8 @@ static void for_each_line(const std::string& text, Fn fn) {
         pos = end + 1;
     }
 }
+
+// A count logged as a JSON number: finite and inside int64 (a cast from outside is undefined).
 
 static LayerMetrics parse_layer(const json& l) {
     LayerMetrics m;
@@ -153,6 +156,11 @@ MetricsLog read_metrics(const std::string& run_dir) {
     return parse_metrics(read_file(path), path);
 }
 
+// Experts in a trace are below 1024 (far above any model here), so what `moe inspect` sizes from
+// them stays small: its tables and its output (one row per expert: a trace naming expert 32511
+// made a 1 kB trace print megabytes, slowly).
+static const Range kTraceExpertRange = Range::in(0, 1023);
+
 std::vector<TokenRouting> parse_trace(const std::string& text, const std::string& where,
                                       int* skipped) {
     std::vector<TokenRouting> out;
@@ -185,7 +193,7 @@ std::vector<TokenRouting> parse_trace(const std::string& text, const std::string
                 c.layer = (int)json_int(l, "layer", "", kLayerRange, (int64_t)t.layers.size());
                 const json& ws = l.contains("weights") ? l["weights"] : json::array();
                 for (size_t i = 0; i < l["experts"].size(); i++) {
-                    int e = (int)checked_int(l["experts"][i], "an expert", kExpertRange);
+                    int e = (int)checked_int(l["experts"][i], "an expert", kTraceExpertRange);
                     float w = ws.is_array() && i < ws.size()
                                   ? (float)checked_num(ws[i], "a weight", Range::in(-1e30, 1e30))
                                   : NAN;

@@ -596,7 +596,7 @@ trace_case("not JSON", "{pos: 0}\n", "not a JSON object")
 trace_case("empty", "", "no usable trace line")
 trace_case("only blank lines", "\n\n  \n", "no usable trace line")
 trace_case("experts not an array", tline(layers=[{"layer": 0, "experts": 3}]), "experts")
-trace_case("big token ids x experts", tline(token=16000000, layers=[{"layer": 0, "experts": [60000], "weights": [1]}]),
+trace_case("big token ids x experts", tline(token=16000000, layers=[{"layer": 0, "experts": [1000], "weights": [1]}]),
            "too large", ["--by", "token"])
 case("trace/missing", ["inspect", "--trace", "nope.jsonl"], 1, "nope.jsonl")
 case("trace/a folder", ["inspect", "--trace", "run"], 1, "folder")
