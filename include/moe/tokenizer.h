@@ -40,4 +40,9 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const std::string& corpus, int vo
 std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialized_model,
                                                     const std::string& where);
 
+// The char tokenizer's symbols: the length of the UTF-8 code point at s[i] (1 for a stray byte),
+// and a symbol as a user reads it in an error message ('x', U+000A, byte 0xFF).
+size_t utf8_symbol_len(const std::string& s, size_t i);
+std::string show_symbol(const std::string& sym);
+
 }  // namespace moe

@@ -19,7 +19,7 @@ using json = nlohmann::json;
 
 // Length of the UTF-8 code point starting at s[i]; 1 for a byte that does not start a valid one
 // (so arbitrary bytes still tokenize, one symbol per stray byte).
-static size_t utf8_len(const std::string& s, size_t i) {
+size_t utf8_symbol_len(const std::string& s, size_t i) {
     unsigned char c = (unsigned char)s[i];
     size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
     if (n == 0 || i + n > s.size()) return 1;
@@ -29,7 +29,7 @@ static size_t utf8_len(const std::string& s, size_t i) {
 }
 
 // A symbol as a user can read it in an error message: 'x', or U+000A for control characters.
-static std::string show_symbol(const std::string& sym) {
+std::string show_symbol(const std::string& sym) {
     if (sym.size() == 1 && ((unsigned char)sym[0] < 0x20 || sym[0] == 0x7f))
         return fmt::format("U+{:04X}", (unsigned)(unsigned char)sym[0]);
     if (sym.size() == 1 && (unsigned char)sym[0] >= 0x80)
@@ -56,7 +56,7 @@ class CharTokenizer : public Tokenizer {
         std::vector<int32_t> out;
         out.reserve(text.size());
         for (size_t i = 0; i < text.size();) {
-            size_t n = utf8_len(text, i);
+            size_t n = utf8_symbol_len(text, i);
             int32_t id = -1;
             if (n == 1) {
                 id = byte_id_[(unsigned char)text[i]];
@@ -110,7 +110,7 @@ std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus) {
     bool seen[256] = {};
     std::set<std::string> multi;
     for (size_t i = 0; i < corpus.size();) {
-        size_t n = utf8_len(corpus, i);
+        size_t n = utf8_symbol_len(corpus, i);
         if (n == 1)
             seen[(unsigned char)corpus[i]] = true;
         else

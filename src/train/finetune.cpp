@@ -192,23 +192,6 @@ int upcycle_params(Model& model, const std::string& dense_dir, float noise, uint
 
 // ---- unknown symbols ----
 
-static size_t utf8_symbol_len(const std::string& s, size_t i) {  // as the char tokenizer splits
-    unsigned char c = (unsigned char)s[i];
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return 1;
-    for (size_t j = 1; j < n; j++)
-        if (((unsigned char)s[i + j] >> 6) != 0x2) return 1;
-    return n;
-}
-
-static std::string show(const std::string& sym) {
-    if (sym.size() == 1 && ((unsigned char)sym[0] < 0x20 || sym[0] == 0x7f))
-        return fmt::format("U+{:04X}", (unsigned)(unsigned char)sym[0]);
-    if (sym.size() == 1 && (unsigned char)sym[0] >= 0x80)
-        return fmt::format("byte 0x{:02X}", (unsigned)(unsigned char)sym[0]);
-    return "'" + sym + "'";
-}
-
 std::string map_unknown_symbols(const std::string& text, const Tokenizer& tok,
                                 const std::string& replacement, const std::string& where,
                                 int64_t* n_replaced) {
@@ -219,7 +202,7 @@ std::string map_unknown_symbols(const std::string& text, const Tokenizer& tok,
     if (!replacement.empty() && !vocab.count(replacement))
         fail("unknown_symbol: {} is not in the character vocabulary ({} symbols); choose one of "
              "its symbols (e.g. ' ')",
-             show(replacement), vocab.size());
+             show_symbol(replacement), vocab.size());
     bool byte_known[256] = {};  // single-byte symbols: a table, not a set lookup per character
     for (auto& v : vocab)
         if (v.size() == 1) byte_known[(unsigned char)v[0]] = true;
@@ -238,7 +221,7 @@ std::string map_unknown_symbols(const std::string& text, const Tokenizer& tok,
             std::set<std::string> all;  // every unknown symbol, so one error tells the whole story
             for (size_t k = 0; k < text.size();) {
                 size_t m = utf8_symbol_len(text, k);
-                if (!known(k, m)) all.insert(show(text.substr(k, m)));
+                if (!known(k, m)) all.insert(show_symbol(text.substr(k, m)));
                 k += m;
             }
             std::string list;
@@ -247,7 +230,7 @@ std::string map_unknown_symbols(const std::string& text, const Tokenizer& tok,
                 "{}: symbol {} at byte {} (line {}) is not in the checkpoint's character "
                 "vocabulary ({} symbols; unknown here: {}); map them to a vocabulary symbol with "
                 "--unknown-symbol SYMBOL, or clean the file",
-                where, show(sym), i, line, vocab.size(), list);
+                where, show_symbol(sym), i, line, vocab.size(), list);
         } else {
             out += replacement;
             n++;
