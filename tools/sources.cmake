@@ -9,4 +9,5 @@ set(MOE_TOOL_SOURCES
   tools/cmd_report.cpp
   tools/cmd_inspect.cpp
   tools/hf_tools.cpp
+  tools/cmd_bench_generate.cpp
 )
