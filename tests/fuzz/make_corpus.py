@@ -136,3 +136,8 @@ put("vocab", "utf8.json", json.dumps(["a", "é", "€", "𝄞", "\n"], ensure_as
 put("vocab", "duplicate.json", '["a", "b", "a"]')
 put("vocab", "empty-symbol.json", '["a", ""]')
 put("vocab", "not-array.json", '{"a": 0}')
+
+# ---- tokenizer.json (Hugging Face byte-level BPE): built from the formats, no run needed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tokenizer_seeds  # noqa: E402
+tokenizer_seeds.write_seeds(lambda name, text: put("tokenizer_json", name, text))
