@@ -16,6 +16,7 @@
 #include <unicode/normalizer2.h>
 
 #include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -114,9 +115,15 @@ class Regex {
     Regex(const std::string& pattern, bool literal, const std::string& where) {
         int err = 0;
         PCRE2_SIZE off = 0;
-        uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
-        if (literal) opts |= PCRE2_LITERAL;
-        code_ = pcre2_compile((PCRE2_SPTR)pattern.data(), pattern.size(), opts, &err, &off, nullptr);
+        const uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
+        // A {"String": ...} pattern matches itself: every ASCII punctuation escaped (PCRE2_LITERAL
+        // does not combine with the UTF options).
+        std::string pat;
+        for (char c : pattern) {
+            if ((unsigned char)c < 0x80 && !std::isalnum((unsigned char)c) && literal) pat += '\\';
+            pat += c;
+        }
+        code_ = pcre2_compile((PCRE2_SPTR)pat.data(), pat.size(), opts, &err, &off, nullptr);
         if (!code_) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(err, msg, sizeof msg);

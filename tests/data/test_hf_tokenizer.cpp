@@ -232,6 +232,23 @@ TEST(ByteLevelBpe, IgnoreMergesAndPrefixSpaceAndGpt2Regex) {
     auto tok = t.load();
     EXPECT_EQ(tok->encode("hello"), (Ids{' ', 267}));
     EXPECT_EQ(tok->encode("the 12"), (Ids{260, ' ', 262}));  // " 12" is one GPT-2 piece
+    // Split by a {"String": ...}: the space alone, so " the" cannot merge into one token; a
+    // string with regex punctuation matches itself
+    for (const char* sep : {" ", "a.b"}) {
+        t = hand_vocab();
+        t.pre_tokenizer = {{"type", "Sequence"},
+                           {"pretokenizers",
+                            {{{"type", "Split"}, {"pattern", {{"String", sep}}}, {"behavior", "Isolated"}},
+                             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+        tok = t.load();
+        if (sep[0] == ' ') {
+            EXPECT_EQ(tok->encode(" the"), (Ids{' ', 't', 259}));
+        } else {
+            EXPECT_EQ(tok->encode("ab"), (Ids{257}));
+            EXPECT_EQ(tok->encode("a.bc"), (Ids{'a', '.', 'b', 'c'}));  // "a.b" is one piece
+            EXPECT_EQ(tok->encode("axbc"), (Ids{'a', 'x', 256}));
+        }
+    }
 }
 
 TEST(ByteLevelBpe, NormalizedAddedTokenAndNfc) {
