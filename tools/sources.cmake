@@ -10,4 +10,5 @@ set(MOE_TOOL_SOURCES
   tools/cmd_inspect.cpp
   tools/hf_tools.cpp
   tools/cmd_bench_generate.cpp
+  tools/cmd_tokenize.cpp
 )
