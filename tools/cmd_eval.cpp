@@ -74,8 +74,10 @@ static int run_eval_hf(const EvalOptions& o) {
         what += " (" + split + " split: the last 10% is val)";
     }
     std::vector<int32_t> ids;
+    if (tok->special().add_bos && tok->special().bos >= 0) ids.push_back(tok->special().bos);
     try {
-        ids = tok->encode(text);
+        std::vector<int32_t> body = tok->encode(text);
+        ids.insert(ids.end(), body.begin(), body.end());
     } catch (const Error& e) {
         fail("{}: {}", o.data, e.what());
     }

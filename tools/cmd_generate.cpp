@@ -47,7 +47,14 @@ static int run_generate_hf(const GenerateOptions& o) {
     } else {
         if (!tok) fail("{}; give --prompt-ids to run without a tokenizer", tok_error);
         if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
-        std::vector<int32_t> ids = tok->encode(o.prompt);
+        // BOS first when the tokenizer's config says so (Mixtral yes, Qwen no), as HF does.
+        if (tok->special().add_bos && tok->special().bos >= 0) prompt.push_back(tok->special().bos);
+        std::vector<int32_t> ids;
+        try {
+            ids = tok->encode(o.prompt);
+        } catch (const Error& e) {
+            fail("--prompt: {}", e.what());
+        }
         prompt.insert(prompt.end(), ids.begin(), ids.end());
     }
     if ((int64_t)prompt.size() > c.max_positions)
@@ -57,18 +64,24 @@ static int run_generate_hf(const GenerateOptions& o) {
     FILE* trace = open_trace(o.trace);
     if (o.prompt_ids.empty()) std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
-    const std::vector<int32_t> no_eos;
+    // End-of-sequence ids: generation_config.json / tokenizer_config.json, else config.json.
+    std::vector<int32_t> eos = c.eos_token_ids;
+    if (tok && !tok->special().eos.empty()) eos = tok->special().eos;
+    if (o.ignore_eos) eos.clear();
+    std::unique_ptr<StreamDecoder> stream;
+    if (tok) stream = std::make_unique<StreamDecoder>(*tok);
     const HfRunCounters before = hf_counters(*model);
     std::string stop;
     std::vector<int32_t> out;
     try {
         out = generate_hf(
-            *model, prompt, o.sample, o.ignore_eos ? no_eos : c.eos_token_ids,
+            *model, prompt, o.sample, eos,
             [&](int32_t id) {
-                if (!tok) {
+                if (stream)  // token by token, never half a UTF-8 character
+                    std::fputs(stream->push(id).c_str(), stdout);
+                else
                     std::printf(" %d", id);
-                    std::fflush(stdout);
-                }
+                std::fflush(stdout);
             },
             &stop, trace,
             [&](int32_t id) { return tok ? tok->piece(id) : std::to_string(id); });
@@ -80,8 +93,8 @@ static int run_generate_hf(const GenerateOptions& o) {
     if (trace && std::fclose(trace) != 0) fail("cannot write {}: {}", o.trace, std::strerror(errno));
     std::string text;
     if (tok) {
+        std::fputs(stream->flush().c_str(), stdout);
         text = tok->decode(out);
-        std::fputs(text.c_str(), stdout);
     }
     std::printf("\n");
     std::fflush(stdout);

@@ -95,7 +95,10 @@ void run_inspect(const InspectOptions& o) {
         if (o.max_tokens > 0 && text.size() > cap) text.resize(cap);
         std::vector<int32_t> ids;
         try {
-            ids = tok->encode(text);
+            if (tok->special().add_bos && tok->special().bos >= 0)
+                ids.push_back(tok->special().bos);
+            std::vector<int32_t> body = tok->encode(text);
+            ids.insert(ids.end(), body.begin(), body.end());
         } catch (const Error& e) {
             fail("{}: {}", o.corpus.empty() ? std::string("--text") : "--corpus " + o.corpus,
                  e.what());

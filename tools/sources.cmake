@@ -11,4 +11,5 @@ set(MOE_TOOL_SOURCES
   tools/hf_tools.cpp
   tools/cmd_bench_generate.cpp
   tools/cmd_tokenize.cpp
+  tools/cmd_chat.cpp
 )
