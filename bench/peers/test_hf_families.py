@@ -1,0 +1,339 @@
+#!/usr/bin/python3
+"""moe.cpp's Hugging Face loader against the PyTorch reference (hf_reference.py) on tiny random
+directories (hf_make_tiny.py), for mixtral, qwen2_moe, qwen3_moe and olmoe, each at f32 with 1
+and 3 shards, bf16 in 2 shards and f16:
+  - `moe eval DIR --prompt-ids P --dump-logits OUT` vs the reference's fp32 forward on the same
+    stored weights: max|ours - ref| / max|ref| <= 1e-4 (bf16/f16 weights too: the engine computes
+    in fp32 on them); the distance to the reference under bf16 autocast is printed.
+  - `moe generate DIR --prompt-ids P --max-tokens 16 --temperature 0 --json`: token_ids equal the
+    reference's greedy ids.
+  - `moe tokenize DIR --file TEXT --json` equals this directory's tokenizer run by a peer
+    (python sentencepiece for tokenizer.model; hf_make_tiny.bpe_encode for tokenizer.json),
+    BOS first when tokenizer_config.json says add_bos_token;
+    `moe eval DIR --data TEXT --split all --block 32 --json` val_loss vs the reference's window
+    loss on those ids, relative 1e-4.
+Before any of that, checks of the reference itself that can fail: shards give bitwise the same
+logits as one file; a prefix's logits are the first rows of the longer forward; a KV-cache
+decode equals the full forward; permuting the experts (router rows with them) changes nothing;
+fp32 is within 1e-5 of float64; each family switch (renormalisation, clip_qkv, biases, shared
+gate) moves the logits by more than 10x the tolerance, so the comparison would see it ignored;
+the mixtral forward equals bench/peers/torch_lm.py (written separately for moe.cpp's own LM);
+bf16/f16 files hold exactly the rounded f32 weights; the same seed writes the same bytes; the
+tokenizers round-trip text.
+
+  /usr/bin/python3 bench/peers/test_hf_families.py --moe build/moe [-k FAMILY] [--keep DIR]
+Prints "skipped" and exits 0 only when torch is missing. Exit 1 on any failure."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+try:
+    import torch
+except ImportError:
+    print("hf_families_vs_torch: skipped (no torch in /usr/bin/python3)")
+    sys.exit(0)
+
+import numpy as np  # noqa: E402
+
+import hf_make_tiny  # noqa: E402
+import hf_reference  # noqa: E402
+import safetensors_np  # noqa: E402
+
+RTOL = 1e-4
+PROMPT = [1, 17, 93, 201, 45, 310, 7, 128, 66, 250, 3, 99, 12, 377]
+GREEDY = 16
+BLOCK = 32
+VARIANTS = [("f32", 1), ("f32", 3), ("bf16", 2), ("f16", 1)]
+FAILS = []
+
+
+def check(ok, msg):
+    print(("  ok    " if ok else "  FAIL  ") + msg, flush=True)
+    if not ok:
+        FAILS.append(msg)
+    return ok
+
+
+def rel(a, b):
+    """max|a - b| / max|b|."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()
+                 / max(np.abs(np.asarray(b, np.float64)).max(), 1e-30))
+
+
+def text_sample():
+    with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        t = f.read()[200000:201200]
+    return t + "\nUTF-8 too: 日本語のテキスト, café, emoji 😀🎉.\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# checks of the reference itself
+
+
+def permute_experts(c, W, seed):
+    """The same model with its experts renumbered in every sparse layer (router rows follow)."""
+    fam = c["model_type"]
+    E = c["num_local_experts"] if fam == "mixtral" else c["num_experts"]
+    perm = np.random.default_rng(seed).permutation(E)
+    out = dict(W)
+    for layer in range(c["num_hidden_layers"]):
+        b = "model.layers.%d.%s." % (layer, "block_sparse_moe" if fam == "mixtral" else "mlp")
+        if b + "gate.weight" not in W:
+            continue
+        out[b + "gate.weight"] = W[b + "gate.weight"][perm]
+        for j in range(E):  # new expert j is old expert perm[j]
+            for n in W:
+                pre = b + "experts.%d." % perm[j]
+                if n.startswith(pre):
+                    out[b + "experts.%d." % j + n[len(pre):]] = W[n]
+    return out
+
+
+def flips(fam):
+    """(what, function(Runner)) family switches whose loss the comparison must notice."""
+    def attr(name, value):
+        return lambda r: setattr(r.m, name, value if not callable(value) else value(r.m))
+
+    def zero(pred):
+        def f(r):
+            for n, t in r.m.W.items():
+                if pred(n):
+                    r.m.W[n] = torch.zeros_like(t)
+        return f
+    out = [("routing weights renormalised or not", attr("renorm", lambda m: not m.renorm))]
+    if fam == "olmoe":
+        out.append(("clip_qkv ignored", attr("clip", None)))
+    if fam == "qwen2_moe":
+        out.append(("q/k/v biases dropped", zero(lambda n: n.endswith("_proj.bias"))))
+        out.append(("shared_expert_gate ignored (gate 0.5)", zero(lambda n: n.endswith("shared_expert_gate.weight"))))
+    if fam in ("qwen3_moe", "olmoe"):
+        out.append(("q_norm/k_norm weights taken as ones",
+                    lambda r: [r.m.W.__setitem__(n, torch.ones_like(t)) for n, t in list(r.m.W.items())
+                               if n.endswith("q_norm.weight") or n.endswith("k_norm.weight")]))
+    out.append(("rope_theta 10000 <-> 1e6", attr("theta", lambda m: 1e6 if m.theta < 1e5 else 1e4)))
+    return out
+
+
+def same_bytes(d1, d2):
+    f1, f2 = sorted(os.listdir(d1)), sorted(os.listdir(d2))
+    if f1 != f2:
+        return False
+    return all(open(os.path.join(d1, f), "rb").read() == open(os.path.join(d2, f), "rb").read()
+               for f in f1)
+
+
+def tokenizer_peer(d):
+    """-> encode(text) -> ids (no BOS), decode(ids) -> text, bos id or None (add_bos_token)."""
+    with open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8") as f:
+        tc = json.load(f)
+    with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+        c = json.load(f)
+    bos = c.get("bos_token_id") if tc.get("add_bos_token") else None
+    if os.path.exists(os.path.join(d, "tokenizer.model")):
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(d, "tokenizer.model"))
+        return (lambda t: sp.encode(t)), (lambda ids: sp.decode(ids)), bos
+    with open(os.path.join(d, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    b2u, _ = hf_make_tiny.bytes_to_unicode()
+    u2b = {u: b for b, u in b2u.items()}
+    inv = {i: s for s, i in tok["model"]["vocab"].items()}
+
+    def decode(ids):
+        return bytes(u2b[ch] for i in ids for ch in inv[i]).decode("utf-8")
+    return (lambda t: hf_make_tiny.bpe_encode(t, tok)), decode, bos
+
+
+def self_checks(fam, dirs, work):
+    print("%s: checks of the reference" % fam, flush=True)
+    c, W = hf_reference.load_dir(dirs[("f32", 1)])
+    c3, W3 = hf_reference.load_dir(dirs[("f32", 3)])
+    r32 = hf_reference.Runner(c, W)
+    ref = r32.logits(PROMPT)
+    check(np.array_equal(ref, hf_reference.Runner(c3, W3).logits(PROMPT)),
+          "3 shards + index give bitwise the logits of one file")
+    check(not r32.m.unused(), "the forward uses every stored tensor (%s)" % (r32.m.unused()[:3] or "all"))
+    r64 = hf_reference.Runner(c, W, "f64")
+    full = r64.logits(PROMPT)
+    e = rel(r64.logits(PROMPT[:6]), full[:6])
+    check(e < 1e-12, "causal: a 6-token prefix's logits are the first rows of the 14-token "
+          "forward (rel %.1e)" % e)
+    e = rel(r64.decode_kv(PROMPT), full)
+    check(e < 1e-12, "KV-cache decode, one token at a time, equals the full forward (rel %.1e)" % e)
+    e = rel(hf_reference.Runner(c, permute_experts(c, W, 5), "f64").logits(PROMPT), full)
+    check(e < 1e-12, "experts renumbered (router rows with them): same logits (rel %.1e)" % e)
+    e = rel(ref, full)
+    check(e < 1e-5, "fp32 reference within 1e-5 of float64 (rel %.1e): room under the 1e-4 "
+          "bound" % e)
+    check(r64.m.min_route_gap > 1e-4, "routing is not near a tie on the prompt: smallest "
+          "p_k - p_k+1 = %.2e" % r64.m.min_route_gap)
+    for what, fn in flips(fam):
+        r = hf_reference.Runner(c, W, "f64")
+        fn(r)
+        e = rel(r.logits(PROMPT), full)
+        check(e > 10 * RTOL, "the comparison sees %s (logits move by rel %.1e)" % (what, e))
+    if fam == "mixtral":
+        import torch_lm
+        cfg = torch_lm.Cfg(c)
+        Wt = {n: torch.from_numpy(a).double() for n, a in W.items()}
+        with torch.no_grad():
+            lg, _, _ = torch_lm.forward(Wt, cfg, torch.tensor([PROMPT]), None)
+        e = rel(lg[0].numpy(), full)
+        # torch_lm takes the RoPE angles in fp32 (as HF does), this reference in float64
+        check(e < 1e-7, "mixtral: equals bench/peers/torch_lm.py, a peer written separately "
+              "(rel %.1e: its RoPE angles are fp32)" % e)
+    for dt, shards in VARIANTS:
+        if dt == "f32":
+            continue
+        _, Wd = hf_reference.load_dir(dirs[(dt, shards)])
+        rnd = (safetensors_np.bf16_round if dt == "bf16"
+               else lambda a: a.astype(np.float16).astype(np.float32))
+        check(all(np.array_equal(Wd[n], rnd(W[n])) for n in W) and set(Wd) == set(W),
+              "%s file holds exactly the %s-rounded f32 weights" % (dt, dt))
+    again = os.path.join(work, fam + "-again")
+    hf_make_tiny.make(again, fam, seed=0)
+    check(same_bytes(again, dirs[("f32", 1)]), "same seed: the same bytes in every file")
+    shutil.rmtree(again)
+    enc, dec, _ = tokenizer_peer(dirs[("f32", 1)])
+    t = text_sample()
+    ids = enc(t)
+    check(dec(ids) == t, "tokenizer round trip decode(encode(text)) == text (%d chars -> %d ids)"
+          % (len(t), len(ids)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+def moe_run(moe, args, timeout=120):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    p = subprocess.run([moe] + args, capture_output=True, text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        raise RuntimeError("moe %s: exit %d: %s" % (" ".join(args), p.returncode,
+                                                     (p.stderr or p.stdout).strip()[-400:]))
+    return p.stdout
+
+
+def last_json(out):
+    return json.loads([ln for ln in out.splitlines() if ln.strip()][-1])
+
+
+def engine_support(moe):
+    """Which of the contracts the binary offers (the HF engine lands in main during the work)."""
+    def helps(cmd):
+        p = subprocess.run([moe, cmd, "--help"], capture_output=True, text=True)
+        return p.stdout + p.stderr if p.returncode == 0 else ""
+    ev, gen, tok = helps("eval"), helps("generate"), helps("tokenize")
+    return {"logits": "--dump-logits" in ev and "--prompt-ids" in ev,
+            "generate": "--prompt-ids" in gen, "tokenize": "--file" in tok,
+            "loss": "--block" in ev}
+
+
+def engine_checks(fam, moe, dirs, work, support):
+    print("%s: moe.cpp against the reference" % fam, flush=True)
+    text_file = os.path.join(work, "text.txt")
+    with open(text_file, "w", encoding="utf-8") as f:
+        f.write(text_sample())
+    prompt = ",".join(str(i) for i in PROMPT)
+    tok_ids = None
+    for (dt, shards), d in dirs.items():
+        tag = "%s %s/%d" % (fam, dt, shards)
+        c, W = hf_reference.load_dir(d)
+        r = hf_reference.Runner(c, W)
+        try:
+            if support["logits"]:
+                out = os.path.join(work, "%s-%s-%d.logits.safetensors" % (fam, dt, shards))
+                moe_run(moe, ["eval", d, "--prompt-ids", prompt, "--dump-logits", out])
+                ours = safetensors_np.load(out)["logits"]
+                ref = r.logits(PROMPT)
+                ok = ours.shape == ref.shape
+                e = rel(ours, ref) if ok else float("inf")
+                extra = ""
+                if dt != "f32":
+                    extra = "; %.1e from the bf16-autocast run (bf16 rounding)" % rel(
+                        ours, hf_reference.Runner(c, W, "bf16").logits(PROMPT))
+                check(ok and e <= RTOL, "%s: logits %s rel error %.2e <= %.0e%s" % (
+                    tag, list(ours.shape), e, RTOL, extra))
+            if support["generate"]:
+                got = last_json(moe_run(moe, ["generate", d, "--prompt-ids", prompt, "--max-tokens",
+                                              str(GREEDY), "--temperature", "0", "--json"]))
+                got = [int(x) for x in got["token_ids"]]
+                want, gap = r.greedy(PROMPT, GREEDY)
+                first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+                check(got == want, "%s: greedy %d tokens identical%s (smallest top-2 logit gap "
+                      "%.1e)" % (tag, GREEDY, "" if got == want else
+                                 ": ours %s, reference %s, first difference at %s" % (
+                                     got, want, first), gap))
+            if support["tokenize"] and tok_ids is None:
+                got = last_json(moe_run(moe, ["tokenize", d, "--file", text_file, "--json"]))["ids"]
+                enc, _, bos = tokenizer_peer(d)
+                want = enc(text_sample())
+                with_bos = ([bos] if bos is not None else []) + want
+                if got == with_bos:
+                    tok_ids, how = got, "BOS included" if bos is not None else "no BOS"
+                elif bos is not None and got == want:
+                    tok_ids, how = with_bos, "BOS added by eval"
+                else:
+                    first = next((i for i, (a, b) in enumerate(zip(got, with_bos)) if a != b),
+                                 min(len(got), len(with_bos)))
+                    how = "first difference at %d: ours %s, peer %s" % (
+                        first, got[first:first + 5], with_bos[first:first + 5])
+                check(tok_ids is not None, "%s: moe tokenize equals the tokenizer peer on %d "
+                      "chars with CJK and emoji (%d ids; %s)" % (fam, len(text_sample()),
+                                                                len(got), how))
+            if support["loss"] and tok_ids is not None:
+                got = last_json(moe_run(moe, ["eval", d, "--data", text_file, "--split", "all",
+                                              "--block", str(BLOCK), "--json"]))["val_loss"]
+                want, n = r.window_loss(tok_ids, BLOCK)
+                e = abs(got - want) / abs(want)
+                check(e <= RTOL, "%s: eval loss %.6f vs reference %.6f over %d predictions "
+                      "(rel %.1e)" % (tag, got, want, n, e))
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as ex:
+            check(False, "%s: %s" % (tag, ex))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--moe", help="the moe binary (without it: only the reference's checks)")
+    ap.add_argument("-k", dest="only", default=None, help="only this family")
+    ap.add_argument("--keep", default=None, help="write the directories here and keep them")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    work = a.keep or tempfile.mkdtemp(prefix="hf_families_")
+    os.makedirs(work, exist_ok=True)
+    support = engine_support(a.moe) if a.moe else {}
+    missing = [k for k, v in support.items() if not v]
+    if a.moe and missing:
+        print("moe.cpp comparison: the binary lacks %s; only those parts are skipped" % missing)
+    try:
+        for fam in hf_make_tiny.FAMILIES:
+            if a.only and fam != a.only:
+                continue
+            dirs = {}
+            for dt, shards in VARIANTS:
+                d = os.path.join(work, "%s-%s-%d" % (fam, dt, shards))
+                hf_make_tiny.make(d, fam, dtype=dt, shards=shards, seed=0)
+                dirs[(dt, shards)] = d
+            self_checks(fam, dirs, work)
+            if a.moe and any(support.values()):
+                engine_checks(fam, a.moe, dirs, work, support)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("hf_families_vs_torch: %s, %d failure(s), %.1f s" % (
+        "FAILED" if FAILS else "passed", len(FAILS), time.time() - t0))
+    sys.exit(1 if FAILS else 0)
+
+
+if __name__ == "__main__":
+    main()
