@@ -8,4 +8,5 @@ set(MOE_TOOL_SOURCES
   tools/cmd_bench.cpp
   tools/cmd_report.cpp
   tools/cmd_inspect.cpp
+  tools/hf_tools.cpp
 )

@@ -136,4 +136,10 @@ class HfModel {
     std::unique_ptr<Impl> impl_;
 };
 
+// Mean cross-entropy (nats) over consecutive non-overlapping windows of block + 1 tokens of ids
+// (window w = ids[w (block+1) ...]), each predicting its last `block` tokens from an empty cache:
+// what `moe eval` reports, windowed as for moe.cpp's own checkpoints. *n_pred: tokens predicted.
+double hf_eval_windows(HfModel& model, const std::vector<int32_t>& ids, int block,
+                       int64_t* n_pred);
+
 }  // namespace moe

@@ -429,4 +429,31 @@ const float* HfModel::cache_feed(const int32_t* ids, int n, bool all_logits) {
     return m.logits.data();
 }
 
+double hf_eval_windows(HfModel& model, const std::vector<int32_t>& ids, int block,
+                       int64_t* n_pred) {
+    const int V = model.config().vocab_size;
+    const int64_t n_win = (int64_t)(ids.size() / ((size_t)block + 1));
+    if (n_win < 1)
+        fail("evaluation data has {} tokens, fewer than one window of --block + 1 = {}; give a "
+             "longer text or a smaller --block",
+             ids.size(), block + 1);
+    double total = 0;
+    for (int64_t w = 0; w < n_win; w++) {
+        const int32_t* x = ids.data() + (size_t)w * (block + 1);
+        model.cache_reset();
+        const float* logits = model.cache_feed(x, block, /*all_logits=*/true);
+        for (int t = 0; t < block; t++) {  // -log softmax(logits)[target], in double
+            const float* z = logits + (size_t)t * V;
+            double mx = z[0];
+            for (int v = 1; v < V; v++) mx = std::max(mx, (double)z[v]);
+            double sum = 0;
+            for (int v = 0; v < V; v++) sum += std::exp((double)z[v] - mx);
+            total += mx + std::log(sum) - (double)z[x[t + 1]];
+        }
+    }
+    if (n_pred) *n_pred = n_win * block;
+    return total / ((double)n_win * block);
+}
+
 }  // namespace moe
+
