@@ -566,7 +566,7 @@ def parse_args(argv=None):
                    "1 and 3 sparse, 0 and 2 dense)")
     g.add_argument("--std", type=float, default=0.08, help="weight std")
     g.add_argument("--router-std", dest="router_std", type=float, default=0.3)
-    g.add_argument("--tokenizer-chars", dest="tokenizer_chars", type=int, default=60000,
+    g.add_argument("--tokenizer-chars", dest="tokenizer_chars", type=int, default=30000,
                    help="train the tokenizer on this many characters of tinyshakespeare")
     a = ap.parse_args(argv)
     if a.bad == "list":

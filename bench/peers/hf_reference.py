@@ -144,6 +144,13 @@ def rotate_half(x):
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
+def repeat_kv(t, G):
+    """[B, KV, T, hd] -> [B, KV*G, T, hd]: kv head g serves query heads g*G .. g*G+G-1 (HF
+    repeat_kv; expand + reshape: torch 1.13's repeat_interleave is ~100x slower here)."""
+    B, KV, T, hd = t.shape
+    return t[:, :, None].expand(B, KV, G, T, hd).reshape(B, KV * G, T, hd)
+
+
 def linear(m, x, name, bias=None):
     return F.linear(x, m.w(name), None if bias is None else m.w(bias))
 
@@ -178,9 +185,7 @@ def attention(m, x, p, cos, sin, cache=None):
             k = torch.cat([cache["k"], k], dim=2)
             v = torch.cat([cache["v"], v], dim=2)
         cache["k"], cache["v"] = k, v
-    G = m.H // m.KV
-    k = k.repeat_interleave(G, dim=1)  # HF repeat_kv: kv head g -> query heads g*G .. g*G+G-1
-    v = v.repeat_interleave(G, dim=1)
+    k, v = repeat_kv(k, m.H // m.KV), repeat_kv(v, m.H // m.KV)
     s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(m.hd)
     T = k.shape[2]
     mask = torch.arange(T)[None, :] > (past + torch.arange(S))[:, None]  # key after query
