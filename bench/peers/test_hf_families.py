@@ -5,12 +5,14 @@ and 3 shards, bf16 in 2 shards and f16:
   - `moe eval DIR --prompt-ids P --dump-logits OUT --json` vs the reference's fp32 forward on the
     same stored weights: max|ours - ref| / max|ref| <= 1e-4 (bf16/f16 weights too: the engine
     computes in fp32 on them), the distance to the reference under bf16 autocast printed; its
-    val_loss (P as one window) within 1e-4 relative of the reference's.
+    val_loss (P as one window) within 1e-4 relative of the reference's; the same bound on a
+    250-id prompt (positions up to the context of 256).
   - `moe generate DIR --prompt-ids P --max-tokens 16 --temperature 0 --ignore-eos --json`:
     token_ids equal the reference's greedy ids; without --ignore-eos they stop after the first
     EOS id (included), as HF generate does.
   - `moe tokenize DIR --file TEXT --json` equals this directory's tokenizer run by a peer
-    (python sentencepiece for tokenizer.model; hf_make_tiny.bpe_encode for tokenizer.json),
+    (python sentencepiece for tokenizer.model; hf_make_tiny.bpe_encode for tokenizer.json) on
+    Shakespeare, CJK, emoji, runs of spaces, tabs, digits, contractions and CRLF,
     BOS first when tokenizer_config.json says add_bos_token;
     `moe eval DIR --data TEXT --split all --block 32 --json` val_loss vs the reference's window
     loss on those ids, relative 1e-4.
@@ -74,7 +76,8 @@ def rel(a, b):
 def text_sample():
     with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
         t = f.read()[200000:201200]
-    return t + "\nUTF-8 too: 日本語のテキスト, café, emoji 😀🎉.\n"
+    return (t + "\nUTF-8 too: 日本語のテキスト, café, emoji 😀🎉.\nHello  world\n\n  tabs\tand   "
+            "spaces, numbers 12345 and 3.14; ½ ² Ⅻ; it's they'll I'M\r\nend")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +271,13 @@ def engine_checks(fam, moe, dirs, work, support):
                         ours, hf_reference.Runner(c, W, "bf16").logits(PROMPT))
                 check(ok and e <= RTOL, "%s: logits %s rel error %.2e <= %.0e%s" % (
                     tag, list(ours.shape), e, RTOL, extra))
+                if (dt, shards) == ("f32", 1):  # positions up to the context (RoPE angles)
+                    long = [int(x) for x in np.random.default_rng(1).integers(0, 384, 250)]
+                    moe_run(moe, ["eval", d, "--prompt-ids", ",".join(map(str, long)),
+                                  "--dump-logits", out])
+                    e = rel(safetensors_np.load(out)["logits"], r.logits(long))
+                    check(e <= RTOL, "%s: logits of 250 positions (context %d) rel error %.2e"
+                          % (tag, c["max_position_embeddings"], e))
                 want, n = r.window_loss(PROMPT, len(PROMPT) - 1)
                 e = abs(loss1 - want) / abs(want)
                 check(e <= RTOL, "%s: eval --prompt-ids loss %.6f vs reference %.6f over %d "
