@@ -295,7 +295,7 @@ def make_config(fam, a, vocab_size, specials):
                  sliding_window=max(4096, a.max_pos * 2), use_sliding_window=False,
                  transformers_version="4.40.0.dev0")
     elif fam == "qwen3_moe":
-        c = dict(common, architectures=["Qwen3MoeForCausalLM"], attention_bias=False,
+        c = dict(common, architectures=["Qwen3MoeForCausalLM"], attention_bias=a.attention_bias,
                  bos_token_id=specials["<|endoftext|>"], eos_token_id=specials["<|im_end|>"],
                  decoder_sparse_step=a.sparse_step, head_dim=a.head_dim, intermediate_size=a.ff,
                  max_window_layers=a.layers, mlp_only_layers=a.mlp_only_layers,
@@ -304,7 +304,7 @@ def make_config(fam, a, vocab_size, specials):
                  sliding_window=None, use_sliding_window=False,
                  transformers_version="4.51.0")
     else:
-        c = dict(common, architectures=["OlmoeForCausalLM"], attention_bias=False,
+        c = dict(common, architectures=["OlmoeForCausalLM"], attention_bias=a.attention_bias,
                  bos_token_id=None, clip_qkv=a.clip_qkv, eos_token_id=specials["<|endoftext|>"],
                  pad_token_id=specials["<|padding|>"], intermediate_size=a.expert_ff,
                  norm_topk_prob=a.norm_topk, num_experts=a.experts, rope_scaling=None,
@@ -336,9 +336,11 @@ def tensor_table(c):
         a = p + "self_attn."
         out += [(a + "q_proj.weight", (H * hd, d), "w"), (a + "k_proj.weight", (KV * hd, d), "w"),
                 (a + "v_proj.weight", (KV * hd, d), "w"), (a + "o_proj.weight", (d, H * hd), "w")]
-        if fam == "qwen2_moe":
+        if fam == "qwen2_moe" or c.get("attention_bias"):
             out += [(a + "q_proj.bias", (H * hd,), "bias"), (a + "k_proj.bias", (KV * hd,), "bias"),
                     (a + "v_proj.bias", (KV * hd,), "bias")]
+        if c.get("attention_bias"):  # qwen3_moe, olmoe: o_proj too
+            out.append((a + "o_proj.bias", (d,), "bias"))
         if fam == "qwen3_moe":
             out += [(a + "q_norm.weight", (hd,), "norm"), (a + "k_norm.weight", (hd,), "norm")]
         if fam == "olmoe":
@@ -555,6 +557,8 @@ def parse_args(argv=None):
     g.add_argument("--rope-theta", dest="rope_theta", type=float, default=None)
     g.add_argument("--eps", type=float, default=None)
     g.add_argument("--tie", action="store_true", help="tie_word_embeddings (no lm_head.weight)")
+    g.add_argument("--attention-bias", dest="attention_bias", action="store_true",
+                   help="qwen3_moe, olmoe: q/k/v/o biases (attention_bias true)")
     g.add_argument("--norm-topk", dest="norm_topk", action="store_true", default=None)
     g.add_argument("--no-norm-topk", dest="norm_topk", action="store_false")
     g.add_argument("--clip-qkv", dest="clip_qkv", type=float, default=None,
@@ -580,6 +584,9 @@ def parse_args(argv=None):
     fam = a.family
     if a.head_dim is None:
         a.head_dim = a.hidden // a.heads
+    if a.attention_bias and fam not in ("qwen3_moe", "olmoe"):
+        ap.error("--attention-bias: only qwen3_moe and olmoe have the key (qwen2_moe always has "
+                 "q/k/v biases)")
     if fam != "qwen3_moe" and a.head_dim * a.heads != a.hidden:
         ap.error("--head-dim: only qwen3_moe has a head_dim other than hidden/heads")
     if a.heads % a.kv_heads or a.head_dim % 2:

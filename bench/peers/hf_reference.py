@@ -18,7 +18,7 @@ attention softmax and the RMSNorm statistics in fp32, as HF does; --f64 computes
 The equations (each family = one set of switches on a Llama-style decoder):
   x = embed[ids];  per layer: x += o_proj(attn(rms(x))),  x += mlp(rms(x));  logits = head(rms(x))
   rms(x) = w * x / sqrt(mean(x^2) + eps), the statistics in fp32.
-  attention: q,k,v = proj(x) (+ bias: qwen2_moe);
+  attention: q,k,v = proj(x) (+ bias: qwen2_moe; qwen3_moe/olmoe with attention_bias, o too);
     olmoe: q = rms(q) over all heads (q_norm [H*hd]), k = rms(k) (k_norm [KV*hd]), then q, k, v
            clamped to [-clip_qkv, clip_qkv] when clip_qkv is set;
     qwen3_moe: q, k per head rms (q_norm, k_norm [hd]), before RoPE;
@@ -101,6 +101,8 @@ class Model:
         self.renorm = True if self.fam == "mixtral" else bool(c.get("norm_topk_prob", False))
         self.clip = c.get("clip_qkv") if self.fam == "olmoe" else None
         self.tie = bool(c.get("tie_word_embeddings", False))
+        # qwen3_moe, olmoe: attention_bias puts biases on q, k, v and o (qwen2_moe: q, k, v always)
+        self.attn_bias = self.fam in ("qwen3_moe", "olmoe") and bool(c.get("attention_bias", False))
         self.min_route_gap = math.inf
 
     def w(self, name):
@@ -159,7 +161,7 @@ def attention(m, x, p, cos, sin, cache=None):
     """x [B,S,d] -> [B,S,d]. cache: dict holding this layer's past k, v (post-RoPE), extended."""
     B, S, _ = x.shape
     a = p + "self_attn."
-    bias = m.fam == "qwen2_moe"
+    bias = m.fam == "qwen2_moe" or m.attn_bias
     q = linear(m, x, a + "q_proj.weight", a + "q_proj.bias" if bias else None)
     k = linear(m, x, a + "k_proj.weight", a + "k_proj.bias" if bias else None)
     v = linear(m, x, a + "v_proj.weight", a + "v_proj.bias" if bias else None)
@@ -192,7 +194,7 @@ def attention(m, x, p, cos, sin, cache=None):
     s = s.masked_fill(mask, float("-inf"))
     att = F.softmax(s, dim=-1, dtype=torch.float32 if s.dtype != torch.float64 else None)
     y = torch.matmul(att.to(v.dtype), v).transpose(1, 2).reshape(B, S, m.H * m.hd)
-    return linear(m, y, a + "o_proj.weight")
+    return linear(m, y, a + "o_proj.weight", a + "o_proj.bias" if m.attn_bias else None)
 
 
 def swiglu(m, x, gate, up, down):

@@ -57,6 +57,14 @@ PROMPT = [1, 17, 93, 201, 45, 310, 7, 128, 66, 250, 3, 99, 12, 377]
 GREEDY = 16
 BLOCK = 32
 VARIANTS = [("f32", 1), ("f32", 3), ("bf16", 2), ("f16", 1)]
+# One more f32 directory per family with the switches the defaults leave alone (logits, prompt
+# loss and greedy ids only).
+EXTRA = {
+    "mixtral": dict(tie=True, experts=8, topk=3),
+    "qwen2_moe": dict(norm_topk=True, topk=1, sparse_step=2, mlp_only_layers=[]),
+    "qwen3_moe": dict(tie=True, attention_bias=True, kv_heads=1, norm_topk=False),
+    "olmoe": dict(attention_bias=True, clip_qkv=0, kv_heads=4, norm_topk=True),
+}
 FAILS = []
 
 
@@ -208,6 +216,12 @@ def self_checks(fam, dirs, work):
     hf_make_tiny.make(again, fam, seed=0)
     check(same_bytes(again, dirs[("f32", 1)]), "same seed: the same bytes in every file")
     shutil.rmtree(again)
+    xkey = [k for k in dirs if k[0].startswith("f32 ")][0]
+    cx, Wx = hf_reference.load_dir(dirs[xkey])
+    rx = hf_reference.Runner(cx, Wx, "f64")
+    e = rel(rx.decode_kv(PROMPT), rx.logits(PROMPT))
+    check(e < 1e-12 and not rx.m.unused(), "%s: KV decode = full forward (rel %.1e), every tensor "
+          "used" % (xkey[0], e))
     enc, dec, _ = tokenizer_peer(dirs[("f32", 1)])
     t = text_sample()
     ids = enc(t)
@@ -266,7 +280,7 @@ def engine_checks(fam, moe, dirs, work, support):
                 ok = ours.shape == ref.shape
                 e = rel(ours, ref) if ok else float("inf")
                 extra = ""
-                if dt != "f32":
+                if dt in ("bf16", "f16"):
                     extra = "; %.1e from the bf16-autocast run (bf16 rounding)" % rel(
                         ours, hf_reference.Runner(c, W, "bf16").logits(PROMPT))
                 check(ok and e <= RTOL, "%s: logits %s rel error %.2e <= %.0e%s" % (
@@ -358,6 +372,9 @@ def main():
                 d = os.path.join(work, "%s-%s-%d" % (fam, dt, shards))
                 hf_make_tiny.make(d, fam, dtype=dt, shards=shards, seed=0)
                 dirs[(dt, shards)] = d
+            d = os.path.join(work, "%s-extra" % fam)
+            hf_make_tiny.make(d, fam, seed=3, **EXTRA[fam])
+            dirs[("f32 " + ",".join("%s=%s" % kv for kv in EXTRA[fam].items()), 1)] = d
             self_checks(fam, dirs, work)
             t1 = time.time()
             if a.moe:
