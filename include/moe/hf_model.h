@@ -10,6 +10,7 @@
 // or F16 (src/kernels/typed_gemm.h). docs/hf-models.md has the family table.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -57,7 +58,7 @@ struct HfConfig {
     std::string ffn_prefix(int l) const;
     // Routed expert j's three matrices: gate (SwiGLU's silu input), up, down.
     std::string expert_name(int l, int j, int which) const;  // which: 0 gate, 1 up, 2 down
-    int64_t n_params() const;  // parameters in the files the model uses
+    double n_params() const;  // parameters in the files the model uses (double: no overflow)
 };
 
 // config.json (parsed) -> HfConfig. `where` names the file in errors. Unknown model_type, missing
@@ -67,6 +68,11 @@ HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
 // A folder whose config.json has a model_type and no "moe_cpp" key (moe.cpp's own checkpoints
 // carry that key and load through load_model).
 bool is_hf_model_dir(const std::string& dir);
+
+// model.safetensors.index.json's text -> {tensor name: shard file name}; `where` names it in
+// errors. File names must be plain names inside the folder (no '/', '..').
+std::map<std::string, std::string> parse_safetensors_index(const std::string& text,
+                                                           const std::string& where);
 
 // The mapped tensor files of a directory: model.safetensors, or the shards named by
 // model.safetensors.index.json. Every header is validated before anything is used (offsets
@@ -130,6 +136,7 @@ class HfModel {
     struct Impl;
 
    private:
+    const float* feed_chunk(const int32_t* ids, int n, int first, std::vector<float>& out);
     std::string dir_;
     HfConfig cfg_;
     std::unique_ptr<WeightStore> store_;

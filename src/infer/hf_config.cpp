@@ -37,17 +37,17 @@ std::string HfConfig::expert_name(int l, int j, int which) const {
            (model_type == "mixtral" ? mixtral[which] : hf[which]) + ".weight";
 }
 
-int64_t HfConfig::n_params() const {
-    const int64_t d = hidden_size, q = (int64_t)n_heads * head_dim, kv = (int64_t)n_kv_heads * head_dim;
-    int64_t n = (int64_t)vocab_size * d * (tie_embeddings ? 1 : 2) + d;
+double HfConfig::n_params() const {
+    const double d = hidden_size, q = (double)n_heads * head_dim, kv = (double)n_kv_heads * head_dim;
+    double n = (double)vocab_size * d * (tie_embeddings ? 1 : 2) + d;
     for (int l = 0; l < n_layers; l++) {
         n += 2 * d + d * q + 2 * d * kv + q * d;
         if (qkv_bias) n += q + 2 * kv;
         if (o_bias) n += d;
-        if (qk_norm == QkNorm::per_head) n += 2 * head_dim;
+        if (qk_norm == QkNorm::per_head) n += 2.0 * head_dim;
         if (qk_norm == QkNorm::whole) n += q + kv;
         if (moe_layer[l]) {
-            n += (int64_t)n_experts * d + (int64_t)n_experts * 3 * d * expert_ff;
+            n += (double)n_experts * d + (double)n_experts * 3 * d * expert_ff;
             if (shared_ff) n += 3 * d * shared_ff + d;
         } else {
             n += 3 * d * dense_ff;

@@ -354,6 +354,11 @@ static void add_bias(float* y, const std::vector<float>& b, int n, int width) {
         for (int j = 0; j < width; j++) y[(size_t)t * width + j] += b[j];
 }
 
+// Long inputs go through in chunks of kChunk tokens: the workspaces (n x expert width) stay
+// small whatever the prompt length, and the numbers do not depend on the chunking beyond
+// reduction order (the cache holds every earlier position).
+static const int kChunk = 256;
+
 const float* HfModel::cache_feed(const int32_t* ids, int n, bool all_logits) {
     Impl& m = *impl_;
     const HfConfig& c = cfg_;
@@ -364,6 +369,29 @@ const float* HfModel::cache_feed(const int32_t* ids, int n, bool all_logits) {
                  "{})",
                  ids[i], m.pos + i, c.vocab_size, c.vocab_size);
     reserve(m.pos + n);
+    if (n <= kChunk) return feed_chunk(ids, n, all_logits ? 0 : n - 1, m.logits);
+    if (all_logits)
+        check_fits_in_memory((double)n * c.vocab_size * 4,
+                             fmt::format("{}: the logits of {} positions", dir_, n),
+                             "evaluate shorter windows");
+    std::vector<float> all;
+    if (all_logits) all.resize((size_t)n * c.vocab_size);
+    const float* last = nullptr;
+    for (int i0 = 0; i0 < n; i0 += kChunk) {
+        const int k = std::min(kChunk, n - i0);
+        last = feed_chunk(ids + i0, k, all_logits ? 0 : k - 1, m.logits);
+        if (all_logits)
+            std::memcpy(&all[(size_t)i0 * c.vocab_size], last, (size_t)k * c.vocab_size * 4);
+    }
+    if (!all_logits) return last;
+    m.logits.swap(all);
+    return m.logits.data();
+}
+
+// The n tokens at positions pos .. pos+n-1; logits of rows first .. n-1 into `out`.
+const float* HfModel::feed_chunk(const int32_t* ids, int n, int first, std::vector<float>& out) {
+    Impl& m = *impl_;
+    const HfConfig& c = cfg_;
     m.grow(n);
     const int d = m.d, hd = c.head_dim;
     for (int i = 0; i < n; i++) widen_rows(&m.x[(size_t)i * d], m.embed, ids[i], 1);
@@ -415,18 +443,18 @@ const float* HfModel::cache_feed(const int32_t* ids, int n, bool all_logits) {
     }
     m.usage.tokens += n;
     // Only the rows whose logits are wanted go through the final norm and the head.
-    const int first = all_logits ? 0 : n - 1, rows = n - first;
+    const int rows = n - first;
     rmsnorm_forward(m.h.data(), m.rstd.data(), &m.x[(size_t)first * d], m.norm_f.data(), rows, d,
                     c.rms_eps);
-    resize(m.logits, (size_t)rows * c.vocab_size);
-    wgemm(m.logits.data(), c.vocab_size, m.h.data(), d, m.head, rows);
-    const int64_t bad = first_non_finite(m.logits.data(), (size_t)rows * c.vocab_size);
+    resize(out, (size_t)rows * c.vocab_size);
+    wgemm(out.data(), c.vocab_size, m.h.data(), d, m.head, rows);
+    const int64_t bad = first_non_finite(out.data(), (size_t)rows * c.vocab_size);
     if (bad >= 0)
         fail("{}: the logits at position {} are not finite; the weights hold NaN or Inf, or "
              "overflow in this precision",
              dir_, m.pos + first + bad / c.vocab_size);
     m.pos += n;
-    return m.logits.data();
+    return out.data();
 }
 
 double hf_eval_windows(HfModel& model, const std::vector<int32_t>& ids, int block,

@@ -81,29 +81,35 @@ struct WeightStore::Impl {
     }
 };
 
+std::map<std::string, std::string> parse_safetensors_index(const std::string& text,
+                                                           const std::string& where) {
+    const json j = parse_json_text(text, where, "a safetensors index");
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+        fail("{}: has no 'weight_map' object; give the index written with the shards", where);
+    std::map<std::string, std::string> out;
+    std::set<std::string> files;
+    for (auto& [name, v] : j["weight_map"].items()) {
+        const std::string f = checked_str(v, where + ": weight_map '" + name + "'");
+        if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
+            fail("{}: weight_map '{}': '{}' is not a file name in the folder; fix the index", where,
+                 name, f);
+        out[name] = f;
+        files.insert(f);
+        if (files.size() > 100000) fail("{}: names more than 100000 shards; fix the index", where);
+    }
+    if (out.empty()) fail("{}: 'weight_map' is empty; give the index of the shards", where);
+    return out;
+}
+
 WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>()) {
     impl_->dir = dir;
     const std::string single = dir + "/model.safetensors";
     const std::string index = dir + "/model.safetensors.index.json";
     if (file_exists(index)) {
-        const json j = parse_json_text(read_file(index), index, "a safetensors index");
-        if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-            fail("{}: has no 'weight_map' object; give the index written with the shards", index);
-        // Every shard the index names is mapped once; every tensor must be found in the shard
-        // the index says (and a shard may not hold tensors the index puts elsewhere).
-        std::map<std::string, std::string> where;
-        std::vector<std::string> files;
-        for (auto& [name, v] : j["weight_map"].items()) {
-            const std::string f = checked_str(v, index + ": weight_map '" + name + "'");
-            if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
-                fail("{}: weight_map '{}': '{}' is not a file name in the folder; fix the index",
-                     index, name, f);
-            where[name] = f;
-            if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
-        }
-        if (files.empty()) fail("{}: 'weight_map' is empty; give the index of the shards", index);
-        if (files.size() > 100000) fail("{}: names {} shards; fix the index", index, files.size());
-        std::sort(files.begin(), files.end());
+        const std::map<std::string, std::string> where =
+            parse_safetensors_index(read_file(index), index);
+        std::set<std::string> files;  // each shard once, in name order
+        for (auto& [name, f] : where) files.insert(f);
         for (auto& f : files) {
             const std::string p = dir + "/" + f;
             if (!file_exists(p))

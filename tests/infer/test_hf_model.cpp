@@ -117,6 +117,29 @@ TEST_P(Family, UsageCountsEveryTokensExperts) {
     std::filesystem::remove_all(dir);
 }
 
+TEST(HfModel, LongInputsGoInChunksWithTheSameNumbers) {
+    json j = test::tiny_hf_config("qwen3_moe");
+    j["max_position_embeddings"] = 700;
+    const std::string dir = test::temp_model_dir("chunks");
+    test::write_hf_dir(dir, j, test::tiny_hf_tensors(j, 4), WType::bf16);
+    HfModel m(dir);
+    const int V = m.config().vocab_size, n = 600;  // three chunks of at most 256
+    auto ids = some_ids(n, V, 12);
+    std::vector<float> full = full_logits(m, ids);
+    m.cache_reset();
+    const float* last = m.cache_feed(ids.data(), n - 1);  // chunked, last row only
+    EXPECT_TRUE(close_scaled(last, &full[(size_t)(n - 2) * V], V, 1e-5));
+    last = m.cache_feed(&ids[n - 1], 1);
+    EXPECT_TRUE(close_scaled(last, &full[(size_t)(n - 1) * V], V, 1e-5));
+    m.cache_reset();
+    for (int i = 0; i < 300; i++) {
+        const float* p = m.cache_feed(&ids[i], 1);
+        if (i == 255 || i == 256 || i == 299)
+            EXPECT_TRUE(close_scaled(p, &full[(size_t)i * V], V, 1e-5)) << "position " << i;
+    }
+    std::filesystem::remove_all(dir);
+}
+
 INSTANTIATE_TEST_SUITE_P(Hf, Family,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
 
