@@ -44,16 +44,16 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 # Per family: the defaults of the size knobs (tiny, GQA everywhere, odd-ish widths).
 DEFAULTS = {
     "mixtral": dict(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=None, experts=4, topk=2,
-                    expert_ff=96, ff=None, shared_ff=None, vocab=384, max_pos=256,
+                    expert_ff=96, ff=None, shared_ff=None, vocab=384, max_pos=512,
                     rope_theta=1e6, eps=1e-5),
     "qwen2_moe": dict(hidden=64, layers=4, heads=4, kv_heads=2, head_dim=None, experts=6, topk=2,
-                      expert_ff=32, ff=80, shared_ff=48, vocab=400, max_pos=256,
+                      expert_ff=32, ff=80, shared_ff=48, vocab=400, max_pos=512,
                       rope_theta=1e6, eps=1e-6),
     "qwen3_moe": dict(hidden=64, layers=4, heads=4, kv_heads=2, head_dim=24, experts=8, topk=2,
-                      expert_ff=40, ff=96, shared_ff=None, vocab=400, max_pos=256,
+                      expert_ff=40, ff=96, shared_ff=None, vocab=400, max_pos=512,
                       rope_theta=1e6, eps=1e-6),
     "olmoe": dict(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=None, experts=8, topk=2,
-                  expert_ff=48, ff=None, shared_ff=None, vocab=400, max_pos=256,
+                  expert_ff=48, ff=None, shared_ff=None, vocab=400, max_pos=512,
                   rope_theta=1e4, eps=1e-5),
 }
 
