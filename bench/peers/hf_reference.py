@@ -104,6 +104,7 @@ class Model:
         # qwen3_moe, olmoe: attention_bias puts biases on q, k, v and o (qwen2_moe: q, k, v always)
         self.attn_bias = self.fam in ("qwen3_moe", "olmoe") and bool(c.get("attention_bias", False))
         self.min_route_gap = math.inf
+        self.routes = {}  # layer prefix -> (experts [T,k], weights [T,k]) of the last forward
 
     def w(self, name):
         self.used.add(name)
@@ -216,6 +217,7 @@ def moe(m, x, p):
     if m.renorm:
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
     top_w = top_w.to(x.dtype)
+    m.routes[p] = (top_i, top_w)  # the last forward's choice per token, best first
     y = torch.zeros_like(x)
     for j in range(m.E):
         tok, slot = torch.where(top_i == j)
@@ -277,6 +279,13 @@ class Runner:
     def logits(self, ids):
         """[S,V] float64 of a full causal forward."""
         return self(ids)[0].numpy()
+
+    def routing(self, ids):
+        """{layer: (experts [S,k], weights [S,k])} of a full forward over ids, sparse layers."""
+        self.m.routes = {}
+        self(ids)
+        return {int(p.split(".")[2]): (e.numpy(), w.to(torch.float64).numpy())
+                for p, (e, w) in self.m.routes.items()}
 
     def decode_kv(self, ids):
         """[S,V]: the same logits one token at a time through a KV cache (a self-check)."""

@@ -7,9 +7,11 @@ and 3 shards, bf16 in 2 shards and f16:
     computes in fp32 on them), the distance to the reference under bf16 autocast printed; its
     val_loss (P as one window) within 1e-4 relative of the reference's; the same bound on a
     500-id prompt (positions up to the context of 512; the engine feeds it in chunks).
-  - `moe generate DIR --prompt-ids P --max-tokens 16 --temperature 0 --ignore-eos --json`:
-    token_ids equal the reference's greedy ids; without --ignore-eos they stop after the first
-    EOS id (included), as HF generate does.
+  - `moe generate DIR --prompt-ids P --max-tokens 16 --temperature 0 --ignore-eos --json
+    --trace T`: token_ids equal the reference's greedy ids, and the trace's routing (experts per
+    token and MoE layer, best first, and their weights) the reference's on those tokens (weights
+    within 1e-5); without --ignore-eos the ids stop after the first EOS (included), as HF
+    generate does.
   - `moe tokenize DIR --file TEXT --json` equals this directory's tokenizer run by a peer
     (python sentencepiece for tokenizer.model; hf_make_tiny.bpe_encode for tokenizer.json) on
     Shakespeare, CJK, emoji, runs of spaces, tabs, digits, contractions and CRLF,
@@ -298,10 +300,12 @@ def engine_checks(fam, moe, dirs, work, support):
                       "predictions (rel %.1e)" % (tag, loss1, want, n, e))
             if support["generate"]:
                 want, gap = r.greedy(PROMPT, GREEDY)
+                trace = os.path.join(work, "trace.jsonl")
                 got = last_json(moe_run(moe, ["generate", d, "--prompt-ids", prompt, "--max-tokens",
                                               str(GREEDY), "--temperature", "0", "--ignore-eos",
-                                              "--json"]))
+                                              "--json", "--trace", trace]))
                 got = [int(x) for x in got["token_ids"]]
+                check_trace(tag, r, trace)
                 first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
                 check(got == want, "%s: greedy %d tokens identical%s (smallest top-2 logit gap "
                       "%.1e)" % (tag, len(got), "" if got == want else ": ours %s, reference %s, "
@@ -341,6 +345,34 @@ def engine_checks(fam, moe, dirs, work, support):
                       "(rel %.1e)" % (tag, got, want, n, e))
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as ex:
             check(False, "%s: %s" % (tag, ex))
+
+
+def check_trace(tag, r, path):
+    """The routing `moe generate --trace` recorded (per token and MoE layer: experts best first
+    and their weights) against the reference's on the same tokens."""
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(ln) for ln in f if ln.strip()]
+    toks = [ln["token"] for ln in lines]
+    if [ln["pos"] for ln in lines] != list(range(len(lines))):
+        check(False, "%s: trace positions are not 0..%d" % (tag, len(lines) - 1))
+        return
+    ref = r.routing(toks)
+    bad, worst, n = [], 0.0, 0
+    for ln in lines:
+        got = {L["layer"]: L for L in ln["layers"]}
+        if sorted(got) != sorted(ref):
+            bad.append("pos %d: layers %s, reference %s" % (ln["pos"], sorted(got), sorted(ref)))
+            continue
+        for layer, (e, w) in ref.items():
+            n += 1
+            if list(got[layer]["experts"]) != [int(x) for x in e[ln["pos"]]]:
+                bad.append("pos %d layer %d: experts %s, reference %s" % (
+                    ln["pos"], layer, got[layer]["experts"], e[ln["pos"]].tolist()))
+            else:
+                worst = max(worst, float(np.abs(np.asarray(got[layer]["weights"]) - w[ln["pos"]]).max()))
+    check(not bad and worst <= 1e-5, "%s: --trace routing of %d tokens x layers equals the "
+          "reference's (experts in order; weights within %.1e)%s" % (
+              tag, n, worst, "" if not bad else ": " + "; ".join(bad[:3])))
 
 
 def main():
