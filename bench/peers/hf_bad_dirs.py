@@ -193,7 +193,8 @@ KINDS = {
                                _config(lambda c: c.pop(_experts_key(c)))),
     "config-topk-over-experts": ("num_experts_per_tok greater than the experts",
                                  "num_experts_per_tok",
-                                 _config(lambda c: c.update(num_experts_per_tok=c[_experts_key(c)] + 1))),
+                                 _config(lambda c: c.update(
+                                     num_experts_per_tok=c[_experts_key(c)] + 1))),
     "config-kv-heads": ("num_key_value_heads does not divide num_attention_heads",
                         "num_key_value_heads", _config(lambda c: c.update(num_key_value_heads=3))),
     "config-eps-negative": ("rms_norm_eps -1e-6", "rms_norm_eps",

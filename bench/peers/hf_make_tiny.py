@@ -104,7 +104,8 @@ def pattern_for_python(pcre):
     # inside a class: [^\s\p{L}\p{N}] -> [^\s<L><N>]; outside: \p{L}+ -> [<L>]+
     out = re.sub(r"\[(\^?)([^\]]*)\]", lambda m: "[" + m.group(1) + m.group(2)
                  .replace("\\p{L}", _PCLASS["L"]).replace("\\p{N}", _PCLASS["N"]) + "]", out)
-    out = out.replace("\\p{L}", "[" + _PCLASS["L"] + "]").replace("\\p{N}", "[" + _PCLASS["N"] + "]")
+    for k in "LN":
+        out = out.replace("\\p{%s}" % k, "[" + _PCLASS[k] + "]")
     return re.compile(out)
 
 
@@ -344,7 +345,8 @@ def tensor_table(c):
         if fam == "qwen3_moe":
             out += [(a + "q_norm.weight", (hd,), "norm"), (a + "k_norm.weight", (hd,), "norm")]
         if fam == "olmoe":
-            out += [(a + "q_norm.weight", (H * hd,), "norm"), (a + "k_norm.weight", (KV * hd,), "norm")]
+            out += [(a + "q_norm.weight", (H * hd,), "norm"),
+                    (a + "k_norm.weight", (KV * hd,), "norm")]
         out.append((p + "post_attention_layernorm.weight", (d,), "norm"))
         if fam == "mixtral":
             m, f = p + "block_sparse_moe.", c["intermediate_size"]
@@ -421,7 +423,8 @@ def write_weights(out, c, W, dtype, shards):
             cur = []
     groups.append(cur)
     if len(groups) != shards or not all(groups):
-        raise SystemExit("hf_make_tiny.py: cannot cut %d tensors into %d shards" % (len(names), shards))
+        raise SystemExit("hf_make_tiny.py: cannot cut %d tensors into %d shards"
+                         % (len(names), shards))
     weight_map = {}
     for i, g in enumerate(groups):
         fn = SHARD % (i + 1, shards)

@@ -26,7 +26,8 @@ The equations (each family = one set of switches on a Llama-style decoder):
     heads g*H/KV .. ), softmax(q k^T / sqrt(hd) + causal) v. head_dim = config head_dim
     (qwen3_moe) else hidden/heads.
   MoE: p = softmax(gate(x)) in fp32; top-k; mixtral: w = p_topk / sum; qwen/olmoe: that only when
-    norm_topk_prob; y = sum w_j * down_j(silu(gate_j(x)) * up_j(x)) (mixtral: w2(silu(w1 x) * w3 x));
+    norm_topk_prob; y = sum w_j * down_j(silu(gate_j(x)) * up_j(x)) (mixtral: w2(silu(w1 x) *
+    w3 x));
     qwen2_moe adds sigmoid(shared_expert_gate(x)) * shared_expert(x).
   Dense layers (qwen: layer in mlp_only_layers or (layer+1) % decoder_sparse_step != 0):
     down(silu(gate(x)) * up(x)) of width intermediate_size.
@@ -57,8 +58,8 @@ def load_dir(path):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         c = json.load(f)
     if c.get("model_type") not in FAMILIES:
-        raise SystemExit("hf_reference.py: %s: model_type %r not in %s" % (path, c.get("model_type"),
-                                                                          FAMILIES))
+        raise SystemExit("hf_reference.py: %s: model_type %r not in %s"
+                         % (path, c.get("model_type"), FAMILIES))
     if c.get("rope_scaling"):
         raise SystemExit("hf_reference.py: %s: rope_scaling is not in the reference" % path)
     idx = os.path.join(path, "model.safetensors.index.json")
@@ -74,7 +75,8 @@ def load_dir(path):
             W.update(T)
         missing = sorted(set(wm) - set(W))
         if missing:
-            raise SystemExit("hf_reference.py: %s: indexed but in no shard: %s" % (path, missing[:3]))
+            raise SystemExit("hf_reference.py: %s: indexed but in no shard: %s"
+                             % (path, missing[:3]))
     else:
         W = safetensors_np.load(os.path.join(path, "model.safetensors"))
     return c, {n: np.asarray(a, dtype=np.float32) for n, a in W.items()}
@@ -209,7 +211,8 @@ def moe(m, x, p):
     else:
         b, names = p + "mlp.", ("gate_proj", "up_proj", "down_proj")
     logits = linear(m, x, b + "gate.weight")
-    probs = F.softmax(logits, dim=-1, dtype=torch.float32 if logits.dtype != torch.float64 else None)
+    probs = F.softmax(logits, dim=-1,
+                      dtype=torch.float32 if logits.dtype != torch.float64 else None)
     srt = probs.sort(dim=-1, descending=True).values
     if m.k < m.E:
         m.min_route_gap = min(m.min_route_gap, float((srt[:, m.k - 1] - srt[:, m.k]).min()))

@@ -129,10 +129,12 @@ def flips(fam):
         out.append(("clip_qkv ignored", attr("clip", None)))
     if fam == "qwen2_moe":
         out.append(("q/k/v biases dropped", zero(lambda n: n.endswith("_proj.bias"))))
-        out.append(("shared_expert_gate ignored (gate 0.5)", zero(lambda n: n.endswith("shared_expert_gate.weight"))))
+        out.append(("shared_expert_gate ignored (gate 0.5)",
+                    zero(lambda n: n.endswith("shared_expert_gate.weight"))))
     if fam in ("qwen3_moe", "olmoe"):
         out.append(("q_norm/k_norm weights taken as ones",
-                    lambda r: [r.m.W.__setitem__(n, torch.ones_like(t)) for n, t in list(r.m.W.items())
+                    lambda r: [r.m.W.__setitem__(n, torch.ones_like(t))
+                               for n, t in list(r.m.W.items())
                                if n.endswith("q_norm.weight") or n.endswith("k_norm.weight")]))
     out.append(("rope_theta 10000 <-> 1e6", attr("theta", lambda m: 1e6 if m.theta < 1e5 else 1e4)))
     return out
@@ -176,7 +178,8 @@ def self_checks(fam, dirs, work):
     ref = r32.logits(PROMPT)
     check(np.array_equal(ref, hf_reference.Runner(c3, W3).logits(PROMPT)),
           "3 shards + index give bitwise the logits of one file")
-    check(not r32.m.unused(), "the forward uses every stored tensor (%s)" % (r32.m.unused()[:3] or "all"))
+    check(not r32.m.unused(), "the forward uses every stored tensor (%s)"
+          % (r32.m.unused()[:3] or "all"))
     r64 = hf_reference.Runner(c, W, "f64")
     full = r64.logits(PROMPT)
     e = rel(r64.logits(PROMPT[:6]), full[:6])
@@ -239,7 +242,8 @@ def moe_run(moe, args, timeout=120):
     # one thread: these models are tiny, and OpenMP threads spinning on a busy 2-core machine
     # cost more than they bring
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([moe] + args + ["--threads", "1"], capture_output=True, text=True, timeout=timeout, env=env)
+    p = subprocess.run([moe] + args + ["--threads", "1"], capture_output=True, text=True,
+                       timeout=timeout, env=env)
     if p.returncode != 0:
         raise RuntimeError("moe %s: exit %d: %s" % (" ".join(args), p.returncode,
                                                      (p.stderr or p.stdout).strip()[-400:]))
@@ -257,7 +261,8 @@ def engine_support(moe):
         return p.stdout + p.stderr if p.returncode == 0 else ""
     ev, gen, tok = helps("eval"), helps("generate"), helps("tokenize")
     return {"logits": "--dump-logits" in ev and "--prompt-ids" in ev,
-            "generate": "--prompt-ids" in gen and "--ignore-eos" in gen, "tokenize": "--file" in tok,
+            "generate": "--prompt-ids" in gen and "--ignore-eos" in gen,
+            "tokenize": "--file" in tok,
             "loss": "--block" in ev}
 
 
@@ -369,7 +374,8 @@ def check_trace(tag, r, path):
                 bad.append("pos %d layer %d: experts %s, reference %s" % (
                     ln["pos"], layer, got[layer]["experts"], e[ln["pos"]].tolist()))
             else:
-                worst = max(worst, float(np.abs(np.asarray(got[layer]["weights"]) - w[ln["pos"]]).max()))
+                dw = np.abs(np.asarray(got[layer]["weights"]) - w[ln["pos"]]).max()
+                worst = max(worst, float(dw))
     check(not bad and worst <= 1e-5, "%s: --trace routing of %d tokens x layers equals the "
           "reference's (experts in order; weights within %.1e)%s" % (
               tag, n, worst, "" if not bad else ": " + "; ".join(bad[:3])))

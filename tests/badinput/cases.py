@@ -12,7 +12,8 @@ import shutil
 import struct
 import sys
 
-from fixtures import HF_FIXTURE, TINY_CONFIG, f32, read_safetensors, rewrite_safetensors, write_safetensors
+from fixtures import (HF_FIXTURE, TINY_CONFIG, f32, read_safetensors, rewrite_safetensors,
+                      write_safetensors)
 
 CASES = []
 
