@@ -59,13 +59,16 @@ PROMPT = [1, 17, 93, 201, 45, 310, 7, 128, 66, 250, 3, 99, 12, 377]
 GREEDY = 16
 BLOCK = 32
 VARIANTS = [("f32", 1), ("f32", 3), ("bf16", 2), ("f16", 1)]
-# One more f32 directory per family with the switches the defaults leave alone (logits, prompt
-# loss and greedy ids only).
+# One more f32 directory per family with the switches the defaults leave alone and widths that
+# are not multiples of a vector length (logits, prompt loss, greedy ids and routing only).
 EXTRA = {
-    "mixtral": dict(tie=True, experts=8, topk=3),
-    "qwen2_moe": dict(norm_topk=True, topk=1, sparse_step=2, mlp_only_layers=[]),
-    "qwen3_moe": dict(tie=True, attention_bias=True, kv_heads=1, norm_topk=False),
-    "olmoe": dict(attention_bias=True, clip_qkv=0, kv_heads=4, norm_topk=True),
+    "mixtral": dict(tie=True, experts=8, topk=3, hidden=72, expert_ff=52),
+    "qwen2_moe": dict(norm_topk=True, topk=1, sparse_step=2, mlp_only_layers=[], hidden=96,
+                      heads=6, expert_ff=36, shared_ff=52, ff=100),
+    "qwen3_moe": dict(tie=True, attention_bias=True, kv_heads=1, norm_topk=False, hidden=56,
+                      head_dim=18, expert_ff=28),
+    "olmoe": dict(attention_bias=True, clip_qkv=0, kv_heads=4, norm_topk=True, hidden=48,
+                  expert_ff=60),
 }
 FAILS = []
 
