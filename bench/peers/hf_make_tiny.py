@@ -21,7 +21,8 @@ config.json's vocab_size is the tokenizer's size (mixtral) or padded up to a mul
 
 Weights: N(0, std) with norms 1 + N(0, 0.1) (a misplaced norm weight shows), the routers wider
 (--router-std) so that top-k choices are not near-ties and greedy continuations are stable
-across implementations. Only numpy (and sentencepiece for mixtral): same seed, same bytes.
+across implementations, and the LM head wider still (--head-std): peaked predictions, so that a
+loss computed on other tokens than the reference's differs by far more than the tolerance. Only numpy (and sentencepiece for mixtral): same seed, same bytes.
 """
 import argparse
 import io
@@ -330,7 +331,7 @@ def tensor_table(c):
     fam, d, V = c["model_type"], c["hidden_size"], c["vocab_size"]
     H, KV, hd = c["num_attention_heads"], c["num_key_value_heads"], head_dim(c)
     E = c.get("num_local_experts", c.get("num_experts"))
-    out = [("model.embed_tokens.weight", (V, d), "w")]
+    out = [("model.embed_tokens.weight", (V, d), "head" if c["tie_word_embeddings"] else "w")]
     for layer in range(c["num_hidden_layers"]):
         p = "model.layers.%d." % layer
         out.append((p + "input_layernorm.weight", (d,), "norm"))
@@ -375,11 +376,11 @@ def tensor_table(c):
                     (m + "down_proj.weight", (d, f), "w")]
     out.append(("model.norm.weight", (d,), "norm"))
     if not c["tie_word_embeddings"]:
-        out.append(("lm_head.weight", (V, d), "w"))
+        out.append(("lm_head.weight", (V, d), "head"))
     return out
 
 
-def random_weights(c, seed, std, router_std):
+def random_weights(c, seed, std, router_std, head_std):
     rng = np.random.default_rng(seed)
     W = {}
     for name, shape, kind in tensor_table(c):
@@ -387,6 +388,8 @@ def random_weights(c, seed, std, router_std):
             a = 1.0 + 0.1 * rng.standard_normal(shape)
         elif kind == "router":
             a = router_std * rng.standard_normal(shape)
+        elif kind == "head":
+            a = head_std * rng.standard_normal(shape)
         else:
             a = std * rng.standard_normal(shape)
         W[name] = a.astype(np.float32)
@@ -528,7 +531,7 @@ def build(a):
     c = make_config(fam, a, vocab_size, specials)
     write_json(os.path.join(a.out, "config.json"), c)
     write_json(os.path.join(a.out, "generation_config.json"), generation_config(c))
-    W = random_weights(c, a.seed, a.std, a.router_std)
+    W = random_weights(c, a.seed, a.std, a.router_std, a.head_std)
     write_weights(a.out, c, W, a.dtype, a.shards)
     if a.dtype == "bf16":
         W = {n: safetensors_np.bf16_round(w) for n, w in W.items()}
@@ -573,6 +576,9 @@ def parse_args(argv=None):
                    "1 and 3 sparse, 0 and 2 dense)")
     g.add_argument("--std", type=float, default=0.08, help="weight std")
     g.add_argument("--router-std", dest="router_std", type=float, default=0.3)
+    g.add_argument("--head-std", dest="head_std", type=float, default=0.5,
+                   help="LM head (the embedding when tied): logits of std ~4, so that the loss "
+                   "depends on which tokens are scored, not only on the vocabulary size")
     g.add_argument("--tokenizer-chars", dest="tokenizer_chars", type=int, default=30000,
                    help="train the tokenizer on this many characters of tinyshakespeare")
     a = ap.parse_args(argv)

@@ -235,6 +235,12 @@ def self_checks(fam, dirs, work):
     ids = enc(t)
     check(dec(ids) == t, "tokenizer round trip decode(encode(text)) == text (%d chars -> %d ids)"
           % (len(t), len(ids)))
+    a, _ = r32.window_loss(ids, BLOCK)
+    b, _ = r32.window_loss(ids[1:], BLOCK)
+    # a BOS dropped or added shifts every window by one token: the loss must move by several
+    # times the tolerance (the predictions are peaked: --head-std)
+    check(abs(a - b) / a > 3 * RTOL, "the loss check sees the windows shifted by one token "
+          "(loss %.4f vs %.4f, rel %.1e)" % (a, b, abs(a - b) / a))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,12 +351,13 @@ def engine_checks(fam, moe, dirs, work, support):
                       "chars with CJK and emoji (%d ids; %s)" % (fam, len(text_sample()),
                                                                 len(got), how))
             if support["loss"] and tok_ids is not None:
-                got = last_json(moe_run(moe, ["eval", d, "--data", text_file, "--split", "all",
-                                              "--block", str(BLOCK), "--json"]))["val_loss"]
+                res = last_json(moe_run(moe, ["eval", d, "--data", text_file, "--split", "all",
+                                              "--block", str(BLOCK), "--json"]))
+                got, n_got = res["val_loss"], res.get("tokens")
                 want, n = r.window_loss(tok_ids, BLOCK)
                 e = abs(got - want) / abs(want)
-                check(e <= RTOL, "%s: eval loss %.6f vs reference %.6f over %d predictions "
-                      "(rel %.1e)" % (tag, got, want, n, e))
+                check(e <= RTOL and n_got == n, "%s: eval loss %.6f over %s predictions vs "
+                      "reference %.6f over %d (rel %.1e)" % (tag, got, n_got, want, n, e))
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as ex:
             check(False, "%s: %s" % (tag, ex))
 
