@@ -9,4 +9,6 @@ set(MOE_TOOL_SOURCES
   tools/cmd_report.cpp
   tools/cmd_inspect.cpp
   tools/hf_tools.cpp
+  tools/cmd_bench_generate.cpp
+  tools/cmd_tokenize.cpp
 )

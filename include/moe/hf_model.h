@@ -61,6 +61,9 @@ struct HfConfig {
     double n_params() const;  // parameters in the files the model uses (double: no overflow)
 };
 
+// Every tensor the engine reads for this config: name and shape (vectors as {n}), in load order.
+std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const HfConfig& c);
+
 // config.json (parsed) -> HfConfig. `where` names the file in errors. Unknown model_type, missing
 // or out-of-range keys, hidden_act other than silu, any rope_scaling, a sliding window shorter
 // than max_position_embeddings: moe::Error naming the key and what to do.
@@ -80,6 +83,9 @@ std::map<std::string, std::string> parse_safetensors_index(const std::string& te
 class WeightStore {
    public:
     explicit WeightStore(const std::string& dir);
+    // Random weights in memory for benchmarks (`moe bench generate --random`): every tensor of
+    // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1.
+    static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;
     WeightStore& operator=(const WeightStore&) = delete;
@@ -98,6 +104,7 @@ class WeightStore {
     struct Impl;
 
    private:
+    WeightStore();
     std::unique_ptr<Impl> impl_;
 };
 
@@ -112,6 +119,8 @@ class HfModel {
     // Maps and checks the directory: config, every tensor's name, shape and dtype (a tensor the
     // family does not have is an error too), non-finite small tensors.
     explicit HfModel(const std::string& dir);
+    // A model over weights already in a store (random weights for benchmarks); name for messages.
+    HfModel(const HfConfig& cfg, std::unique_ptr<WeightStore> store, const std::string& name);
     ~HfModel();
     const HfConfig& config() const { return cfg_; }
     const std::string& dir() const { return dir_; }
@@ -136,6 +145,7 @@ class HfModel {
     struct Impl;
 
    private:
+    void bind_weights();
     const float* feed_chunk(const int32_t* ids, int n, int first, std::vector<float>& out);
     std::string dir_;
     HfConfig cfg_;

@@ -56,6 +56,60 @@ double HfConfig::n_params() const {
     return n;
 }
 
+std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const HfConfig& c) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+    const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_dim;
+    const int64_t q = (int64_t)c.n_heads * hd, kv = (int64_t)c.n_kv_heads * hd;
+    t.push_back({"model.embed_tokens.weight", {V, d}});
+    t.push_back({"model.norm.weight", {d}});
+    if (!c.tie_embeddings) t.push_back({"lm_head.weight", {V, d}});
+    for (int l = 0; l < c.n_layers; l++) {
+        const std::string p = "model.layers." + std::to_string(l) + ".", a = p + "self_attn.";
+        t.push_back({p + "input_layernorm.weight", {d}});
+        t.push_back({p + "post_attention_layernorm.weight", {d}});
+        t.push_back({a + "q_proj.weight", {q, d}});
+        t.push_back({a + "k_proj.weight", {kv, d}});
+        t.push_back({a + "v_proj.weight", {kv, d}});
+        t.push_back({a + "o_proj.weight", {d, q}});
+        if (c.qkv_bias) {
+            t.push_back({a + "q_proj.bias", {q}});
+            t.push_back({a + "k_proj.bias", {kv}});
+            t.push_back({a + "v_proj.bias", {kv}});
+        }
+        if (c.o_bias) t.push_back({a + "o_proj.bias", {d}});
+        if (c.qk_norm == HfConfig::QkNorm::per_head) {
+            t.push_back({a + "q_norm.weight", {hd}});
+            t.push_back({a + "k_norm.weight", {hd}});
+        } else if (c.qk_norm == HfConfig::QkNorm::whole) {
+            t.push_back({a + "q_norm.weight", {q}});
+            t.push_back({a + "k_norm.weight", {kv}});
+        }
+        const std::string f = c.ffn_prefix(l);
+        if (c.moe_layer[l]) {
+            const int64_t E = c.n_experts, fe = c.expert_ff;
+            t.push_back({f + "gate.weight", {E, d}});
+            for (int j = 0; j < E; j++) {
+                t.push_back({c.expert_name(l, j, 0), {fe, d}});
+                t.push_back({c.expert_name(l, j, 1), {fe, d}});
+                t.push_back({c.expert_name(l, j, 2), {d, fe}});
+            }
+            if (c.shared_ff > 0) {
+                const int64_t fs = c.shared_ff;
+                t.push_back({f + "shared_expert.gate_proj.weight", {fs, d}});
+                t.push_back({f + "shared_expert.up_proj.weight", {fs, d}});
+                t.push_back({f + "shared_expert.down_proj.weight", {d, fs}});
+                t.push_back({f + "shared_expert_gate.weight", {1, d}});
+            }
+        } else {
+            const int64_t fd = c.dense_ff;
+            t.push_back({f + "gate_proj.weight", {fd, d}});
+            t.push_back({f + "up_proj.weight", {fd, d}});
+            t.push_back({f + "down_proj.weight", {d, fd}});
+        }
+    }
+    return t;
+}
+
 // eos_token_id / bos_token_id: an integer, a list of integers, or null.
 static std::vector<int32_t> token_ids(const json& j, const char* key, const std::string& where,
                                       int vocab) {

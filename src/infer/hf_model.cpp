@@ -110,6 +110,17 @@ HfModel::HfModel(const std::string& dir) : dir_(dir), impl_(std::make_unique<Imp
     cfg_ = hf_config_from_json(parse_json_text(read_file(cfg_path), cfg_path, "a model config"),
                                cfg_path);
     store_ = std::make_unique<WeightStore>(dir);
+    bind_weights();
+}
+
+HfModel::HfModel(const HfConfig& cfg, std::unique_ptr<WeightStore> store, const std::string& name)
+    : dir_(name), cfg_(cfg), store_(std::move(store)), impl_(std::make_unique<Impl>()) {
+    bind_weights();
+}
+
+// Every tensor of the family by name and shape; small ones converted to fp32 copies.
+void HfModel::bind_weights() {
+    const std::string& dir = dir_;
     Impl& m = *impl_;
     HfConfig& c = cfg_;
     m.c = c;

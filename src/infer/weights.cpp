@@ -138,7 +138,60 @@ WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>(
     }
 }
 
+WeightStore::WeightStore() : impl_(std::make_unique<Impl>()) {}
+
 WeightStore::~WeightStore() = default;
+
+std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uint64_t seed) {
+    auto shapes = hf_tensor_shapes(c);
+    uint64_t bytes = 0;
+    for (auto& [name, shape] : shapes) {
+        uint64_t n = 1;
+        for (int64_t v : shape) n *= (uint64_t)v;
+        bytes += (n * wtype_size(t) + 63) / 64 * 64;
+    }
+    check_fits_in_memory((double)bytes, fmt::format("random {} weights", wtype_name(t)),
+                         "choose a smaller shape or a narrower type");
+    std::unique_ptr<WeightStore> ws(new WeightStore());
+    Impl& m = *ws->impl_;
+    m.dir = "(random weights)";
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("random weights: cannot map {} bytes", bytes);
+    Mapping mp;
+    mp.path = m.dir;
+    mp.base = (const uint8_t*)p;
+    mp.size = bytes;
+    mp.data_start = 0;
+    m.maps.push_back(mp);
+    uint64_t off = 0;
+    for (auto& [name, shape] : shapes) {
+        uint64_t n = 1;
+        for (int64_t v : shape) n *= (uint64_t)v;
+        StHeaderEntry e;
+        e.dtype = wtype_name(t);
+        e.shape = Shape(shape);
+        e.begin = off;
+        e.end = off + n * wtype_size(t);
+        m.tensors[name] = {0, e};
+        // Cheap uniform values in +-0.05 (a hash of the index: parallel, reproducible); norm
+        // weights 1. What matters here is the bytes moved, not the values.
+        const bool norm = name.find("norm") != std::string::npos;
+        uint8_t* dst = (uint8_t*)p + off;
+#pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (int64_t i = 0; i < (int64_t)n; i++) {
+            uint64_t h = (seed + (uint64_t)i + off) * 0x9e3779b97f4a7c15ULL;
+            h ^= h >> 31;
+            h *= 0xbf58476d1ce4e5b9ULL;
+            h ^= h >> 29;
+            const float v = norm ? 1.0f : ((float)(h >> 40) / (float)(1 << 24) - 0.5f) * 0.1f;
+            if (t == WType::f32) std::memcpy(dst + 4 * i, &v, 4);
+            uint16_t hv = t == WType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+            if (t != WType::f32) std::memcpy(dst + 2 * i, &hv, 2);
+        }
+        off += (n * wtype_size(t) + 63) / 64 * 64;
+    }
+    return ws;
+}
 
 bool WeightStore::has(const std::string& name) const { return impl_->tensors.count(name) != 0; }
 

@@ -173,3 +173,7 @@ def hf_family_seeds():
 
 hf_family_seeds()
 
+# ---- tokenizer.json (Hugging Face byte-level BPE): built from the formats, no run needed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tokenizer_seeds  # noqa: E402
+tokenizer_seeds.write_seeds(lambda name, text: put("tokenizer_json", name, text))

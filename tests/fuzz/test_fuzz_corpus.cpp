@@ -26,6 +26,7 @@ const Target kTargets[] = {
     {"token_file", moe::fuzz::token_file},   {"trace", moe::fuzz::trace},
     {"metrics", moe::fuzz::metrics},         {"vocab", moe::fuzz::vocab},
     {"hf_index", moe::fuzz::hf_index},       {"hf_family", moe::fuzz::hf_family},
+    {"tokenizer_json", moe::fuzz::tokenizer_json},
 };
 
 std::string slurp(const fs::path& p) {

@@ -140,6 +140,22 @@ TEST(HfModel, LongInputsGoInChunksWithTheSameNumbers) {
     std::filesystem::remove_all(dir);
 }
 
+// hf_tensor_shapes (what benchmarks and converters lay out) is exactly what the loader reads.
+TEST_P(Family, TensorTableMatchesTheLoader) {
+    json j = test::tiny_hf_config(GetParam());
+    HfConfig c = hf_config_from_json(j, "test");
+    auto shapes = hf_tensor_shapes(c);
+    auto ts = test::tiny_hf_tensors(j, 1);
+    ASSERT_EQ(ts.size(), shapes.size());
+    std::map<std::string, std::vector<int64_t>> want;
+    for (auto& t : ts) want[t.name] = t.shape;
+    for (auto& [name, shape] : shapes) EXPECT_EQ(want[name], shape) << name;
+    HfModel m(c, WeightStore::random(c, WType::bf16, 3), "random");  // refuses unused tensors
+    int32_t id = 5;
+    const float* p = m.cache_feed(&id, 1);
+    EXPECT_TRUE(std::isfinite(p[0]));
+}
+
 INSTANTIATE_TEST_SUITE_P(Hf, Family,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
 
