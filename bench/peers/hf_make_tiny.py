@@ -532,6 +532,11 @@ def build(a):
     write_json(os.path.join(a.out, "config.json"), c)
     write_json(os.path.join(a.out, "generation_config.json"), generation_config(c))
     W = random_weights(c, a.seed, a.std, a.router_std, a.head_std)
+    # The rows past the tokenizer (vocab_size padded up) were never trained in a real model:
+    # tiny, so that greedy decoding does not pick ids the tokenizer cannot print
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        if n in W:
+            W[n][n_tok:] *= 0.01
     write_weights(a.out, c, W, a.dtype, a.shards)
     if a.dtype == "bf16":
         W = {n: safetensors_np.bf16_round(w) for n, w in W.items()}

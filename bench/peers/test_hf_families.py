@@ -251,12 +251,14 @@ def moe_run(moe, args, timeout=120):
     # one thread: these models are tiny, and OpenMP threads spinning on a busy 2-core machine
     # cost more than they bring
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([moe] + args + ["--threads", "1"], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    threads = ["--threads", "1"] if args[0] in ("eval", "generate") else []
+    p = subprocess.run([moe] + args + threads, capture_output=True, timeout=timeout, env=env)
+    # the streamed text of a random model holds byte tokens that are not UTF-8 on their own
+    out, err = (b.decode("utf-8", "replace") for b in (p.stdout, p.stderr))
     if p.returncode != 0:
         raise RuntimeError("moe %s: exit %d: %s" % (" ".join(args), p.returncode,
-                                                     (p.stderr or p.stdout).strip()[-400:]))
-    return p.stdout
+                                                     (err or out).strip()[-400:]))
+    return out
 
 
 def last_json(out):
@@ -281,7 +283,7 @@ def engine_checks(fam, moe, dirs, work, support):
     with open(text_file, "w", encoding="utf-8") as f:
         f.write(text_sample())
     prompt = ",".join(str(i) for i in PROMPT)
-    tok_ids = None
+    tok_ids, bos = None, None
     for (dt, shards), d in dirs.items():
         tag = "%s %s/%d" % (fam, dt, shards)
         c, W = hf_reference.load_dir(d)
@@ -334,30 +336,46 @@ def engine_checks(fam, moe, dirs, work, support):
                     check(got == want[:stop], "%s: without --ignore-eos the greedy ids stop after "
                           "EOS %s as HF generate does (%d ids)" % (tag, eos, len(got)))
             if support["tokenize"] and tok_ids is None:
-                got = last_json(moe_run(moe, ["tokenize", d, "--file", text_file, "--json"]))["ids"]
                 enc, _, bos = tokenizer_peer(d)
                 want = enc(text_sample())
-                with_bos = ([bos] if bos is not None else []) + want
-                if got == with_bos:
-                    tok_ids, how = got, "BOS included" if bos is not None else "no BOS"
-                elif bos is not None and got == want:
-                    tok_ids, how = with_bos, "BOS added by eval"
-                else:
-                    first = next((i for i, (a, b) in enumerate(zip(got, with_bos)) if a != b),
-                                 min(len(got), len(with_bos)))
-                    how = "first difference at %d: ours %s, peer %s" % (
-                        first, got[first:first + 5], with_bos[first:first + 5])
-                check(tok_ids is not None, "%s: moe tokenize equals the tokenizer peer on %d "
-                      "chars with CJK and emoji (%d ids; %s)" % (fam, len(text_sample()),
-                                                                len(got), how))
+                got = last_json(moe_run(moe, ["tokenize", d, "--file", text_file, "--json"]))["ids"]
+                first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                             None if len(got) == len(want) else min(len(got), len(want)))
+                check(first is None, "%s: moe tokenize equals the tokenizer peer on %d chars "
+                      "(CJK, emoji, spaces, CRLF): %d ids%s" % (
+                          fam, len(text_sample()), len(got), "" if first is None else
+                          "; first difference at %d: ours %s, peer %s" % (
+                              first, got[first:first + 5], want[first:first + 5])))
+                fed = ([bos] if bos is not None else []) + want
+                got = last_json(moe_run(moe, ["tokenize", d, "--file", text_file, "--special",
+                                              "--json"]))["ids"]
+                check(got == fed, "%s: moe tokenize --special puts %s first, as "
+                      "tokenizer_config.json says (%s)" % (
+                          fam, "BOS %d" % bos if bos is not None else "nothing",
+                          "ok" if got == fed else "ours starts %s" % got[:4]))
+                tok_ids = fed  # what the model is fed: moe eval --data scores these
+                line = "ROMEO: But soft, what light through yonder window breaks?"
+                got = last_json(moe_run(moe, ["generate", d, "--prompt", line, "--max-tokens",
+                                              "1", "--temperature", "0", "--json"]))
+                want = ([bos] if bos is not None else []) + enc(line)
+                check(got.get("prompt_ids") == want, "%s: generate --prompt TEXT feeds %s "
+                      "(BOS first when add_bos_token)%s" % (
+                          fam, want[:4] + ["..."], "" if got.get("prompt_ids") == want else
+                          ": ours %s" % (got.get("prompt_ids") or [])[:4]))
             if support["loss"] and tok_ids is not None:
                 res = last_json(moe_run(moe, ["eval", d, "--data", text_file, "--split", "all",
                                               "--block", str(BLOCK), "--json"]))
                 got, n_got = res["val_loss"], res.get("tokens")
                 want, n = r.window_loss(tok_ids, BLOCK)
                 e = abs(got - want) / abs(want)
+                why = ""
+                if e > RTOL and bos is not None:  # say so when the BOS is what differs
+                    nb, _ = r.window_loss(tok_ids[1:], BLOCK)
+                    if abs(got - nb) / abs(nb) <= RTOL:
+                        why = ("; it is the reference's loss without the BOS (%.6f): moe eval "
+                               "--data does not put BOS first" % nb)
                 check(e <= RTOL and n_got == n, "%s: eval loss %.6f over %s predictions vs "
-                      "reference %.6f over %d (rel %.1e)" % (tag, got, n_got, want, n, e))
+                      "reference %.6f over %d (rel %.1e)%s" % (tag, got, n_got, want, n, e, why))
         except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as ex:
             check(False, "%s: %s" % (tag, ex))
 
