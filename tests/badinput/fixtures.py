@@ -111,7 +111,7 @@ def make(moe, src_dir, root):
     if HF_FIXTURE:  # a Hugging Face folder (issue 8): qwen2_moe, 3 shards + index, random weights
         sys.path.insert(0, os.path.join(src_dir, "bench", "peers"))
         import hf_make_tiny
-        hf_make_tiny.make(os.path.join(fx, "hf"), "qwen2_moe", shards=3, tokenizer_chars=4000)
+        hf_make_tiny.make(os.path.join(fx, "hfmodel"), "qwen2_moe", shards=3, tokenizer_chars=4000)
     return fx
 
 
