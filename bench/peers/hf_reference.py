@@ -352,7 +352,7 @@ def main():
     mg.add_argument("--f64", action="store_true")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # tiny models: a second thread costs more than it brings
     c, W = load_dir(a.model)
     ids = read_ids(a)
     V = c["vocab_size"]
