@@ -16,6 +16,8 @@ and 3 shards, bf16 in 2 shards and f16:
     (python sentencepiece for tokenizer.model; hf_make_tiny.bpe_encode for tokenizer.json) on
     Shakespeare, CJK, emoji, runs of spaces, tabs, digits, contractions and CRLF,
     BOS first when tokenizer_config.json says add_bos_token;
+    `moe inspect DIR --text LINE --json` routes [BOS] + those ids, each token's experts and
+    weights as the reference's;
     `moe eval DIR --data TEXT --split all --block 32 --json` val_loss vs the reference's window
     loss on those ids, relative 1e-4.
 Before any of that, checks of the reference itself that can fail: shards give bitwise the same
@@ -360,6 +362,12 @@ def engine_checks(fam, moe, dirs, work, support):
                           "ok" if got == fed else "ours starts %s" % got[:4]))
                 tok_ids = fed  # what the model is fed: moe eval --data scores these
                 line = "ROMEO: But soft, what light through yonder window breaks?"
+                ins = last_json(moe_run(moe, ["inspect", d, "--text", line, "--json"]))["tokens"]
+                want = ([bos] if bos is not None else []) + enc(line)
+                check([t["token"] for t in ins] == want, "%s: inspect --text routes the tokens "
+                      "the model is fed (%d)" % (tag, len(want)))
+                if [t["token"] for t in ins] == want:
+                    check_trace(tag, r, None, ins, "inspect --text routing")
                 got = last_json(moe_run(moe, ["generate", d, "--prompt", line, "--max-tokens",
                                               "1", "--temperature", "0", "--json"]))
                 want = ([bos] if bos is not None else []) + enc(line)
@@ -385,11 +393,12 @@ def engine_checks(fam, moe, dirs, work, support):
             check(False, "%s: %s" % (tag, ex))
 
 
-def check_trace(tag, r, path):
+def check_trace(tag, r, path, lines=None, what="--trace routing"):
     """The routing `moe generate --trace` recorded (per token and MoE layer: experts best first
-    and their weights) against the reference's on the same tokens."""
-    with open(path, encoding="utf-8") as f:
-        lines = [json.loads(ln) for ln in f if ln.strip()]
+    and their weights) against the reference's on the same tokens (or `lines` as given)."""
+    if lines is None:
+        with open(path, encoding="utf-8") as f:
+            lines = [json.loads(ln) for ln in f if ln.strip()]
     toks = [ln["token"] for ln in lines]
     if [ln["pos"] for ln in lines] != list(range(len(lines))):
         check(False, "%s: trace positions are not 0..%d" % (tag, len(lines) - 1))
@@ -409,9 +418,9 @@ def check_trace(tag, r, path):
             else:
                 dw = np.abs(np.asarray(got[layer]["weights"]) - w[ln["pos"]]).max()
                 worst = max(worst, float(dw))
-    check(not bad and worst <= 1e-5, "%s: --trace routing of %d tokens x layers equals the "
-          "reference's (experts in order; weights within %.1e)%s" % (
-              tag, n, worst, "" if not bad else ": " + "; ".join(bad[:3])))
+    check(not bad and worst <= 1e-5, "%s: %s of %d tokens x layers equals the reference's "
+          "(experts in order; weights within %.1e)%s" % (
+              tag, what, n, worst, "" if not bad else ": " + "; ".join(bad[:3])))
 
 
 def main():
