@@ -128,6 +128,7 @@ static int run_bench_generate(const BenchGenOptions& o) {
         label = o.random + " (random)";
     } else {
         model = load_hf_model(o.model);
+        print_hf_summary(*model);
         label = o.model;
     }
     const HfConfig& c = model->config();

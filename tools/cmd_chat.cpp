@@ -83,6 +83,7 @@ static int run_chat(const ChatOptions& o) {
                      ? "tokenizer_config.json has no chat_template (a base model, not a chat one?)"
                      : "its chat_template is none of the formats moe chat knows");
     }
+    print_hf_summary(*model);
     std::vector<int32_t> eos = tok->special().eos;
     if (eos.empty()) eos = model->config().eos_token_ids;
     if (kind == "chatml") {  // a turn ends with <|im_end|> even where EOS is another token

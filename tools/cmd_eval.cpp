@@ -37,6 +37,7 @@ static int run_eval_hf(const EvalOptions& o) {
         if ((int64_t)ids.size() > c.max_positions)
             fail("--prompt-ids: {} ids, more than the model's context of {}", ids.size(),
                  c.max_positions);
+        print_hf_summary(*model);
         const float* logits = model->cache_feed(ids.data(), (int)ids.size(), true);
         double loss = 0;
         for (size_t t = 0; t + 1 < ids.size(); t++) {
@@ -85,6 +86,11 @@ static int run_eval_hf(const EvalOptions& o) {
     if (block >= c.max_positions)
         usage_fail("--block: {} + 1 tokens exceed the model's context of {}", block,
                    c.max_positions);
+    if (ids.size() < (size_t)block + 1)
+        fail("{}: {} tokens, fewer than one window of --block + 1 = {}; give a longer text or a "
+             "smaller --block",
+             o.data, ids.size(), block + 1);
+    print_hf_summary(*model);
     const double t0 = now_seconds();
     int64_t n_pred = 0;
     double loss = hf_eval_windows(*model, ids, block, &n_pred);

@@ -58,10 +58,11 @@ static int run_generate_hf(const GenerateOptions& o) {
         prompt.insert(prompt.end(), ids.begin(), ids.end());
     }
     if ((int64_t)prompt.size() > c.max_positions)
-        fail("--prompt: {} tokens, more than the model's context of {} (max_position_embeddings); "
+        fail("{}: {} tokens, more than the model's context of {} (max_position_embeddings); "
              "give a shorter prompt",
-             prompt.size(), c.max_positions);
+             o.prompt_ids.empty() ? "--prompt" : "--prompt-ids", prompt.size(), c.max_positions);
     FILE* trace = open_trace(o.trace);
+    print_hf_summary(*model);
     if (o.prompt_ids.empty()) std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
     // End-of-sequence ids: generation_config.json / tokenizer_config.json, else config.json.
@@ -77,8 +78,10 @@ static int run_generate_hf(const GenerateOptions& o) {
         out = generate_hf(
             *model, prompt, o.sample, eos,
             [&](int32_t id) {
-                if (stream)  // token by token, never half a UTF-8 character
+                if (stream && id < tok->vocab_size())  // never half a UTF-8 character
                     std::fputs(stream->push(id).c_str(), stdout);
+                else if (stream)
+                    return;  // a padded embedding row the tokenizer has no text for
                 else
                     std::printf(" %d", id);
                 std::fflush(stdout);
@@ -94,7 +97,10 @@ static int run_generate_hf(const GenerateOptions& o) {
     std::string text;
     if (tok) {
         std::fputs(stream->flush().c_str(), stdout);
-        text = tok->decode(out);
+        std::vector<int32_t> known;  // HF's decode skips ids beyond the tokenizer too
+        for (int32_t id : out)
+            if (id < tok->vocab_size()) known.push_back(id);
+        text = tok->decode(known);
     }
     std::printf("\n");
     std::fflush(stdout);

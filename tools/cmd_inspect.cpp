@@ -104,6 +104,7 @@ void run_inspect(const InspectOptions& o) {
                  e.what());
         }
         if (o.max_tokens > 0 && (int)ids.size() > o.max_tokens) ids.resize(o.max_tokens);
+        print_hf_summary(*model);
         routing = route_ids_hf(*model, ids, [&](int32_t id) { return tok->piece(id); }, 512);
         title = (o.corpus.empty() ? std::string("routing of --text") : "routing of " + o.corpus) +
                 " through " + o.ckpt;

@@ -14,9 +14,18 @@ namespace moe::tools {
 
 static std::string gb(double bytes) { return fmt::format("{:.2f} GB", bytes / 1e9); }
 
+static double g_load_ms = 0;  // of the one model a command loads
+
 std::unique_ptr<HfModel> load_hf_model(const std::string& dir) {
     const double t0 = now_seconds();
     auto m = std::make_unique<HfModel>(dir);
+    g_load_ms = (now_seconds() - t0) * 1e3;
+    return m;
+}
+
+void print_hf_summary(const HfModel& model) {
+    HfModel* m = const_cast<HfModel*>(&model);
+    const std::string& dir = m->dir();
     const HfConfig& c = m->config();
     std::fprintf(stderr,
                  "model: %s (%s, %.3g M params, %d layers, %d experts top-%d, %zu file%s): mapped "
@@ -24,8 +33,7 @@ std::unique_ptr<HfModel> load_hf_model(const std::string& dir) {
                  dir.c_str(), c.model_type.c_str(), c.n_params() / 1e6, c.n_layers, c.n_experts,
                  c.top_k, m->weights().n_files(), m->weights().n_files() == 1 ? "" : "s",
                  gb((double)m->weights().mapped_bytes()).c_str(),
-                 gb((double)m->weights().resident_bytes()).c_str(), (now_seconds() - t0) * 1e3);
-    return m;
+                 gb((double)m->weights().resident_bytes()).c_str(), g_load_ms);
 }
 
 std::vector<int32_t> parse_prompt_ids(const std::string& s, int vocab, const char* flag) {

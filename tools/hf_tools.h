@@ -11,9 +11,11 @@
 
 namespace moe::tools {
 
-// Maps the folder and prints (stderr) "model: DIR (olmoe, 1.2 B params, BF16, 3 files): mapped
-// 2.4 GB, resident 0.1 GB, ready in 12 ms".
+// Maps and checks the folder (silently: an error after it must stay the only line on stderr).
 std::unique_ptr<HfModel> load_hf_model(const std::string& dir);
+// Once the command's input is checked: (stderr) "model: DIR (olmoe, 6.9 G params, ..., 3
+// files): mapped 13.8 GB, resident 0.1 GB, ready in 12 ms" (the load time of load_hf_model).
+void print_hf_summary(const HfModel& m);
 
 // "--prompt-ids 1,2,3": ids in [0, vocab); errors name the flag and the bad entry.
 std::vector<int32_t> parse_prompt_ids(const std::string& s, int vocab, const char* flag);

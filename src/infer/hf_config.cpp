@@ -248,9 +248,11 @@ bool is_hf_model_dir(const std::string& dir) {
     try {
         j = json::parse(read_file(p));
     } catch (const std::exception&) {
-        return false;  // not ours to judge: the loader that takes it reports the error
+        // Unreadable: moe.cpp's own checkpoints always have a readable config.json with a
+        // "moe_cpp" key, so this is someone's HF folder; the engine's loader names the problem.
+        return true;
     }
-    return j.is_object() && j.contains("model_type") && !j.contains("moe_cpp");
+    return j.is_object() && !j.contains("moe_cpp");
 }
 
 }  // namespace moe
