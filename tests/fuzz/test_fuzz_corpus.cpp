@@ -21,10 +21,14 @@ struct Target {
 };
 
 const Target kTargets[] = {
-    {"safetensors", moe::fuzz::safetensors}, {"train_config", moe::fuzz::train_config},
-    {"hf_config", moe::fuzz::hf_config},     {"trainer_state", moe::fuzz::trainer_state},
-    {"token_file", moe::fuzz::token_file},   {"trace", moe::fuzz::trace},
-    {"metrics", moe::fuzz::metrics},         {"vocab", moe::fuzz::vocab},
+    {"safetensors", moe::fuzz::safetensors},
+    {"train_config", moe::fuzz::train_config},
+    {"hf_config", moe::fuzz::hf_config},
+    {"trainer_state", moe::fuzz::trainer_state},
+    {"token_file", moe::fuzz::token_file},
+    {"trace", moe::fuzz::trace},
+    {"metrics", moe::fuzz::metrics},
+    {"vocab", moe::fuzz::vocab},
     {"tokenizer_json", moe::fuzz::tokenizer_json},
 };
 
