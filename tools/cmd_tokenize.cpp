@@ -40,7 +40,8 @@ static std::vector<int32_t> parse_ids(const std::string& s) {
 static std::unique_ptr<Tokenizer> open_tokenizer(const std::string& dir) {
     if (!dir_exists(dir)) fail("{}: no such folder; give a model or checkpoint folder", dir);
     bool has_files = false;
-    for (const char* f : {"vocab.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json"})
+    for (const char* f :
+         {"vocab.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json"})
         has_files = has_files || file_exists(dir + "/" + f);
     // A run folder holds its tokenizer in best/ (or latest/).
     if (!has_files && (dir_exists(dir + "/best") || dir_exists(dir + "/latest")))

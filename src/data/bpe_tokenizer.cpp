@@ -47,7 +47,7 @@ uint32_t byte_to_unicode(uint8_t b) {
 namespace {
 
 struct ByteMap {
-    std::string to_str[256];                    // byte -> its character, UTF-8
+    std::string to_str[256];                     // byte -> its character, UTF-8
     std::unordered_map<uint32_t, uint8_t> back;  // code point -> byte
     ByteMap() {
         for (int b = 0; b < 256; b++) {
@@ -72,7 +72,10 @@ std::string piece_to_bytes(const std::string& piece) {
     for (size_t i = 0; i < piece.size();) {
         size_t n = utf8_valid_len(piece, i);
         if (n == 0) return piece;
-        uint32_t cp = (unsigned char)piece[i] & (n == 1 ? 0x7f : n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
+        uint32_t cp = (unsigned char)piece[i] & (n == 1   ? 0x7f
+                                                 : n == 2 ? 0x1f
+                                                 : n == 3 ? 0x0f
+                                                          : 0x07);
         for (size_t k = 1; k < n; k++) cp = (cp << 6) | ((unsigned char)piece[i + k] & 0x3f);
         auto it = m.back.find(cp);
         if (it == m.back.end()) return piece;
@@ -127,9 +130,10 @@ class Regex {
         if (!code_) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(err, msg, sizeof msg);
-            fail("{}: PCRE2 cannot compile the pattern at offset {}: {}; the pattern is not one "
-                 "this version reads (docs/tokenizers.md)",
-                 where, (size_t)off, (const char*)msg);
+            fail(
+                "{}: PCRE2 cannot compile the pattern at offset {}: {}; the pattern is not one "
+                "this version reads (docs/tokenizers.md)",
+                where, (size_t)off, (const char*)msg);
         }
         // JIT when the platform has it: several times faster; the interpreter otherwise.
         pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
@@ -139,9 +143,9 @@ class Regex {
     Regex& operator=(const Regex&) = delete;
 
     // Cuts s[begin, end) into matches and the gaps between them (HF Split, behavior Isolated),
-    // appending [b, e) pairs. Empty matches are skipped.
-    void split(const std::string& s, size_t begin, size_t end,
-               std::vector<std::pair<size_t, size_t>>& out, MatchData& m) const {
+    // calling piece(b, e) for each in order. Empty matches are skipped.
+    template <typename Fn>
+    void split(const std::string& s, size_t begin, size_t end, MatchData& m, Fn&& piece) const {
         const auto* subj = (PCRE2_SPTR)(s.data() + begin);
         const size_t n = end - begin;
         size_t pos = 0, last = 0;
@@ -151,9 +155,10 @@ class Regex {
             if (rc < 0) {
                 PCRE2_UCHAR msg[256];
                 pcre2_get_error_message(rc, msg, sizeof msg);
-                fail("pre-tokenizer regex failed at byte {} of the text: {}; split the text into "
-                     "smaller parts",
-                     begin + pos, (const char*)msg);
+                fail(
+                    "pre-tokenizer regex failed at byte {} of the text: {}; split the text into "
+                    "smaller parts",
+                    begin + pos, (const char*)msg);
             }
             const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(m.md);
             size_t ms = ov[0], me = ov[1];
@@ -162,12 +167,13 @@ class Regex {
                 pos = ms + (k ? k : 1);
                 continue;
             }
-            if (ms > last) out.push_back({begin + last, begin + ms});
-            out.push_back({begin + ms, begin + me});
+            if (ms > last) piece(begin + last, begin + ms);
+            piece(begin + ms, begin + me);
             last = pos = me;
         }
-        if (n > last) out.push_back({begin + last, end});
+        if (n > last) piece(begin + last, end);
     }
+
    private:
     pcre2_code* code_ = nullptr;
 };
@@ -197,8 +203,8 @@ std::string nfc(const std::string& s) {
         }
         if (j > i) {
             icu::StringByteSink<std::string> sink(&out);
-            norm->normalizeUTF8(0, icu::StringPiece(s.data() + i, (int32_t)(j - i)), sink,
-                                nullptr, st);
+            norm->normalizeUTF8(0, icu::StringPiece(s.data() + i, (int32_t)(j - i)), sink, nullptr,
+                                st);
             if (U_FAILURE(st)) fail("NFC normalisation failed (ICU: {})", u_errorName(st));
         }
         if (j < s.size()) out += s[j++];  // one invalid byte, kept as it is
@@ -265,7 +271,7 @@ class BpeTokenizer : public Tokenizer {
                 if (q.id >= 0)
                     out.push_back(q.id);
                 else
-                    encode_text(seg.substr(q.begin, q.end - q.begin), md, cache, out);
+                    encode_text(0, seg.substr(q.begin, q.end - q.begin), md, cache, out);
             }
         }
         return out;
@@ -279,9 +285,10 @@ class BpeTokenizer : public Tokenizer {
     std::string piece(int32_t id) const override { return piece_bytes(id); }
     std::string piece_bytes(int32_t id) const override {
         if (id < 0 || id >= (int32_t)bytes_.size() || !valid_[id])
-            fail("token id {} is not in the tokenizer's vocabulary ({} ids{}); use ids the "
-                 "model's tokenizer gave",
-                 id, bytes_.size(), id >= 0 && id < (int32_t)bytes_.size() ? ", a hole" : "");
+            fail(
+                "token id {} is not in the tokenizer's vocabulary ({} ids{}); use ids the "
+                "model's tokenizer gave",
+                id, bytes_.size(), id >= 0 && id < (int32_t)bytes_.size() ? ", a hole" : "");
         return bytes_[id];
     }
     int32_t token_id(const std::string& t) const override {
@@ -304,13 +311,15 @@ class BpeTokenizer : public Tokenizer {
         std::string type = m.contains("type") ? checked_str(m["type"], where + ": key 'model.type'")
                                               : std::string("BPE");
         if (type != "BPE")
-            throw NotByteLevelError(fmt::format("{}: key 'model.type' is \"{}\": only byte-level BPE is read from tokenizer.json "
-                 "(WordPiece, Unigram, WordLevel are not); {}",
-                 where, type, kHint));
+            throw NotByteLevelError(fmt::format(
+                "{}: key 'model.type' is \"{}\": only byte-level BPE is read from tokenizer.json "
+                "(WordPiece, Unigram, WordLevel are not); {}",
+                where, type, kHint));
         static const json kNull;
         auto get = [&](const char* key) -> const json& { return m.contains(key) ? m[key] : kNull; };
         auto refuse_if = [&](const char* key, bool bad, const char* why) {
-            if (bad) fail("{}: key 'model.{}' is {}: {}; {}", where, key, show(get(key)), why, kHint);
+            if (bad)
+                fail("{}: key 'model.{}' is {}: {}; {}", where, key, show(get(key)), why, kHint);
         };
         const json& bf = get("byte_fallback");
         if (bf.is_boolean() && bf.get<bool>())
@@ -342,7 +351,8 @@ class BpeTokenizer : public Tokenizer {
         // a few holes), so no table is sized by a number the file merely claims.
         const json& v = m["vocab"];
         size_t n_added = j.contains("added_tokens") && j["added_tokens"].is_array()
-                             ? j["added_tokens"].size() : 0;
+                             ? j["added_tokens"].size()
+                             : 0;
         id_bound_ = (int64_t)(v.size() + n_added) + 1024;
         bytes_.assign(id_bound_, std::string());
         valid_.assign(id_bound_, 0);
@@ -393,10 +403,14 @@ class BpeTokenizer : public Tokenizer {
             }
             auto ia = vocab_.find(a), ib = vocab_.find(b), iab = vocab_.find(a + b);
             if (ia == vocab_.end() || ib == vocab_.end() || iab == vocab_.end())
-                fail("{}: merge \"{} {}\" names a piece not in model.vocab (\"{}\"); {}", key, a,
-                     b, ia == vocab_.end() ? a : ib == vocab_.end() ? b : a + b, kDamaged);
+                fail("{}: merge \"{} {}\" names a piece not in model.vocab (\"{}\"); {}", key, a, b,
+                     ia == vocab_.end()   ? a
+                     : ib == vocab_.end() ? b
+                                          : a + b,
+                     kDamaged);
             uint64_t k = pair_key(ia->second, ib->second);
-            merges_.emplace(k, Merge{(int32_t)r, iab->second});  // a repeated pair keeps its first rank
+            merges_.emplace(
+                k, Merge{(int32_t)r, iab->second});  // a repeated pair keeps its first rank
         }
     }
 
@@ -419,9 +433,10 @@ class BpeTokenizer : public Tokenizer {
             at.normalized = json_bool(t, "normalized", w, false);
             at.special = json_bool(t, "special", w, false);
             if (json_bool(t, "single_word", w, false))
-                fail("{}: key 'single_word' is true for \"{}\": matching whole words only is "
-                     "not implemented; {}",
-                     w, at.content, kHint);
+                fail(
+                    "{}: key 'single_word' is true for \"{}\": matching whole words only is "
+                    "not implemented; {}",
+                    w, at.content, kHint);
             // HF: an added token overrides the vocabulary's text for its id.
             valid_[at.id] = 1;
             bytes_[at.id] = piece_to_bytes(at.content);
@@ -439,19 +454,23 @@ class BpeTokenizer : public Tokenizer {
     }
     void parse_normalizer_node(const json& n, const std::string& where, const std::string& key) {
         if (n.is_null()) return;
+        if (key.size() > 1000)
+            fail("{}: key '{}': normalizer Sequences nested too deep; {}", where, key.substr(0, 60),
+                 kHint);
         std::string type = n.is_object() && n.contains("type") && n["type"].is_string()
-                               ? n["type"].get<std::string>() : show(n);
+                               ? n["type"].get<std::string>()
+                               : show(n);
         if (type == "NFC") {
             nfc_ = true;
-        } else if (type == "Sequence" && n.contains("normalizers") &&
-                   n["normalizers"].is_array()) {
+        } else if (type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array()) {
             for (size_t i = 0; i < n["normalizers"].size(); i++)
                 parse_normalizer_node(n["normalizers"][i], where,
                                       fmt::format("{}.normalizers[{}]", key, i));
         } else {
-            fail("{}: key '{}.type' is \"{}\": only no normalizer or NFC is implemented for "
-                 "byte-level BPE; {}",
-                 where, key, type, kHint);
+            fail(
+                "{}: key '{}.type' is \"{}\": only no normalizer or NFC is implemented for "
+                "byte-level BPE; {}",
+                where, key, type, kHint);
         }
     }
 
@@ -468,6 +487,10 @@ class BpeTokenizer : public Tokenizer {
     }
     void parse_pre_node(const json& n, const std::string& where, const std::string& key) {
         if (n.is_null()) return;
+        // Real files have 1 to 4 steps; a bound keeps encode's depth-first recursion shallow.
+        if (steps_.size() >= 64 || key.size() > 1000)
+            fail("{}: key '{}': more than 64 pre-tokenizer steps or nested Sequences; {}", where,
+                 key.substr(0, 60), kHint);
         if (!n.is_object() || !n.contains("type") || !n["type"].is_string())
             fail("{}: key '{}' is {}: expected an object with a \"type\"; {}", where, key, show(n),
                  kDamaged);
@@ -490,15 +513,16 @@ class BpeTokenizer : public Tokenizer {
             bool literal = p.is_object() && p.contains("String") && p["String"].is_string();
             bool regex = p.is_object() && p.contains("Regex") && p["Regex"].is_string();
             if (!literal && !regex)
-                fail("{}: key '{}.pattern' is {}: expected {{\"Regex\": ...}} or "
-                     "{{\"String\": ...}}; {}",
-                     where, key, show(p), kDamaged);
+                fail(
+                    "{}: key '{}.pattern' is {}: expected {{\"Regex\": ...}} or "
+                    "{{\"String\": ...}}; {}",
+                    where, key, show(p), kDamaged);
             std::string pat = p[regex ? "Regex" : "String"].get<std::string>();
             if (pat.empty()) fail("{}: key '{}.pattern' is empty; {}", where, key, kDamaged);
             PreStep s;
             s.regex = std::make_shared<Regex>(
-                pat, literal, fmt::format("{}: key '{}.pattern.{}'", where, key,
-                                          regex ? "Regex" : "String"));
+                pat, literal,
+                fmt::format("{}: key '{}.pattern.{}'", where, key, regex ? "Regex" : "String"));
             steps_.push_back(s);
         } else if (type == "ByteLevel") {
             std::string k = where + ": " + key;
@@ -509,52 +533,48 @@ class BpeTokenizer : public Tokenizer {
                 s.regex = std::make_shared<Regex>(kGpt2Pattern, false, "GPT-2 pattern");
             steps_.push_back(s);
         } else {
-            fail("{}: key '{}.type' is \"{}\": only ByteLevel, Split (Isolated) and Sequence "
-                 "pre-tokenizers are implemented; {}",
-                 where, key, type, kHint);
+            fail(
+                "{}: key '{}.type' is \"{}\": only ByteLevel, Split (Isolated) and Sequence "
+                "pre-tokenizers are implemented; {}",
+                where, key, type, kHint);
         }
     }
 
     void parse_decoder(const json& j, const std::string& where) {
         const json d = j.contains("decoder") ? j["decoder"] : json();
         std::string type = d.is_object() && d.contains("type") && d["type"].is_string()
-                               ? d["type"].get<std::string>() : show(d);
+                               ? d["type"].get<std::string>()
+                               : show(d);
         if (type != "ByteLevel")
-            fail("{}: key 'decoder.type' is \"{}\": byte-level BPE needs the ByteLevel decoder; "
-                 "{}",
-                 where, type, kHint);
+            fail(
+                "{}: key 'decoder.type' is \"{}\": byte-level BPE needs the ByteLevel decoder; "
+                "{}",
+                where, type, kHint);
     }
 
     // Pre-tokenizers, then BPE on each piece.
-    void encode_text(const std::string& seg, MatchData& md, Cache& cache,
+    // Pre-tokenizer step k on one piece, then the later steps on each of its pieces, then BPE:
+    // depth first, so a long text never holds all its pieces at once.
+    void encode_text(size_t k, std::string piece, MatchData& md, Cache& cache,
                      std::vector<int32_t>& out) const {
-        std::vector<std::string> pieces{seg}, next;
-        std::vector<std::pair<size_t, size_t>> cuts;
-        for (const PreStep& st : steps_) {
-            next.clear();
-            for (std::string& p : pieces) {
-                if (st.add_prefix_space && (p.empty() || p[0] != ' ')) p.insert(p.begin(), ' ');
-                if (!st.regex) {
-                    next.push_back(std::move(p));
-                    continue;
-                }
-                cuts.clear();
-                st.regex->split(p, 0, p.size(), cuts, md);
-                for (auto& c : cuts) next.push_back(p.substr(c.first, c.second - c.first));
-            }
-            pieces.swap(next);
-        }
-        for (const std::string& w : pieces) {
-            if (w.empty()) continue;
-            auto it = cache.find(w);
+        if (k == steps_.size()) {
+            auto it = cache.find(piece);
             if (it == cache.end()) {
                 std::vector<int32_t> ids;
-                bpe_word(w, ids);
+                bpe_word(piece, ids);
                 if (cache.size() > 200000) cache.clear();  // bounded memory on huge inputs
-                it = cache.emplace(w, std::move(ids)).first;
+                it = cache.emplace(std::move(piece), std::move(ids)).first;
             }
             out.insert(out.end(), it->second.begin(), it->second.end());
+            return;
         }
+        const PreStep& st = steps_[k];
+        if (st.add_prefix_space && (piece.empty() || piece[0] != ' '))
+            piece.insert(piece.begin(), ' ');
+        if (!st.regex) return encode_text(k + 1, std::move(piece), md, cache, out);
+        st.regex->split(piece, 0, piece.size(), md, [&](size_t b, size_t e) {
+            encode_text(k + 1, piece.substr(b, e - b), md, cache, out);
+        });
     }
 
     struct Merge {
@@ -588,9 +608,10 @@ class BpeTokenizer : public Tokenizer {
             int32_t id = byte_id_[(unsigned char)w[i]];
             if (id < 0) {
                 if (unk_ < 0)
-                    fail("byte 0x{:02X} has no token in the vocabulary and there is no "
-                         "unk_token; the tokenizer.json is not byte-level over all 256 bytes",
-                         (unsigned)(unsigned char)w[i]);
+                    fail(
+                        "byte 0x{:02X} has no token in the vocabulary and there is no "
+                        "unk_token; the tokenizer.json is not byte-level over all 256 bytes",
+                        (unsigned)(unsigned char)w[i]);
                 id = unk_;
             }
             sym[i] = id, nxt[i] = i + 1, prv[i] = i - 1;
@@ -628,7 +649,7 @@ class BpeTokenizer : public Tokenizer {
         for (int i = 0; i < n; i = nxt[i]) ids.push_back(sym[i]);
     }
 
-    std::string text_;                              // the file, for save()
+    std::string text_;                                // the file, for save()
     std::unordered_map<std::string, int32_t> vocab_;  // piece as written in the file -> id
     std::unordered_map<std::string, int32_t> added_ids_;
     std::vector<std::string> bytes_;  // id -> the bytes it stands for
@@ -656,10 +677,9 @@ std::unique_ptr<Tokenizer> bpe_tokenizer_from_json(const std::string& text,
 std::vector<std::string> regex_split(const std::string& pattern, const std::string& text) {
     Regex re(pattern, false, "pattern");
     MatchData md;
-    std::vector<std::pair<size_t, size_t>> cuts;
-    re.split(text, 0, text.size(), cuts, md);
     std::vector<std::string> out;
-    for (auto& c : cuts) out.push_back(text.substr(c.first, c.second - c.first));
+    re.split(text, 0, text.size(), md,
+             [&](size_t b, size_t e) { out.push_back(text.substr(b, e - b)); });
     return out;
 }
 

@@ -18,7 +18,8 @@ namespace {
 json read_json_file(const std::string& path, const char* what) {
     check_readable_file(path);
     json j = parse_json_text(read_file(path), path, what);
-    if (!j.is_object()) fail("{}: expected a JSON object; restore {} from the model's repository", path, what);
+    if (!j.is_object())
+        fail("{}: expected a JSON object; restore {} from the model's repository", path, what);
     return j;
 }
 
@@ -29,25 +30,27 @@ std::string token_text(const json& cfg, const char* key, const std::string& wher
     if (v.is_string()) return v.get<std::string>();
     if (v.is_object() && v.contains("content") && v["content"].is_string())
         return v["content"].get<std::string>();
-    fail("{}: key '{}' is neither a string nor an object with a \"content\" string; restore "
-         "tokenizer_config.json from the model's repository",
-         where, key);
+    fail(
+        "{}: key '{}' is neither a string nor an object with a \"content\" string; restore "
+        "tokenizer_config.json from the model's repository",
+        where, key);
 }
 
 int32_t resolve(const Tokenizer& tok, const std::string& text, const char* key,
                 const std::string& where) {
     int32_t id = tok.token_id(text);
     if (id < 0)
-        fail("{}: key '{}' is \"{}\", which is not a token of the tokenizer; use the tokenizer "
-             "files of one model",
-             where, key, text);
+        fail(
+            "{}: key '{}' is \"{}\", which is not a token of the tokenizer; use the tokenizer "
+            "files of one model",
+            where, key, text);
     return id;
 }
 
 // tokenizer_config.json's added_tokens_decoder {"151643": {"content": "<|endoftext|>", ...}}: the
 // special tokens of a SentencePiece folder (a tokenizer.json's own added_tokens serve BPE).
 std::vector<std::pair<std::string, int32_t>> added_from_config(const json& cfg,
-                                                                const std::string& where) {
+                                                               const std::string& where) {
     std::vector<std::pair<std::string, int32_t>> out;
     if (!cfg.contains("added_tokens_decoder") || cfg["added_tokens_decoder"].is_null()) return out;
     const json& d = cfg["added_tokens_decoder"];
@@ -90,14 +93,16 @@ SpecialTokens read_special(const Tokenizer& tok, const json* cfg, const std::str
                         s.chat_template = e["template"].get<std::string>();
             }
             if (s.chat_template.empty())
-                fail("{}: key 'chat_template' is neither a string nor a list of {{\"name\", "
-                     "\"template\"}}; restore tokenizer_config.json",
-                     cfg_path);
+                fail(
+                    "{}: key 'chat_template' is neither a string nor a list of {{\"name\", "
+                    "\"template\"}}; restore tokenizer_config.json",
+                    cfg_path);
         }
     }
     if (gen) {
         auto id_of = [&](const json& v, const std::string& key) {
-            return (int32_t)checked_int(v, gen_path + ": key '" + key + "'", Range::in(0, (double)V - 1));
+            return (int32_t)checked_int(v, gen_path + ": key '" + key + "'",
+                                        Range::in(0, (double)V - 1));
         };
         if (s.bos < 0 && gen->contains("bos_token_id") && !(*gen)["bos_token_id"].is_null())
             s.bos = id_of((*gen)["bos_token_id"], "bos_token_id");
@@ -105,7 +110,9 @@ SpecialTokens read_special(const Tokenizer& tok, const json* cfg, const std::str
             const json& e = (*gen)["eos_token_id"];
             std::vector<int32_t> ids;
             if (e.is_array()) {
-                if (e.size() > 1024) fail("{}: key 'eos_token_id' lists {} ids; restore generation_config.json", gen_path, e.size());
+                if (e.size() > 1024)
+                    fail("{}: key 'eos_token_id' lists {} ids; restore generation_config.json",
+                         gen_path, e.size());
                 for (size_t i = 0; i < e.size(); i++)
                     ids.push_back(id_of(e[i], fmt::format("eos_token_id[{}]", i)));
             } else {
@@ -124,16 +131,19 @@ SpecialTokens read_special(const Tokenizer& tok, const json* cfg, const std::str
         if (e >= 0) s.eos.push_back(e);
     }
     // HF's LlamaTokenizer adds BOS unless told not to; a byte-level BPE adds nothing by default.
-    s.add_bos = cfg ? json_bool(*cfg, "add_bos_token", cfg_path, sp && s.bos >= 0) : sp && s.bos >= 0;
+    s.add_bos =
+        cfg ? json_bool(*cfg, "add_bos_token", cfg_path, sp && s.bos >= 0) : sp && s.bos >= 0;
     s.add_eos = cfg ? json_bool(*cfg, "add_eos_token", cfg_path, false) : false;
     if (s.add_bos && s.bos < 0)
-        fail("{}: key 'add_bos_token' is true but no bos_token is given; set bos_token or "
-             "add_bos_token: false",
-             cfg_path);
+        fail(
+            "{}: key 'add_bos_token' is true but no bos_token is given; set bos_token or "
+            "add_bos_token: false",
+            cfg_path);
     if (s.add_eos && s.eos.empty())
-        fail("{}: key 'add_eos_token' is true but no eos_token is given; set eos_token or "
-             "add_eos_token: false",
-             cfg_path);
+        fail(
+            "{}: key 'add_eos_token' is true but no eos_token is given; set eos_token or "
+            "add_eos_token: false",
+            cfg_path);
     return s;
 }
 
@@ -143,9 +153,10 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir) {
     const std::string tj = dir + "/tokenizer.json", tm = dir + "/tokenizer.model",
                       tc = dir + "/tokenizer_config.json", gc = dir + "/generation_config.json";
     if (!dir_exists(dir))
-        fail("{}: no such folder; give a model folder (config.json, tokenizer.json or "
-             "tokenizer.model)",
-             dir);
+        fail(
+            "{}: no such folder; give a model folder (config.json, tokenizer.json or "
+            "tokenizer.model)",
+            dir);
     json cfg, gen;
     bool has_cfg = file_exists(tc), has_gen = file_exists(gc);
     if (has_cfg) cfg = read_json_file(tc, "tokenizer_config.json");
@@ -170,12 +181,14 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir) {
     if (!tok) {
         if (!why_not_json.empty())
             fail("{} (and there is no tokenizer.model to use instead)", why_not_json);
-        fail("{}: no tokenizer: looked for vocab.json and tokenizer.model (moe.cpp checkpoints), "
-             "tokenizer.json (byte-level BPE) and tokenizer.model (SentencePiece); copy the "
-             "model's tokenizer files into the folder",
-             dir);
+        fail(
+            "{}: no tokenizer: looked for vocab.json and tokenizer.model (moe.cpp checkpoints), "
+            "tokenizer.json (byte-level BPE) and tokenizer.model (SentencePiece); copy the "
+            "model's tokenizer files into the folder",
+            dir);
     }
-    tok->set_special(read_special(*tok, has_cfg ? &cfg : nullptr, tc, has_gen ? &gen : nullptr, gc));
+    tok->set_special(
+        read_special(*tok, has_cfg ? &cfg : nullptr, tc, has_gen ? &gen : nullptr, gc));
     return tok;
 }
 

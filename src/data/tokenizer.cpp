@@ -145,9 +145,10 @@ class SpTokenizer : public Tokenizer {
         std::vector<AddedToken> tokens;
         for (auto& [content, id] : added) {
             if (content.empty() || id < 0 || id >= sp_.GetPieceSize())
-                fail("{}: added token \"{}\" with id {} outside the model's {} pieces; use the "
-                     "tokenizer files of one model",
-                     where, content, id, sp_.GetPieceSize());
+                fail(
+                    "{}: added token \"{}\" with id {} outside the model's {} pieces; use the "
+                    "tokenizer files of one model",
+                    where, content, id, sp_.GetPieceSize());
             AddedToken t;
             t.content = content, t.id = id;
             tokens.push_back(t);
@@ -203,7 +204,8 @@ class SpTokenizer : public Tokenizer {
         if (sp_.IsControl(id)) return "";
         if (sp_.IsUnknown(id)) return decode({id});
         const std::string& p = sp_.IdToPiece(id);
-        if (sp_.IsByte(id) && p.size() == 6) return std::string(1, (char)std::stoi(p.substr(3, 2), nullptr, 16));
+        if (sp_.IsByte(id) && p.size() == 6)
+            return std::string(1, (char)std::stoi(p.substr(3, 2), nullptr, 16));
         std::string out;
         for (size_t i = 0; i < p.size();) {
             if (p.compare(i, 3, "\xe2\x96\x81") == 0) {
@@ -229,9 +231,10 @@ class SpTokenizer : public Tokenizer {
    private:
     void check_id(int id) const {
         if (id < 0 || id >= sp_.GetPieceSize())
-            fail("token id {} outside the SentencePiece vocabulary (0..{}); use ids the model's "
-                 "tokenizer gave",
-                 id, sp_.GetPieceSize() - 1);
+            fail(
+                "token id {} outside the SentencePiece vocabulary (0..{}); use ids the model's "
+                "tokenizer gave",
+                id, sp_.GetPieceSize() - 1);
     }
     std::vector<int32_t> encode_hf(const std::string& text) const {
         std::vector<TextPiece> cuts;
@@ -244,7 +247,8 @@ class SpTokenizer : public Tokenizer {
                 continue;
             }
             auto st = sp_.Encode(std::string_view(text.data() + c.begin, c.end - c.begin), &ids);
-            if (!st.ok()) fail("SentencePiece encode failed at byte {}: {}", c.begin, st.ToString());
+            if (!st.ok())
+                fail("SentencePiece encode failed at byte {}: {}", c.begin, st.ToString());
             out.insert(out.end(), ids.begin(), ids.end());
         }
         return out;

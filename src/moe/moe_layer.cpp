@@ -340,7 +340,7 @@ static GroupedFfn grouped(const MoeLayer& L, const Impl& m, const float* params,
     g.offsets = m.disp.offsets.data();
     size_t base = L.param("experts.0.w1").offset;
     g.weights = params + base;
-    g.grads = grads + base;
+    g.grads = grads ? grads + base : nullptr;  // inference layers have no gradients
     g.stride = ffn_weight_floats(cfg.activation, cfg.d_model, cfg.d_ff);
     return g;
 }

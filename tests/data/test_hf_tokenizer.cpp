@@ -25,7 +25,8 @@ namespace {
 const char* kQwen2 =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
     "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const char* kGpt2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const char* kGpt2 =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 std::string tmp_dir(const std::string& name) {
     std::string d = "/tmp/moe_test_hftok_" + std::to_string(getpid()) + "_" + name;
@@ -79,23 +80,27 @@ struct TinyBpe {
                 m.push_back({bl(merges[r].first), bl(merges[r].second)});
         }
         for (size_t i = 0; i < extra.size(); i++) vocab[bl(extra[i])] = extra_id(i);
-        json model = {{"type", "BPE"},          {"dropout", nullptr},
-                      {"unk_token", nullptr},   {"continuing_subword_prefix", ""},
-                      {"end_of_word_suffix", ""}, {"fuse_unk", false},
-                      {"byte_fallback", false}, {"ignore_merges", ignore_merges},
-                      {"vocab", vocab},         {"merges", m}};
-        json pre = pre_tokenizer.is_null()
-                       ? json{{"type", "Sequence"},
-                              {"pretokenizers",
-                               {{{"type", "Split"},
-                                 {"pattern", {{"Regex", kQwen2}}},
-                                 {"behavior", "Isolated"},
-                                 {"invert", false}},
-                                {{"type", "ByteLevel"},
-                                 {"add_prefix_space", false},
-                                 {"trim_offsets", false},
-                                 {"use_regex", false}}}}}
-                       : pre_tokenizer;
+        json model = {{"type", "BPE"},
+                      {"dropout", nullptr},
+                      {"unk_token", nullptr},
+                      {"continuing_subword_prefix", ""},
+                      {"end_of_word_suffix", ""},
+                      {"fuse_unk", false},
+                      {"byte_fallback", false},
+                      {"ignore_merges", ignore_merges},
+                      {"vocab", vocab},
+                      {"merges", m}};
+        json pre = pre_tokenizer.is_null() ? json{{"type", "Sequence"},
+                                                  {"pretokenizers",
+                                                   {{{"type", "Split"},
+                                                     {"pattern", {{"Regex", kQwen2}}},
+                                                     {"behavior", "Isolated"},
+                                                     {"invert", false}},
+                                                    {{"type", "ByteLevel"},
+                                                     {"add_prefix_space", false},
+                                                     {"trim_offsets", false},
+                                                     {"use_regex", false}}}}}
+                                           : pre_tokenizer;
         return {{"version", "1.0"},
                 {"truncation", nullptr},
                 {"padding", nullptr},
@@ -106,12 +111,15 @@ struct TinyBpe {
                 {"decoder", {{"type", "ByteLevel"}, {"trim_offsets", true}}},
                 {"model", model}};
     }
-    std::unique_ptr<Tokenizer> load() const { return bpe_tokenizer_from_json(to_json().dump(), "test/tokenizer.json"); }
+    std::unique_ptr<Tokenizer> load() const {
+        return bpe_tokenizer_from_json(to_json().dump(), "test/tokenizer.json");
+    }
 };
 
 json added_token(int32_t id, const std::string& content, bool normalized = false) {
-    return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
-            {"rstrip", false},   {"normalized", normalized}, {"special", true}};
+    return {{"id", id},        {"content", content}, {"single_word", false},
+            {"lstrip", false}, {"rstrip", false},    {"normalized", normalized},
+            {"special", true}};
 }
 
 // The vocabulary the hand-derived encodings below use.
@@ -139,10 +147,24 @@ TinyBpe hand_vocab() {
 
 using Ids = std::vector<int32_t>;
 
+// Time limits are for the Release build; sanitizers make everything a few times slower.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double kSlowdown = 6;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr double kSlowdown = 6;
+#else
+constexpr double kSlowdown = 1;
+#endif
+#else
+constexpr double kSlowdown = 1;
+#endif
+
 }  // namespace
 
 TEST(PreTokenizer, Qwen2PatternSplitsKnownString) {
-    std::vector<std::string> want = {"Hello", " world", "'s", " ", "1", "2", "3", " ok", "\n\n", " ", " x"};
+    std::vector<std::string> want = {"Hello", " world", "'s",   " ", "1", "2",
+                                     "3",     " ok",    "\n\n", " ", " x"};
     EXPECT_EQ(regex_split(kQwen2, "Hello world's 123 ok\n\n  x"), want);
     // Contractions are case-insensitive; CJK is \p{L}; an emoji is neither letter nor number,
     // so " ?[^\s\p{L}\p{N}]+" takes it with the "!" after it.
@@ -204,7 +226,8 @@ TEST(ByteLevelBpe, HandDerivedEncodings) {
         EXPECT_EQ(tok->encode("hello<|endoftext|> the"), (Ids{267, 270, 260}));
         EXPECT_EQ(tok->encode("<|im_start|>abc<|endoftext|><|endoftext|>"),
                   (Ids{271, 'a', 256, 270, 270}));
-        EXPECT_EQ(tok->encode("<|endoftext"), (Ids{'<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't'}));
+        EXPECT_EQ(tok->encode("<|endoftext"),
+                  (Ids{'<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't'}));
         EXPECT_EQ(tok->encode(""), Ids{});
         EXPECT_EQ(tok->decode({267, 270, 260}), "hello<|endoftext|> the");
         EXPECT_EQ(tok->token_id("<|im_start|>"), 271);
@@ -236,10 +259,11 @@ TEST(ByteLevelBpe, IgnoreMergesAndPrefixSpaceAndGpt2Regex) {
     // string with regex punctuation matches itself
     for (const char* sep : {" ", "a.b"}) {
         t = hand_vocab();
-        t.pre_tokenizer = {{"type", "Sequence"},
-                           {"pretokenizers",
-                            {{{"type", "Split"}, {"pattern", {{"String", sep}}}, {"behavior", "Isolated"}},
-                             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+        t.pre_tokenizer = {
+            {"type", "Sequence"},
+            {"pretokenizers",
+             {{{"type", "Split"}, {"pattern", {{"String", sep}}}, {"behavior", "Isolated"}},
+              {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
         tok = t.load();
         if (sep[0] == ' ') {
             EXPECT_EQ(tok->encode(" the"), (Ids{' ', 't', 259}));
@@ -325,7 +349,8 @@ namespace {
 
 // A reference BPE, the plain way: symbols as strings, merge the lowest-rank pair (leftmost on
 // ties) until none is left. What the heap version must equal.
-Ids reference_bpe(const std::string& text, const std::vector<std::pair<std::string, std::string>>& merges,
+Ids reference_bpe(const std::string& text,
+                  const std::vector<std::pair<std::string, std::string>>& merges,
                   const std::map<std::string, int32_t>& vocab) {
     std::map<std::pair<std::string, std::string>, int> rank;
     for (size_t r = 0; r < merges.size(); r++) rank.emplace(merges[r], (int)r);
@@ -337,7 +362,8 @@ Ids reference_bpe(const std::string& text, const std::vector<std::pair<std::stri
             int best = -1, best_rank = 1 << 30;
             for (size_t i = 0; i + 1 < s.size(); i++) {
                 auto it = rank.find({s[i], s[i + 1]});
-                if (it != rank.end() && it->second < best_rank) best = (int)i, best_rank = it->second;
+                if (it != rank.end() && it->second < best_rank)
+                    best = (int)i, best_rank = it->second;
             }
             if (best < 0) break;
             s[best] += s[best + 1];
@@ -383,7 +409,7 @@ std::vector<std::pair<std::string, std::string>> learn_merges(const std::string&
 TEST(ByteLevelBpe, ShakespeareRoundTripEqualsReferenceAndIsFast) {
     std::string text = read_file(test::source_dir() + "/data/tinyshakespeare.txt");
     TinyBpe t;
-    t.merges = learn_merges(text.substr(0, 30000), 300);
+    t.merges = learn_merges(text.substr(0, 15000), 300);
     ASSERT_EQ(t.merges.size(), 300u);
     auto tok = t.load();
     auto t0 = std::chrono::steady_clock::now();
@@ -393,7 +419,7 @@ TEST(ByteLevelBpe, ShakespeareRoundTripEqualsReferenceAndIsFast) {
                 ids.size(), s);
     EXPECT_LT(ids.size(), text.size() * 2 / 3);  // the merges compress
     EXPECT_EQ(tok->decode(ids), text);
-    EXPECT_LT(s, 2.0);  // the issue: well under a second or two (also under ASan here)
+    EXPECT_LT(s, 2.0 * kSlowdown);  // the issue: well under a second or two
     // the reference on a slice (it is quadratic per piece and slow)
     std::map<std::string, int32_t> vocab;
     for (int b = 0; b < 256; b++) vocab[std::string(1, (char)b)] = b;
@@ -405,7 +431,8 @@ TEST(ByteLevelBpe, ShakespeareRoundTripEqualsReferenceAndIsFast) {
     std::string long_word(200000, 'e');
     t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(tok->decode(tok->encode(long_word)), long_word);
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+              2.0 * kSlowdown);
 }
 
 TEST(ByteLevelBpe, EveryByteSequenceEncodes) {
@@ -435,7 +462,8 @@ std::string refusal(const json& j) { return refusal(j.dump()); }
 TEST(ByteLevelBpe, BadFilesGetOneClearLine) {
     json good = hand_vocab().to_json();
     auto expect = [](const std::string& msg, std::vector<const char*> frags) {
-        for (const char* f : frags) EXPECT_NE(msg.find(f), std::string::npos) << "'" << f << "' not in: " << msg;
+        for (const char* f : frags)
+            EXPECT_NE(msg.find(f), std::string::npos) << "'" << f << "' not in: " << msg;
         EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
     };
     expect(refusal(std::string("{\"model\": ")), {"t/tokenizer.json", "not valid JSON"});
@@ -506,7 +534,9 @@ TEST(ByteLevelBpe, BadFilesGetOneClearLine) {
     j["model"]["vocab"].erase(bl("\x01"));  // a vocabulary without byte 0x01
     auto tok = bpe_tokenizer_from_json(j.dump(), "t/tokenizer.json");
     try {
-        tok->encode("a\x01" "b");  // (a hex escape takes every hex digit after it)
+        tok->encode(
+            "a\x01"
+            "b");  // (a hex escape takes every hex digit after it)
         FAIL();
     } catch (const Error& e) {
         expect(e.what(), {"0x01", "256 bytes"});
@@ -519,12 +549,13 @@ TEST(HfTokenizer, BpeFolderWithConfigs) {
     std::string d = tmp_dir("qwen");
     TinyBpe t = hand_vocab();
     write_file_atomic(d + "/tokenizer.json", t.to_json().dump());
-    write_file_atomic(d + "/tokenizer_config.json",
-                      json{{"bos_token", nullptr},
-                           {"eos_token", "<|endoftext|>"},
-                           {"add_bos_token", false},
-                           {"chat_template", "{% for m in messages %}<|im_start|>{{ m }}{% endfor %}"}}
-                          .dump());
+    write_file_atomic(
+        d + "/tokenizer_config.json",
+        json{{"bos_token", nullptr},
+             {"eos_token", "<|endoftext|>"},
+             {"add_bos_token", false},
+             {"chat_template", "{% for m in messages %}<|im_start|>{{ m }}{% endfor %}"}}
+            .dump());
     write_file_atomic(d + "/generation_config.json",
                       json{{"bos_token_id", 270}, {"eos_token_id", {271, 270}}}.dump());
     for (int via_load_tokenizer = 0; via_load_tokenizer < 2; via_load_tokenizer++) {
@@ -577,7 +608,8 @@ TEST(HfTokenizer, MissingFilesNamed) {
     }
     EXPECT_THROW(load_hf_tokenizer(d + "/nope"), Error);
     EXPECT_THROW(load_tokenizer(d), Error);
-    // a Metaspace tokenizer.json alone: says why it was not used and that tokenizer.model is missing
+    // a Metaspace tokenizer.json alone: says why it was not used and that tokenizer.model is
+    // missing
     json j = hand_vocab().to_json();
     j["model"]["byte_fallback"] = true;
     write_file_atomic(d + "/tokenizer.json", j.dump());
@@ -598,11 +630,16 @@ std::string train_llama_like_sp(const std::string& corpus) {
     std::vector<std::string> lines;
     std::string model;
     std::unordered_map<std::string, std::string> args = {
-        {"model_type", "bpe"},          {"vocab_size", "400"},
-        {"character_coverage", "1.0"},  {"byte_fallback", "true"},
-        {"add_dummy_prefix", "true"},   {"remove_extra_whitespaces", "false"},
-        {"normalization_rule_name", "identity"}, {"split_digits", "true"},
-        {"num_threads", "1"},           {"minloglevel", "2"},
+        {"model_type", "bpe"},
+        {"vocab_size", "400"},
+        {"character_coverage", "1.0"},
+        {"byte_fallback", "true"},
+        {"add_dummy_prefix", "true"},
+        {"remove_extra_whitespaces", "false"},
+        {"normalization_rule_name", "identity"},
+        {"split_digits", "true"},
+        {"num_threads", "1"},
+        {"minloglevel", "2"},
         {"model_prefix", ""},
     };
     struct It : sentencepiece::SentenceIterator {
@@ -644,7 +681,8 @@ TEST(HfTokenizer, SentencePieceFolderLikeMixtral) {
                              {"1", {{"content", "<s>"}}},
                              {"2", {{"content", "</s>"}}}}}}
                           .dump());
-    write_file_atomic(d + "/generation_config.json", json{{"bos_token_id", 1}, {"eos_token_id", 2}}.dump());
+    write_file_atomic(d + "/generation_config.json",
+                      json{{"bos_token_id", 1}, {"eos_token_id", 2}}.dump());
     auto tok = load_tokenizer(d);  // tokenizer_config.json present: the HF path
     EXPECT_EQ(tok->kind(), "sentencepiece");
     EXPECT_EQ(tok->special().bos, 1);

@@ -21,11 +21,16 @@ struct Target {
 };
 
 const Target kTargets[] = {
-    {"safetensors", moe::fuzz::safetensors}, {"train_config", moe::fuzz::train_config},
-    {"hf_config", moe::fuzz::hf_config},     {"trainer_state", moe::fuzz::trainer_state},
-    {"token_file", moe::fuzz::token_file},   {"trace", moe::fuzz::trace},
-    {"metrics", moe::fuzz::metrics},         {"vocab", moe::fuzz::vocab},
-    {"hf_index", moe::fuzz::hf_index},       {"hf_family", moe::fuzz::hf_family},
+    {"safetensors", moe::fuzz::safetensors},
+    {"train_config", moe::fuzz::train_config},
+    {"hf_config", moe::fuzz::hf_config},
+    {"trainer_state", moe::fuzz::trainer_state},
+    {"token_file", moe::fuzz::token_file},
+    {"trace", moe::fuzz::trace},
+    {"metrics", moe::fuzz::metrics},
+    {"vocab", moe::fuzz::vocab},
+    {"hf_index", moe::fuzz::hf_index},
+    {"hf_family", moe::fuzz::hf_family},
     {"tokenizer_json", moe::fuzz::tokenizer_json},
 };
 
