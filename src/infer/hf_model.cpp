@@ -22,6 +22,7 @@
 #include "kernels/rope.h"
 #include "kernels/typed_gemm.h"
 #include "moe/checked.h"
+#include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 #include "moe/hf_model.h"
@@ -107,8 +108,7 @@ static void hf_rope_tables(float* cos_t, float* sin_t, int p0, int p1, int hd, f
 
 HfModel::HfModel(const std::string& dir) : dir_(dir), impl_(std::make_unique<Impl>()) {
     const std::string cfg_path = dir + "/config.json";
-    cfg_ = hf_config_from_json(parse_json_text(read_file(cfg_path), cfg_path, "a model config"),
-                               cfg_path);
+    cfg_ = hf_config_from_json(read_json_file(cfg_path, "a model config"), cfg_path);
     store_ = std::make_unique<WeightStore>(dir);
     bind_weights();
 }
