@@ -156,6 +156,29 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
         const int Tg = o.shape.tokens, d = cfg.d_model;
         if (Tg % W != 0) fail("--tokens {}: must be divisible by the {} ranks", Tg, W);
         const int T = Tg / W;
+        // The transport, for the cost model (docs/distributed.md): all-to-all of one float per
+        // peer (latency) and of 4 MiB per peer (bandwidth), medians.
+        double lat_us = 0, bw_gbs = 0;
+        if (W > 1) {
+            auto med_of = [&](int64_t floats, int reps) {
+                std::vector<float> sb((size_t)floats * W, 1.f), rb((size_t)floats * W);
+                std::vector<int64_t> c(W, floats);
+                std::vector<double> ts;
+                for (int i = 0; i < reps + 2; i++) {
+                    g.world->barrier();
+                    double t0 = now_seconds();
+                    g.world->alltoallv(sb.data(), c.data(), rb.data(), c.data());
+                    if (i >= 2) ts.push_back(now_seconds() - t0);
+                }
+                std::sort(ts.begin(), ts.end());
+                return ts[ts.size() / 2];
+            };
+            const double t1 = med_of(1, 50);
+            const int64_t big = 1 << 20;
+            const double tb = med_of(big, 5);
+            lat_us = 1e6 * t1;
+            bw_gbs = 4.0 * big * (W - 1) / std::max(1e-9, tb - t1) / 1e9;  // bytes each rank sends
+        }
         MoeLayer layer(cfg);
         layer.set_parallel(g);
         std::vector<float> x((size_t)T * d), y((size_t)T * d), dy((size_t)T * d, 1.f),
@@ -197,6 +220,10 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
                         "all-to-all, %.3f MiB router\n",
                         med, o.reps, t.front(), std::max(0.0, med - mx[0] - mx[1]), mx[0], mx[1],
                         mx[2] / (1 << 20), mx[3] / (1 << 20));
+            if (W > 1)
+                std::printf("transport: all-to-all latency %.1f us (1 float per peer), %.2f GB/s "
+                            "per rank sent (4 MiB per peer)\n",
+                            lat_us, bw_gbs);
             if (o.json) {
                 nlohmann::json j = {{"layout", g.layout()},  {"ranks", W},
                                     {"tokens", Tg},          {"fwd_bwd_ms", med},
@@ -205,7 +232,9 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
                                     {"compute_ms", std::max(0.0, med - mx[0] - mx[1])},
                                     {"alltoall_bytes_per_rank", mx[2]},
                                     {"router_bytes_per_rank", mx[3]},
-                                    {"threads", get_threads()}};
+                                    {"threads", get_threads()},
+                                    {"alltoall_latency_us", lat_us},
+                                    {"alltoall_gb_per_s", bw_gbs}};
                 std::printf("%s\n", j.dump().c_str());
             }
         }
