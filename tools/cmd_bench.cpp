@@ -145,7 +145,8 @@ static nlohmann::json run_torch_peer(const BenchLayerOptions& o, const MoeConfig
 // step. Rank 0 prints the slowest rank's figures (a step ends when the last rank is done).
 static int run_bench_layer_mpi(const BenchLayerOptions& o) {
     MoeConfig cfg = o.shape.config();
-    if (o.reps < 1 || o.warmup < 0) fail("--reps {} must be >= 1 and --warmup {} >= 0", o.reps, o.warmup);
+    if (o.reps < 1 || o.warmup < 0)
+        fail("--reps {} must be >= 1 and --warmup {} >= 0", o.reps, o.warmup);
     int W0 = 1;
     if (const char* v = getenv("OMPI_COMM_WORLD_SIZE")) W0 = atoi(v);
     ParallelGroups g = init_parallel(launched_by_mpirun(),
@@ -211,10 +212,11 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
             for (int i = 0; i < 4; i++) mx[i] = std::max(mx[i], all[4 * q + i]);
         const double med = t[t.size() / 2];
         if (r == 0) {
-            std::printf("moe bench layer --mpi: %s (%d ranks), router %s, T=%d (global; %d per rank) "
-                        "d=%d f=%d E=%d k=%d, %d threads per rank\n",
-                        g.layout().c_str(), W, cfg.router.c_str(), Tg, T, d, cfg.d_ff,
-                        cfg.n_experts, cfg.top_k, get_threads());
+            std::printf(
+                "moe bench layer --mpi: %s (%d ranks), router %s, T=%d (global; %d per rank) "
+                "d=%d f=%d E=%d k=%d, %d threads per rank\n",
+                g.layout().c_str(), W, cfg.router.c_str(), Tg, T, d, cfg.d_ff, cfg.n_experts,
+                cfg.top_k, get_threads());
             std::printf("fwd+bwd %.2f ms (median of %d, min %.2f): compute %.2f ms, all-to-all "
                         "%.2f ms, router gather/reduce %.2f ms; per rank per step %.2f MiB "
                         "all-to-all, %.3f MiB router\n",

@@ -754,7 +754,8 @@ static void plan_exchange(Impl& m, const MoeConfig& cfg) {
     s.tok_rows.clear();
     for (int t = 0; t < s.T; t++) {
         const int64_t tg = lo + t;
-        for (int q = g.tok_off[tg]; q < g.tok_off[tg + 1]; q++) s.tok_rows.push_back(g2s[g.tok_rows[q]]);
+        for (int q = g.tok_off[tg]; q < g.tok_off[tg + 1]; q++)
+            s.tok_rows.push_back(g2s[g.tok_rows[q]]);
         s.tok_off[t + 1] = (int32_t)s.tok_rows.size();
     }
 
@@ -766,8 +767,8 @@ static void plan_exchange(Impl& m, const MoeConfig& cfg) {
         for (int i = g.offsets[e]; i < g.offsets[e + 1]; i++) {
             const int64_t t = g.row_token[i];
             if (t < glo || t >= ghi) continue;
-            int q = (int)(std::upper_bound(m.tok_start.begin() + base, m.tok_start.begin() + base + P + 1, t) -
-                          (m.tok_start.begin() + base)) - 1;
+            auto first = m.tok_start.begin() + base;
+            int q = (int)(std::upper_bound(first, first + P + 1, t) - first) - 1;
             sender.push_back(q);
             m.recv_rows[q]++;
         }
@@ -802,7 +803,8 @@ static void exchange_rows(Impl& m, int d, const float* send, float* expert_major
     const double t0 = seconds_now();
     m.par.expert->alltoallv(send, sc.data(), m.rbuf.data(), rc.data());
     m.comm.alltoall_s += seconds_now() - t0;
-    m.comm.alltoall_bytes += (int64_t)sizeof(float) * d * (m.mine.n_rows - m.send_rows[m.par.expert->rank()]);
+    m.comm.alltoall_bytes +=
+        (int64_t)sizeof(float) * d * (m.mine.n_rows - m.send_rows[m.par.expert->rank()]);
     const float* rb = m.rbuf.data();
     for (int64_t L = 0; L < n_recv; L++)
         std::memcpy(expert_major + L * d, rb + (int64_t)m.recv_pos[L] * d, sizeof(float) * d);
@@ -823,10 +825,12 @@ static void return_rows(Impl& m, int d, const float* expert_major, float* back) 
     const double t0 = seconds_now();
     m.par.expert->alltoallv(rb, sc.data(), back, rc.data());
     m.comm.alltoall_s += seconds_now() - t0;
-    m.comm.alltoall_bytes += (int64_t)sizeof(float) * d * (n_recv - m.recv_rows[m.par.expert->rank()]);
+    m.comm.alltoall_bytes +=
+        (int64_t)sizeof(float) * d * (n_recv - m.recv_rows[m.par.expert->rank()]);
 }
 
-static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* params, float* grads) {
+static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* params,
+                                float* grads) {
     const MoeConfig& cfg = L.config();
     MoeLayer::ExpertRange o = L.owned_experts();
     GroupedFfn g;

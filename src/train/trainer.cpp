@@ -205,7 +205,8 @@ void reduce_gradients(const ParallelGroups& g, const ExpertBlocks& eb, float* gr
     };
     for (auto& L : eb.layers) {
         world_range(at, L.all_offset);
-        if (g.dp_size() > 1) g.data->allreduce_sum(grad + L.own_offset, (int64_t)(L.per_expert * L.count));
+        if (g.dp_size() > 1)
+            g.data->allreduce_sum(grad + L.own_offset, (int64_t)(L.per_expert * L.count));
         at = L.all_offset + L.all_floats;
     }
     world_range(at, n);
@@ -596,7 +597,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
         }
         if (writer) write_file_atomic(metrics_path, std::string());
     }
-    if (writer) write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
+    if (writer)
+        write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
     // What is frozen, for the record (and `moe report`).
     const double opt_bytes = 2.0 * sizeof(float) * (double)n_trainable,
                  opt_saved = 2.0 * sizeof(float) * (double)(P - n_trainable);

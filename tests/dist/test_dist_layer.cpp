@@ -39,7 +39,8 @@ static void check_close(const std::string& what, const float* a, const float* b,
         }
     }
     if (!(md <= tol * (mx + 1e-3))) {
-        std::fprintf(stderr, "rank %d: FAIL %s: max diff %.3g at [%zu] (got %.8g want %.8g), scale %.3g\n",
+        std::fprintf(stderr,
+                     "rank %d: FAIL %s: max diff %.3g at [%zu] (got %.8g want %.8g), scale %.3g\n",
                      g_rank, what.c_str(), md, at, a[at], b[at], mx);
         g_fail++;
     }
@@ -47,7 +48,8 @@ static void check_close(const std::string& what, const float* a, const float* b,
 
 static void check_eq(const std::string& what, double a, double b, double tol) {
     if (!(std::fabs(a - b) <= tol * (std::fabs(b) + 1e-6))) {
-        std::fprintf(stderr, "rank %d: FAIL %s: got %.10g want %.10g\n", g_rank, what.c_str(), a, b);
+        std::fprintf(stderr, "rank %d: FAIL %s: got %.10g want %.10g\n", g_rank, what.c_str(), a,
+                     b);
         g_fail++;
     }
 }
@@ -171,7 +173,8 @@ static void check_refusals(const ParallelGroups& g) {
         MoeLayer l(c);
         try {
             l.set_parallel(g);
-            std::fprintf(stderr, "rank %d: FAIL: n_experts=%d under --expert-parallel %d accepted\n",
+            std::fprintf(stderr,
+                         "rank %d: FAIL: n_experts=%d under --expert-parallel %d accepted\n",
                          g_rank, E, P);
             g_fail++;
         } catch (const Error& e) {
