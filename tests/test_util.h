@@ -2,7 +2,10 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -51,6 +54,23 @@ inline std::string source_dir() {
 inline std::string moe_bin() {
     const char* s = getenv("MOE_BIN");
     return s ? s : "";
+}
+
+// Runs `moe ARGS` (stderr joined to stdout); rc -1 when it did not exit normally (a crash).
+struct MoeRun {
+    int rc;
+    std::string out;
+};
+inline MoeRun run_moe_cmd(const std::string& args) {
+    std::string cmd = moe_bin() + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    MoeRun r{-1, ""};
+    if (!p) return r;
+    char buf[4096];
+    while (fgets(buf, sizeof buf, p)) r.out += buf;
+    int st = pclose(p);
+    r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
 }
 
 }  // namespace moe::test

@@ -8,38 +8,137 @@
 #include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/runtime.h"
+#include "moe/hf_model.h"
 #include "tools/checked_flags.h"
+#include "tools/hf_tools.h"
 #include "tools/command.h"
 #include "train/generate.h"
 
 namespace moe::tools {
 
 struct GenerateOptions {
-    std::string ckpt, prompt = "\n", trace;
+    std::string ckpt, prompt = "\n", prompt_ids, trace;
     SampleOptions sample;
     int threads = 0;
-    bool json = false;
+    bool json = false, stats = false, ignore_eos = false, prompt_given = false;
 };
+
+static FILE* open_trace(const std::string& path) {
+    if (path.empty()) return nullptr;
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) fail("--trace {}: cannot create: {}; give a writable file path", path, std::strerror(errno));
+    return f;
+}
+
+// A Hugging Face folder (src/infer/): mapped weights, the folder's tokenizer, EOS stops.
+static int run_generate_hf(const GenerateOptions& o) {
+    auto model = load_hf_model(o.ckpt);
+    const HfConfig& c = model->config();
+    std::unique_ptr<Tokenizer> tok;
+    std::string tok_error;
+    try {
+        tok = load_tokenizer(o.ckpt);
+    } catch (const Error& e) {
+        tok_error = e.what();
+    }
+    std::vector<int32_t> prompt;
+    if (!o.prompt_ids.empty()) {
+        prompt = parse_prompt_ids(o.prompt_ids, c.vocab_size, "--prompt-ids");
+    } else {
+        if (!tok) fail("{}; give --prompt-ids to run without a tokenizer", tok_error);
+        if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
+        // BOS first when the tokenizer's config says so (Mixtral yes, Qwen no), as HF does.
+        if (tok->special().add_bos && tok->special().bos >= 0) prompt.push_back(tok->special().bos);
+        std::vector<int32_t> ids;
+        try {
+            ids = tok->encode(o.prompt);
+        } catch (const Error& e) {
+            fail("--prompt: {}", e.what());
+        }
+        prompt.insert(prompt.end(), ids.begin(), ids.end());
+    }
+    if ((int64_t)prompt.size() > c.max_positions)
+        fail("--prompt: {} tokens, more than the model's context of {} (max_position_embeddings); "
+             "give a shorter prompt",
+             prompt.size(), c.max_positions);
+    FILE* trace = open_trace(o.trace);
+    if (o.prompt_ids.empty()) std::fputs(o.prompt.c_str(), stdout);
+    std::fflush(stdout);
+    // End-of-sequence ids: generation_config.json / tokenizer_config.json, else config.json.
+    std::vector<int32_t> eos = c.eos_token_ids;
+    if (tok && !tok->special().eos.empty()) eos = tok->special().eos;
+    if (o.ignore_eos) eos.clear();
+    std::unique_ptr<StreamDecoder> stream;
+    if (tok) stream = std::make_unique<StreamDecoder>(*tok);
+    const HfRunCounters before = hf_counters(*model);
+    std::string stop;
+    std::vector<int32_t> out;
+    try {
+        out = generate_hf(
+            *model, prompt, o.sample, eos,
+            [&](int32_t id) {
+                if (stream)  // token by token, never half a UTF-8 character
+                    std::fputs(stream->push(id).c_str(), stdout);
+                else
+                    std::printf(" %d", id);
+                std::fflush(stdout);
+            },
+            &stop, trace,
+            [&](int32_t id) { return tok ? tok->piece(id) : std::to_string(id); });
+    } catch (...) {
+        if (trace) std::fclose(trace);
+        throw;
+    }
+    const double dt = now_seconds() - before.t;
+    if (trace && std::fclose(trace) != 0) fail("cannot write {}: {}", o.trace, std::strerror(errno));
+    std::string text;
+    if (tok) {
+        std::fputs(stream->flush().c_str(), stdout);
+        text = tok->decode(out);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    std::fprintf(stderr, "generate: %zu prompt + %zu new tokens in %.2f s (%.1f tokens/s), stop: %s\n",
+                 prompt.size(), out.size(), dt, out.size() / std::max(1e-9, dt), stop.c_str());
+    nlohmann::json stats;
+    if (o.stats || o.json) stats = hf_stats(*model, before, o.stats);
+    if (o.json) {
+        nlohmann::json j = {{"prompt", o.prompt_ids.empty() ? o.prompt : o.prompt_ids},
+                            {"text", text},
+                            {"prompt_tokens", prompt.size()},
+                            {"prompt_ids", prompt},
+                            {"tokens", out.size()},
+                            {"token_ids", out},
+                            {"stop", stop},
+                            {"tokens_per_s", out.size() / std::max(1e-9, dt)},
+                            {"checkpoint", o.ckpt},
+                            {"stats", stats}};
+        std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    }
+    return 0;
+}
 
 static int run_generate(const GenerateOptions& o) {
     set_threads(o.threads);
+    if (!o.prompt_ids.empty() && o.prompt_given)
+        usage_fail("--prompt-ids: give either --prompt or --prompt-ids, not both");
+    if (is_hf_model_dir(o.ckpt)) return run_generate_hf(o);
+    if (o.stats) usage_fail("--stats: only for Hugging Face model folders (mapped weights)");
     LoadedModel lm = load_model(o.ckpt);
-    if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
     std::vector<int32_t> prompt;
-    try {
-        prompt = lm.tokenizer->encode(o.prompt);
-    } catch (const Error& e) {
-        fail("--prompt: {}; use only characters of the model's vocabulary", e.what());
+    if (!o.prompt_ids.empty()) {
+        prompt = parse_prompt_ids(o.prompt_ids, lm.model->config().vocab_size, "--prompt-ids");
+    } else {
+        if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
+        try {
+            prompt = lm.tokenizer->encode(o.prompt);
+        } catch (const Error& e) {
+            fail("--prompt: {}; use only characters of the model's vocabulary", e.what());
+        }
     }
     if (prompt.empty()) fail("--prompt: encodes to no tokens; give other text");
-    FILE* trace = nullptr;
-    if (!o.trace.empty()) {
-        trace = std::fopen(o.trace.c_str(), "w");
-        if (!trace)
-            fail("--trace {}: cannot create: {}; give a writable file path", o.trace,
-                 std::strerror(errno));
-    }
-    std::fputs(o.prompt.c_str(), stdout);
+    FILE* trace = open_trace(o.trace);
+    if (o.prompt_ids.empty()) std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
     const Tokenizer& tok = *lm.tokenizer;
     const double t0 = now_seconds();
@@ -72,6 +171,7 @@ static int run_generate(const GenerateOptions& o) {
                             {"text", text},
                             {"prompt_tokens", prompt.size()},
                             {"tokens", out.size()},
+                            {"token_ids", out},
                             {"tokens_per_s", out.size() / std::max(1e-9, dt)},
                             {"checkpoint", lm.dir}};
         std::printf("%s\n",
@@ -84,12 +184,17 @@ static void register_generate(CLI::App& app) {
     auto o = std::make_shared<GenerateOptions>();
     CLI::App* sub = app.add_subcommand(
         "generate",
-        "Generate text from a checkpoint (KV cache; temperature 0 = greedy).\n"
+        "Generate text from a checkpoint or a Hugging Face MoE folder (KV cache; temperature 0 =\n"
+        "greedy).\n"
         "Example: moe generate runs/shakespeare-char-moe --prompt \"ROMEO:\" --max-tokens 300 "
         "--temperature 0.8 --top-k 40");
-    sub->add_option("ckpt", o->ckpt, "checkpoint folder, or run folder (its best checkpoint)")
+    sub->add_option("ckpt", o->ckpt,
+                    "checkpoint folder, run folder (its best checkpoint), or Hugging Face folder")
         ->required();
-    sub->add_option("--prompt", o->prompt, "text to continue (default: a newline)");
+    sub->add_option("--prompt", o->prompt, "text to continue (default: a newline)")
+        ->each([o](const std::string&) { o->prompt_given = true; });
+    sub->add_option("--prompt-ids", o->prompt_ids,
+                    "token ids to continue, e.g. 1,2,3 (bypasses the tokenizer)");
     add_checked(sub, "--max-tokens", o->sample.max_tokens, Range::in(1, 1 << 20),
                 "tokens to generate");
     add_checked(sub, "--temperature", o->sample.temperature, Range::in(0, 1e6),
@@ -101,7 +206,12 @@ static void register_generate(CLI::App& app) {
     add_checked(sub, "--seed", o->sample.seed, Range::at_least(0), "sampling seed");
     sub->add_option("--trace", o->trace, "write per-token routing as JSON lines to FILE");
     add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
-    sub->add_flag("--json", o->json, "last stdout line: one JSON object (text, tokens/s)");
+    sub->add_flag("--json", o->json,
+                  "last stdout line: one JSON object (text, token_ids, tokens/s)");
+    sub->add_flag("--stats", o->stats,
+                  "Hugging Face folders: experts used per layer, mapped/resident memory, page-ins");
+    sub->add_flag("--ignore-eos", o->ignore_eos,
+                  "Hugging Face folders: do not stop at the end-of-sequence id");
     sub->callback([o]() { exit_code() = run_generate(*o); });
 }
 

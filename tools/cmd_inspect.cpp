@@ -12,7 +12,9 @@
 #include "moe/file_io.h"
 #include "moe/report.h"
 #include "moe/tokenizer.h"
+#include "moe/hf_model.h"
 #include "tools/checked_flags.h"
+#include "tools/hf_tools.h"
 #include "tools/command.h"
 
 namespace moe::tools {
@@ -80,6 +82,31 @@ void run_inspect(const InspectOptions& o) {
                          o.trace.c_str(), skipped);
         title = "routing trace " + o.trace;
         if (o.max_tokens > 0 && (int)routing.size() > o.max_tokens) routing.resize(o.max_tokens);
+    } else if (is_hf_model_dir(o.ckpt)) {
+        // A Hugging Face folder: its tokenizer, chunks of up to 512 tokens from an empty cache.
+        auto model = load_hf_model(o.ckpt);
+        std::unique_ptr<Tokenizer> tok = load_tokenizer(o.ckpt);
+        tok_kind = tok->kind();
+        n_experts = model->config().n_experts;
+        for (int v = 0; v < tok->vocab_size(); v++) vocab_text.push_back(tok->piece(v));
+        std::string text = o.corpus.empty() ? unescape(o.text) : read_file(o.corpus);
+        if (text.empty()) fail("--corpus {}: is empty; give a text file", o.corpus);
+        const size_t cap = (size_t)std::max(o.max_tokens, 1) * 16;
+        if (o.max_tokens > 0 && text.size() > cap) text.resize(cap);
+        std::vector<int32_t> ids;
+        try {
+            if (tok->special().add_bos && tok->special().bos >= 0)
+                ids.push_back(tok->special().bos);
+            std::vector<int32_t> body = tok->encode(text);
+            ids.insert(ids.end(), body.begin(), body.end());
+        } catch (const Error& e) {
+            fail("{}: {}", o.corpus.empty() ? std::string("--text") : "--corpus " + o.corpus,
+                 e.what());
+        }
+        if (o.max_tokens > 0 && (int)ids.size() > o.max_tokens) ids.resize(o.max_tokens);
+        routing = route_ids_hf(*model, ids, [&](int32_t id) { return tok->piece(id); }, 512);
+        title = (o.corpus.empty() ? std::string("routing of --text") : "routing of " + o.corpus) +
+                " through " + o.ckpt;
     } else {
         LoadedModel lm = load_model(o.ckpt);
         tok_kind = lm.tokenizer->kind();

@@ -8,4 +8,8 @@ set(MOE_TOOL_SOURCES
   tools/cmd_bench.cpp
   tools/cmd_report.cpp
   tools/cmd_inspect.cpp
+  tools/hf_tools.cpp
+  tools/cmd_bench_generate.cpp
+  tools/cmd_tokenize.cpp
+  tools/cmd_chat.cpp
 )

@@ -6,12 +6,14 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace moe {
 
+class HfModel;
 class Model;
 class MoeLayer;
 class Tokenizer;
@@ -134,6 +136,12 @@ std::vector<LayerSimilarity> expert_similarity(Model& model, const std::vector<i
 // on the whole batch (capacity limits, expert choice) then sees batch*block_size tokens at once.
 std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const std::string& text,
                                      int max_tokens = -1, int batch = 1);
+
+// The same for a Hugging Face model (src/infer/) on ids the caller encoded (BOS as its tokenizer
+// says): chunks of `chunk` tokens, each from an empty cache. Dropless top-k: every slot kept.
+std::vector<TokenRouting> route_ids_hf(HfModel& model, const std::vector<int32_t>& ids,
+                                       const std::function<std::string(int32_t)>& piece,
+                                       int chunk);
 
 // Aggregate of routing over a corpus, per MoE layer.
 struct RoutingAggregate {

@@ -53,6 +53,9 @@ class SafetensorsWriter {
    public:
     void add(const std::string& name, const Shape& shape, const float* data);        // F32
     void add_i64(const std::string& name, const Shape& shape, const int64_t* data);  // I64
+    // Bytes already in the file's dtype ("BF16", "F16", ...): bytes = numel * element size.
+    void add_raw(const std::string& name, const std::string& dtype, const Shape& shape,
+                 const void* data, size_t bytes);
     void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
     void save(const std::string& path) const;  // atomic
     std::string serialize() const;

@@ -10,6 +10,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "data/added_tokens.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
 
@@ -126,19 +127,43 @@ std::unique_ptr<Tokenizer> build_char_tokenizer(const std::string& corpus) {
 
 // ---- SentencePiece ----
 
+// Two modes. moe.cpp's own models (trained by train_sentencepiece): lines are encoded one by one
+// and each newline is the byte piece <0x0A>, as in training. A Hugging Face folder's model
+// (Mixtral): the text between added tokens goes to the model whole, so the dummy prefix, byte
+// fallback and unknown pieces are exactly as the model file sets them (as HF does).
 class SpTokenizer : public Tokenizer {
    public:
-    SpTokenizer(const std::string& serialized, const std::string& where) : model_(serialized) {
+    SpTokenizer(const std::string& serialized, const std::string& where, bool hf,
+                const std::vector<std::pair<std::string, int32_t>>& added)
+        : model_(serialized), hf_(hf) {
         auto st = sp_.LoadFromSerializedProto(serialized);
         if (!st.ok()) fail("{}: cannot load SentencePiece model: {}", where, st.ToString());
         newline_id_ = sp_.PieceToId("<0x0A>");
-        if (newline_id_ == sp_.unk_id())
+        if (!hf && newline_id_ == sp_.unk_id())
             fail("{}: SentencePiece model has no byte piece <0x0A> (train with byte_fallback)",
                  where);
+        std::vector<AddedToken> tokens;
+        for (auto& [content, id] : added) {
+            if (content.empty() || id < 0 || id >= sp_.GetPieceSize())
+                fail("{}: added token \"{}\" with id {} outside the model's {} pieces; use the "
+                     "tokenizer files of one model",
+                     where, content, id, sp_.GetPieceSize());
+            AddedToken t;
+            t.content = content, t.id = id;
+            tokens.push_back(t);
+            added_ids_[content] = id;
+        }
+        added_ = AddedTokenMatcher(tokens);
+        // A dummy prefix shows as "▁" on the first piece of "a"; decoding then drops the first
+        // leading space, which a streaming decoder must know.
+        std::vector<std::string> pieces;
+        if (sp_.Encode("a", &pieces).ok() && !pieces.empty())
+            strips_space_ = pieces[0].rfind("\xe2\x96\x81", 0) == 0;
     }
     std::string kind() const override { return "sentencepiece"; }
     int vocab_size() const override { return sp_.GetPieceSize(); }
     std::vector<int32_t> encode(const std::string& text) const override {
+        if (hf_) return encode_hf(text);
         std::vector<int32_t> out;
         size_t start = 0;
         while (start <= text.size()) {
@@ -164,24 +189,73 @@ class SpTokenizer : public Tokenizer {
     }
     std::string decode(const std::vector<int32_t>& ids) const override {
         std::vector<int> v(ids.begin(), ids.end());
-        for (int id : v)
-            if (id < 0 || id >= sp_.GetPieceSize())
-                fail("token id {} outside the SentencePiece vocabulary (0..{})", id,
-                     sp_.GetPieceSize() - 1);
+        for (int id : v) check_id(id);
         std::string s;
         auto st = sp_.Decode(v, &s);
         if (!st.ok()) fail("SentencePiece decode failed: {}", st.ToString());
         return s;
     }
     std::string piece(int32_t id) const override { return decode({id}); }
+    // The piece's own bytes: "▁" is a space, <0xHH> is byte HH, control pieces (<s>) are empty,
+    // as libsentencepiece decodes them, only without its first-space rule and byte grouping.
+    std::string piece_bytes(int32_t id) const override {
+        check_id(id);
+        if (sp_.IsControl(id)) return "";
+        if (sp_.IsUnknown(id)) return decode({id});
+        const std::string& p = sp_.IdToPiece(id);
+        if (sp_.IsByte(id) && p.size() == 6) return std::string(1, (char)std::stoi(p.substr(3, 2), nullptr, 16));
+        std::string out;
+        for (size_t i = 0; i < p.size();) {
+            if (p.compare(i, 3, "\xe2\x96\x81") == 0) {
+                out += ' ';
+                i += 3;
+            } else {
+                out += p[i++];
+            }
+        }
+        return out;
+    }
+    bool strips_leading_space() const override { return strips_space_; }
+    int32_t token_id(const std::string& t) const override {
+        auto a = added_ids_.find(t);
+        if (a != added_ids_.end()) return a->second;
+        int id = sp_.PieceToId(t);
+        return id == sp_.unk_id() && sp_.IdToPiece(id) != t ? -1 : id;
+    }
     void save(const std::string& dir) const override {
         write_file_atomic(dir + "/tokenizer.model", model_);
     }
 
    private:
+    void check_id(int id) const {
+        if (id < 0 || id >= sp_.GetPieceSize())
+            fail("token id {} outside the SentencePiece vocabulary (0..{}); use ids the model's "
+                 "tokenizer gave",
+                 id, sp_.GetPieceSize() - 1);
+    }
+    std::vector<int32_t> encode_hf(const std::string& text) const {
+        std::vector<TextPiece> cuts;
+        added_.split(text, 0, text.size(), cuts);
+        std::vector<int32_t> out;
+        std::vector<int> ids;
+        for (const TextPiece& c : cuts) {
+            if (c.id >= 0) {
+                out.push_back(c.id);
+                continue;
+            }
+            auto st = sp_.Encode(std::string_view(text.data() + c.begin, c.end - c.begin), &ids);
+            if (!st.ok()) fail("SentencePiece encode failed at byte {}: {}", c.begin, st.ToString());
+            out.insert(out.end(), ids.begin(), ids.end());
+        }
+        return out;
+    }
+
     std::string model_;
     sentencepiece::SentencePieceProcessor sp_;
+    bool hf_ = false, strips_space_ = false;
     int newline_id_ = 0;
+    AddedTokenMatcher added_;
+    std::unordered_map<std::string, int32_t> added_ids_;
 };
 
 namespace {
@@ -237,12 +311,20 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const std::string& corpus, int vo
     std::string model;
     auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
     if (!st.ok()) fail("SentencePiece training failed: {}", st.ToString());
-    return std::make_unique<SpTokenizer>(model, "trained SentencePiece model");
+    return std::make_unique<SpTokenizer>(model, "trained SentencePiece model", false,
+                                         std::vector<std::pair<std::string, int32_t>>{});
 }
 
 std::unique_ptr<Tokenizer> sentencepiece_from_model(const std::string& serialized,
                                                     const std::string& where) {
-    return std::make_unique<SpTokenizer>(serialized, where);
+    return std::make_unique<SpTokenizer>(serialized, where, false,
+                                         std::vector<std::pair<std::string, int32_t>>{});
+}
+
+std::unique_ptr<Tokenizer> sentencepiece_hf_from_model(
+    const std::string& serialized, const std::string& where,
+    const std::vector<std::pair<std::string, int32_t>>& added) {
+    return std::make_unique<SpTokenizer>(serialized, where, true, added);
 }
 
 std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
@@ -270,11 +352,43 @@ std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     std::string vocab = dir + "/vocab.json", spm = dir + "/tokenizer.model";
     if (file_exists(vocab)) return char_tokenizer_from_json(read_file(vocab), vocab);
-    if (file_exists(spm)) return sentencepiece_from_model(read_file(spm), spm);
-    fail(
-        "{}: no tokenizer (neither vocab.json nor tokenizer.model); restore the checkpoint's "
-        "tokenizer file",
-        dir);
+    // moe.cpp's checkpoints never write these two: their presence means a Hugging Face folder.
+    bool hf = file_exists(dir + "/tokenizer.json") || file_exists(dir + "/tokenizer_config.json");
+    if (file_exists(spm) && !hf) return sentencepiece_from_model(read_file(spm), spm);
+    return load_hf_tokenizer(dir);
+}
+
+// ---- streaming decode ----
+
+size_t utf8_complete_prefix(const std::string& s) {
+    // Look back at most 3 bytes for the start of a character that the end cuts short.
+    size_t n = s.size();
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = (unsigned char)s[n - back];
+        if ((c & 0xc0) == 0x80) continue;  // a continuation byte: look further back
+        size_t need = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
+        return need > back ? n - back : n;
+    }
+    return n;
+}
+
+std::string StreamDecoder::push(int32_t id) {
+    std::string b = tok_.piece_bytes(id);
+    if (!started_ && !b.empty()) {
+        if (tok_.strips_leading_space() && b[0] == ' ') b.erase(0, 1);
+        started_ = true;
+    }
+    pending_ += b;
+    size_t k = utf8_complete_prefix(pending_);
+    std::string out = pending_.substr(0, k);
+    pending_.erase(0, k);
+    return out;
+}
+
+std::string StreamDecoder::flush() {
+    std::string out;
+    out.swap(pending_);
+    return out;
 }
 
 }  // namespace moe

@@ -226,6 +226,12 @@ void SafetensorsWriter::add_i64(const std::string& name, const Shape& shape, con
     entries_.push_back(std::move(e));
 }
 
+void SafetensorsWriter::add_raw(const std::string& name, const std::string& dtype,
+                                const Shape& shape, const void* data, size_t bytes) {
+    Entry e{name, dtype, shape, std::string((const char*)data, bytes)};
+    entries_.push_back(std::move(e));
+}
+
 std::string SafetensorsWriter::serialize() const {
     json header = json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;

@@ -6,6 +6,7 @@ list(APPEND MOE_SOURCES
   src/kernels/attention.cpp
   src/kernels/cross_entropy.cpp
   src/kernels/embedding.cpp
+  src/kernels/typed_gemm.cpp
 )
 # AdamW, gradient norm (train helper).
 list(APPEND MOE_SOURCES src/kernels/adamw.cpp)

@@ -12,6 +12,8 @@
 #include "moe/model.h"
 #include "moe/moe_layer.h"
 #include "moe/report.h"
+
+#include "moe/hf_model.h"
 #include "moe/stats.h"
 #include "moe/tokenizer.h"
 #include "report/html.h"
@@ -91,6 +93,38 @@ std::vector<TokenRouting> route_text(Model& model, const Tokenizer& tok, const s
             }
             c = std::move(s);
         }
+    return out;
+}
+
+std::vector<TokenRouting> route_ids_hf(HfModel& model, const std::vector<int32_t>& ids,
+                                       const std::function<std::string(int32_t)>& piece,
+                                       int chunk) {
+    const HfConfig& c = model.config();
+    if (ids.empty()) fail("the text is empty: nothing to route; give some text");
+    chunk = std::max(1, std::min(chunk, c.max_positions));
+    std::vector<TokenRouting> out(ids.size());
+    for (size_t start = 0; start < ids.size(); start += (size_t)chunk) {
+        const int n = (int)std::min<size_t>(chunk, ids.size() - start);
+        model.cache_reset();
+        model.cache_feed(ids.data() + start, n);
+        for (int t = 0; t < n; t++) {
+            TokenRouting& r = out[start + t];
+            r.pos = (int)(start + t);
+            r.token = ids[start + t];
+            r.text = piece(r.token);
+            for (int l = 0; l < c.n_layers; l++) {
+                if (!c.moe_layer[l]) continue;
+                LayerChoice ch;
+                ch.layer = l;
+                for (int i = 0; i < c.top_k; i++) {  // already by decreasing weight
+                    ch.experts.push_back(model.last_experts()[l][(size_t)t * c.top_k + i]);
+                    ch.weights.push_back(model.last_weights()[l][(size_t)t * c.top_k + i]);
+                    ch.kept.push_back(1);
+                }
+                r.layers.push_back(std::move(ch));
+            }
+        }
+    }
     return out;
 }
 

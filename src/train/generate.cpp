@@ -116,4 +116,64 @@ std::vector<int32_t> generate(Model& model, const Tokenizer& tok,
     return out;
 }
 
+static void trace_hf(FILE* f, const HfModel& m, const int32_t* ids, int n, int64_t pos0,
+                     const std::function<std::string(int32_t)>& piece) {
+    if (!f) return;
+    const int k = m.config().top_k;
+    for (int t = 0; t < n; t++) {
+        json layers = json::array();
+        for (int l = 0; l < m.config().n_layers; l++) {
+            if (!m.config().moe_layer[l]) continue;
+            json ex = json::array(), w = json::array();
+            for (int i = 0; i < k; i++) {
+                ex.push_back(m.last_experts()[l][(size_t)t * k + i]);
+                w.push_back(m.last_weights()[l][(size_t)t * k + i]);
+            }
+            layers.push_back({{"layer", l}, {"experts", ex}, {"weights", w}});
+        }
+        json j = {{"pos", pos0 + t},
+                  {"token", ids[t]},
+                  {"text", piece ? piece(ids[t]) : std::to_string(ids[t])},
+                  {"layers", layers}};
+        std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+        std::fwrite(s.data(), 1, s.size(), f);
+    }
+}
+
+std::vector<int32_t> generate_hf(HfModel& model, const std::vector<int32_t>& prompt,
+                                 const SampleOptions& o, const std::vector<int32_t>& eos,
+                                 const std::function<void(int32_t)>& on_token, std::string* stop,
+                                 FILE* trace, const std::function<std::string(int32_t)>& piece) {
+    const int ctx = model.config().max_positions, V = model.config().vocab_size;
+    if (prompt.empty()) fail("generate: empty prompt");
+    if ((int64_t)prompt.size() > ctx)
+        fail("the prompt has {} tokens, more than the model's context of {}; give a shorter "
+             "prompt",
+             prompt.size(), ctx);
+    Rng rng(o.seed);
+    model.cache_reset();
+    model.reserve((int)std::min<int64_t>(ctx, (int64_t)prompt.size() + o.max_tokens));
+    const float* logits = model.cache_feed(prompt.data(), (int)prompt.size());
+    trace_hf(trace, model, prompt.data(), (int)prompt.size(), 0, piece);
+    std::vector<int32_t> out;
+    *stop = "length";
+    for (int i = 0; i < o.max_tokens; i++) {
+        int32_t t = sample_token(logits, V, o, rng);
+        out.push_back(t);
+        if (on_token) on_token(t);
+        if (std::find(eos.begin(), eos.end(), t) != eos.end()) {
+            *stop = "eos";
+            break;
+        }
+        if (i + 1 == o.max_tokens && !trace) break;
+        if (model.cache_pos() >= ctx) {
+            *stop = "context";
+            break;
+        }
+        logits = model.cache_feed(&t, 1);
+        trace_hf(trace, model, &t, 1, model.cache_pos() - 1, piece);
+    }
+    return out;
+}
+
 }  // namespace moe

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/hf_model.h"
 #include "moe/model.h"
 #include "moe/rng.h"
 #include "moe/tokenizer.h"
@@ -32,5 +33,15 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rn
 std::vector<int32_t> generate(Model& model, const Tokenizer& tok,
                               const std::vector<int32_t>& prompt, const SampleOptions& o,
                               const std::function<void(int32_t)>& on_token, FILE* trace = nullptr);
+
+// Hugging Face models (src/infer/): prefill the prompt, then one token at a time. Stops after
+// max_tokens, after an id in `eos` (it is returned too), or when the context is full (no
+// sliding: HF models are not trained for nanoGPT's crop); *stop says which ("length", "eos",
+// "context"). piece(id) gives a token's text for the trace.
+std::vector<int32_t> generate_hf(HfModel& model, const std::vector<int32_t>& prompt,
+                                 const SampleOptions& o, const std::vector<int32_t>& eos,
+                                 const std::function<void(int32_t)>& on_token, std::string* stop,
+                                 FILE* trace = nullptr,
+                                 const std::function<std::string(int32_t)>& piece = nullptr);
 
 }  // namespace moe

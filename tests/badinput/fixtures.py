@@ -5,8 +5,14 @@ mutates one thing (tests/badinput/cases.py)."""
 import json
 import os
 import shutil
+import importlib.util
 import struct
 import subprocess
+import sys
+
+# The Hugging Face folder is written by bench/peers/hf_make_tiny.py, which needs numpy (a test
+# dependency, scripts/setup.sh MOE_WITH_TESTS); without it its cases are left out (cases.py).
+HF_FIXTURE = importlib.util.find_spec("numpy") is not None
 
 TINY_CONFIG = {
     "data": "corpus.txt",
@@ -102,6 +108,10 @@ def make(moe, src_dir, root):
                        f32([((i * (e + 2)) % 9) / 30 - 0.15 for i in range(n)])))
     write_safetensors(os.path.join(fx, "layer_in.safetensors"), ts)
     run("layer", "--load", "layer_in.safetensors", "--router", "topk", "--topk", "2", "--threads", "1")
+    if HF_FIXTURE:  # a Hugging Face folder (issue 8): qwen2_moe, 3 shards + index, random weights
+        sys.path.insert(0, os.path.join(src_dir, "bench", "peers"))
+        import hf_make_tiny
+        hf_make_tiny.make(os.path.join(fx, "hfmodel"), "qwen2_moe", shards=3, tokenizer_chars=4000)
     return fx
 
 

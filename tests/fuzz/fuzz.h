@@ -27,6 +27,9 @@ void token_file(const std::string& input);     // a .tok file
 void trace(const std::string& input);          // `moe generate --trace` lines (moe inspect --trace)
 void metrics(const std::string& input);        // metrics.jsonl (moe report's reader)
 void vocab(const std::string& input);          // a char tokenizer's vocab.json
+void hf_index(const std::string& input);       // an HF folder's model.safetensors.index.json
+void hf_family(const std::string& input);      // an HF folder's config.json (model families)
+void tokenizer_json(const std::string& input); // a Hugging Face tokenizer.json (byte-level BPE)
 
 // A result the parser returned must hold what its type promises; a broken promise is a finding.
 #define MOE_FUZZ_ASSERT(cond)                                                                 \

@@ -136,3 +136,44 @@ put("vocab", "utf8.json", json.dumps(["a", "é", "€", "𝄞", "\n"], ensure_as
 put("vocab", "duplicate.json", '["a", "b", "a"]')
 put("vocab", "empty-symbol.json", '["a", ""]')
 put("vocab", "not-array.json", '{"a": 0}')
+
+
+# ---- Hugging Face folders: config.json of each family, model.safetensors.index.json
+def hf_family_seeds():
+    base = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": False,
+            "hidden_act": "silu", "num_experts_per_tok": 2, "bos_token_id": 1, "eos_token_id": 2}
+    fams = {
+        "mixtral": {"num_local_experts": 4, "intermediate_size": 24, "sliding_window": None},
+        "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 24, "intermediate_size": 40,
+                      "shared_expert_intermediate_size": 36, "mlp_only_layers": [1],
+                      "decoder_sparse_step": 1, "norm_topk_prob": False,
+                      "use_sliding_window": False, "sliding_window": 4096},
+        "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 24, "intermediate_size": 40,
+                      "head_dim": 12, "decoder_sparse_step": 2, "mlp_only_layers": [],
+                      "norm_topk_prob": True, "eos_token_id": [2, 3]},
+        "olmoe": {"num_experts": 4, "intermediate_size": 24, "clip_qkv": 0.6,
+                  "norm_topk_prob": False},
+    }
+    for fam, extra in fams.items():
+        c = dict(base, model_type=fam, **extra)
+        put("hf_family", fam, json.dumps(c, indent=2))
+    put("hf_family", "rope-scaling", json.dumps(dict(base, model_type="olmoe", num_experts=4,
+        intermediate_size=8, rope_scaling={"type": "yarn", "factor": 4.0})))
+    put("hf_family", "deepseek", json.dumps(dict(base, model_type="deepseek_v3")))
+    idx = {"metadata": {"total_size": 1234}, "weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00002-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors"}}
+    put("hf_index", "two-shards", json.dumps(idx, indent=2))
+    put("hf_index", "path", json.dumps({"weight_map": {"a": "../a.safetensors"}}))
+    put("hf_index", "empty", json.dumps({"weight_map": {}}))
+
+
+hf_family_seeds()
+
+# ---- tokenizer.json (Hugging Face byte-level BPE): built from the formats, no run needed
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tokenizer_seeds  # noqa: E402
+tokenizer_seeds.write_seeds(lambda name, text: put("tokenizer_json", name, text))

@@ -25,6 +25,8 @@ const Target kTargets[] = {
     {"hf_config", moe::fuzz::hf_config},     {"trainer_state", moe::fuzz::trainer_state},
     {"token_file", moe::fuzz::token_file},   {"trace", moe::fuzz::trace},
     {"metrics", moe::fuzz::metrics},         {"vocab", moe::fuzz::vocab},
+    {"hf_index", moe::fuzz::hf_index},       {"hf_family", moe::fuzz::hf_family},
+    {"tokenizer_json", moe::fuzz::tokenizer_json},
 };
 
 std::string slurp(const fs::path& p) {

@@ -1,0 +1,256 @@
+// config.json of a Hugging Face MoE model -> HfConfig, family by family. The defaults for keys a
+// file may leave out are those of the transformers config classes (MixtralConfig, ...); keys that
+// fix a shape are required. Anything we would run differently from HF is refused by name.
+#include <algorithm>
+
+#include "moe/checked.h"
+#include "moe/error.h"
+#include "moe/file_io.h"
+#include "moe/hf_model.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+const char* wtype_name(WType t) {
+    switch (t) {
+        case WType::f32: return "F32";
+        case WType::f16: return "F16";
+        case WType::bf16: return "BF16";
+    }
+    return "?";
+}
+
+size_t wtype_size(WType t) { return t == WType::f32 ? 4 : 2; }
+
+static const char* kFamilies = "mixtral | qwen2_moe | qwen3_moe | olmoe";
+
+std::string HfConfig::ffn_prefix(int l) const {
+    return "model.layers." + std::to_string(l) +
+           (model_type == "mixtral" ? ".block_sparse_moe." : ".mlp.");
+}
+
+std::string HfConfig::expert_name(int l, int j, int which) const {
+    static const char* mixtral[3] = {"w1", "w3", "w2"};
+    static const char* hf[3] = {"gate_proj", "up_proj", "down_proj"};
+    return ffn_prefix(l) + "experts." + std::to_string(j) + "." +
+           (model_type == "mixtral" ? mixtral[which] : hf[which]) + ".weight";
+}
+
+double HfConfig::n_params() const {
+    const double d = hidden_size, q = (double)n_heads * head_dim, kv = (double)n_kv_heads * head_dim;
+    double n = (double)vocab_size * d * (tie_embeddings ? 1 : 2) + d;
+    for (int l = 0; l < n_layers; l++) {
+        n += 2 * d + d * q + 2 * d * kv + q * d;
+        if (qkv_bias) n += q + 2 * kv;
+        if (o_bias) n += d;
+        if (qk_norm == QkNorm::per_head) n += 2.0 * head_dim;
+        if (qk_norm == QkNorm::whole) n += q + kv;
+        if (moe_layer[l]) {
+            n += (double)n_experts * d + (double)n_experts * 3 * d * expert_ff;
+            if (shared_ff) n += 3 * d * shared_ff + d;
+        } else {
+            n += 3 * d * dense_ff;
+        }
+    }
+    return n;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const HfConfig& c) {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+    const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_dim;
+    const int64_t q = (int64_t)c.n_heads * hd, kv = (int64_t)c.n_kv_heads * hd;
+    t.push_back({"model.embed_tokens.weight", {V, d}});
+    t.push_back({"model.norm.weight", {d}});
+    if (!c.tie_embeddings) t.push_back({"lm_head.weight", {V, d}});
+    for (int l = 0; l < c.n_layers; l++) {
+        const std::string p = "model.layers." + std::to_string(l) + ".", a = p + "self_attn.";
+        t.push_back({p + "input_layernorm.weight", {d}});
+        t.push_back({p + "post_attention_layernorm.weight", {d}});
+        t.push_back({a + "q_proj.weight", {q, d}});
+        t.push_back({a + "k_proj.weight", {kv, d}});
+        t.push_back({a + "v_proj.weight", {kv, d}});
+        t.push_back({a + "o_proj.weight", {d, q}});
+        if (c.qkv_bias) {
+            t.push_back({a + "q_proj.bias", {q}});
+            t.push_back({a + "k_proj.bias", {kv}});
+            t.push_back({a + "v_proj.bias", {kv}});
+        }
+        if (c.o_bias) t.push_back({a + "o_proj.bias", {d}});
+        if (c.qk_norm == HfConfig::QkNorm::per_head) {
+            t.push_back({a + "q_norm.weight", {hd}});
+            t.push_back({a + "k_norm.weight", {hd}});
+        } else if (c.qk_norm == HfConfig::QkNorm::whole) {
+            t.push_back({a + "q_norm.weight", {q}});
+            t.push_back({a + "k_norm.weight", {kv}});
+        }
+        const std::string f = c.ffn_prefix(l);
+        if (c.moe_layer[l]) {
+            const int64_t E = c.n_experts, fe = c.expert_ff;
+            t.push_back({f + "gate.weight", {E, d}});
+            for (int j = 0; j < E; j++) {
+                t.push_back({c.expert_name(l, j, 0), {fe, d}});
+                t.push_back({c.expert_name(l, j, 1), {fe, d}});
+                t.push_back({c.expert_name(l, j, 2), {d, fe}});
+            }
+            if (c.shared_ff > 0) {
+                const int64_t fs = c.shared_ff;
+                t.push_back({f + "shared_expert.gate_proj.weight", {fs, d}});
+                t.push_back({f + "shared_expert.up_proj.weight", {fs, d}});
+                t.push_back({f + "shared_expert.down_proj.weight", {d, fs}});
+                t.push_back({f + "shared_expert_gate.weight", {1, d}});
+            }
+        } else {
+            const int64_t fd = c.dense_ff;
+            t.push_back({f + "gate_proj.weight", {fd, d}});
+            t.push_back({f + "up_proj.weight", {fd, d}});
+            t.push_back({f + "down_proj.weight", {d, fd}});
+        }
+    }
+    return t;
+}
+
+// eos_token_id / bos_token_id: an integer, a list of integers, or null.
+static std::vector<int32_t> token_ids(const json& j, const char* key, const std::string& where,
+                                      int vocab) {
+    std::vector<int32_t> out;
+    if (!j.contains(key) || j[key].is_null()) return out;
+    const std::string what = where + ": key '" + key + "'";
+    const Range r = Range::in(0, vocab - 1);
+    if (j[key].is_array()) {
+        if (j[key].size() > 1024) fail("{}: more than 1024 ids; fix config.json", what);
+        for (auto& v : j[key]) out.push_back((int32_t)checked_int(v, what, r));
+    } else {
+        out.push_back((int32_t)checked_int(j[key], what, r));
+    }
+    return out;
+}
+
+HfConfig hf_config_from_json(const json& j, const std::string& where) {
+    if (!j.is_object()) fail("{}: must be a JSON object; give a Hugging Face config.json", where);
+    HfConfig c;
+    c.model_type = json_str(j, "model_type", where, Range(), "");
+    if (c.model_type.empty())
+        fail("{}: key 'model_type' is missing; a Hugging Face config.json names its family ({})",
+             where, kFamilies);
+    const std::string& mt = c.model_type;
+    if (mt != "mixtral" && mt != "qwen2_moe" && mt != "qwen3_moe" && mt != "olmoe")
+        fail("{}: key 'model_type': '{}' is not supported; moe.cpp runs {}", where, mt, kFamilies);
+    const bool qwen = mt == "qwen2_moe" || mt == "qwen3_moe";
+
+    const Range dim = Range::in(1, 1 << 20);
+    c.vocab_size = (int)json_int(j, "vocab_size", where, Range::in(1, 1 << 24));
+    c.hidden_size = (int)json_int(j, "hidden_size", where, Range::in(1, 1 << 17));
+    c.n_layers = (int)json_int(j, "num_hidden_layers", where, Range::in(1, 4096));
+    c.n_heads = (int)json_int(j, "num_attention_heads", where, Range::in(1, 4096));
+    c.n_kv_heads = (int)json_int(j, "num_key_value_heads", where, Range::in(1, 4096));
+    c.max_positions = (int)json_int(j, "max_position_embeddings", where, Range::in(1, 1 << 24));
+    const double eps_default = (mt == "mixtral" || mt == "olmoe") ? 1e-5 : 1e-6;
+    c.rms_eps = (float)json_num(j, "rms_norm_eps", where, Range::in_open(0, 1), eps_default);
+    c.rope_theta = (float)json_num(j, "rope_theta", where, Range::in(1, 1e12),
+                                   mt == "mixtral" ? 1e6 : 10000.0);
+    c.tie_embeddings = json_bool(j, "tie_word_embeddings", where, false);
+
+    // head_dim: qwen3_moe (and newer mixtral files) give it; the modelling code falls back to
+    // hidden_size / num_attention_heads.
+    if (j.contains("head_dim") && !j["head_dim"].is_null())
+        c.head_dim = (int)json_int(j, "head_dim", where, Range::in(2, 1 << 14));
+    else if (c.hidden_size % c.n_heads != 0)
+        fail("{}: key 'num_attention_heads': {} does not divide hidden_size {}; fix config.json",
+             where, c.n_heads, c.hidden_size);
+    else
+        c.head_dim = c.hidden_size / c.n_heads;
+    if (c.head_dim % 2 != 0)
+        fail("{}: key 'head_dim': {} is odd; rotary embeddings need an even head dimension", where,
+             c.head_dim);
+    if (c.n_heads % c.n_kv_heads != 0)
+        fail("{}: key 'num_key_value_heads': {} does not divide num_attention_heads {}; fix "
+             "config.json",
+             where, c.n_kv_heads, c.n_heads);
+
+    const std::string act = json_str(j, "hidden_act", where, Range(), "silu");
+    if (act != "silu")
+        fail("{}: key 'hidden_act': '{}' is not supported; moe.cpp runs SwiGLU experts (silu)",
+             where, act);
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+        fail("{}: key 'rope_scaling': {} is not supported; moe.cpp implements plain RoPE "
+             "(rope_scaling null)",
+             where, j["rope_scaling"].dump());
+    // Sliding-window attention: accepted only where it never applies inside our context.
+    const bool sliding = mt == "mixtral" || json_bool(j, "use_sliding_window", where, false);
+    if (sliding && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+        const int64_t w = json_int(j, "sliding_window", where, Range::in(1, 1 << 30));
+        if (w < c.max_positions)
+            fail("{}: key 'sliding_window': {} is shorter than max_position_embeddings {}; "
+                 "sliding-window attention is not implemented (set it to null or >= the context)",
+                 where, w, c.max_positions);
+    }
+
+    if (mt == "mixtral") {
+        c.n_experts = (int)json_int(j, "num_local_experts", where, Range::in(1, 1 << 16));
+        c.expert_ff = (int)json_int(j, "intermediate_size", where, dim);
+        c.norm_topk_prob = true;  // Mixtral always renormalises
+    } else {
+        c.n_experts = (int)json_int(j, "num_experts", where, Range::in(1, 1 << 16));
+        c.norm_topk_prob = json_bool(j, "norm_topk_prob", where, false);
+        if (mt == "olmoe") {
+            c.expert_ff = (int)json_int(j, "intermediate_size", where, dim);
+        } else {
+            c.expert_ff = (int)json_int(j, "moe_intermediate_size", where, dim);
+            c.dense_ff = (int)json_int(j, "intermediate_size", where, dim);
+        }
+    }
+    c.top_k = (int)json_int(j, "num_experts_per_tok", where, Range::in(1, 1 << 16));
+    if (c.top_k > c.n_experts)
+        fail("{}: key 'num_experts_per_tok': {} is more than the {} experts; fix config.json",
+             where, c.top_k, c.n_experts);
+
+    // Which layers are sparse: qwen's decoder_sparse_step and mlp_only_layers.
+    c.moe_layer.assign(c.n_layers, 1);
+    if (qwen) {
+        const int step = (int)json_int(j, "decoder_sparse_step", where, Range::in(1, 4096), 1);
+        std::vector<uint8_t> dense_only(c.n_layers, 0);
+        if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null()) {
+            const json& m = j["mlp_only_layers"];
+            const std::string what = where + ": key 'mlp_only_layers'";
+            if (!m.is_array()) fail("{}: must be a list of layer indices; fix config.json", what);
+            for (auto& v : m) dense_only[checked_int(v, what, Range::in(0, c.n_layers - 1))] = 1;
+        }
+        for (int l = 0; l < c.n_layers; l++)
+            c.moe_layer[l] = !dense_only[l] && (l + 1) % step == 0;
+    }
+    if (mt == "qwen2_moe") {
+        c.shared_ff = (int)json_int(j, "shared_expert_intermediate_size", where, dim);
+        c.qkv_bias = true;  // Qwen2 attention: q, k, v with bias, o without
+    }
+    if (mt == "qwen3_moe" || mt == "olmoe") {
+        c.qkv_bias = c.o_bias = json_bool(j, "attention_bias", where, false);
+        c.qk_norm = mt == "qwen3_moe" ? HfConfig::QkNorm::per_head : HfConfig::QkNorm::whole;
+    }
+    if (mt == "olmoe" && j.contains("clip_qkv") && !j["clip_qkv"].is_null())
+        c.clip_qkv = (float)json_num(j, "clip_qkv", where, Range::above(0), 0);
+    for (int l = 0; l < c.n_layers; l++)
+        if (!c.moe_layer[l] && c.dense_ff < 1)
+            fail("{}: layer {} is dense but 'intermediate_size' is not set; fix config.json", where,
+                 l);
+
+    auto bos = token_ids(j, "bos_token_id", where, c.vocab_size);
+    if (bos.size() > 1) fail("{}: key 'bos_token_id': give one id", where);
+    c.bos_token_id = bos.empty() ? -1 : bos[0];
+    c.eos_token_ids = token_ids(j, "eos_token_id", where, c.vocab_size);
+    return c;
+}
+
+bool is_hf_model_dir(const std::string& dir) {
+    const std::string p = dir + "/config.json";
+    if (!file_exists(p)) return false;
+    json j;
+    try {
+        j = json::parse(read_file(p));
+    } catch (const std::exception&) {
+        return false;  // not ours to judge: the loader that takes it reports the error
+    }
+    return j.is_object() && j.contains("model_type") && !j.contains("moe_cpp");
+}
+
+}  // namespace moe

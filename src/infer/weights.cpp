@@ -1,0 +1,281 @@
+// The mapped tensor files of a Hugging Face model directory. Each shard is mmap'ed read-only
+// once; a tensor is a pointer into its mapping. Headers are checked with the same reader as
+// moe.cpp's checkpoints (read_safetensors_header: offsets inside the file, sizes matching shapes),
+// so a truncated shard is an error at start-up rather than a SIGBUS in the middle of a token.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "kernels/typed_gemm.h"
+#include "moe/checked.h"
+#include "moe/error.h"
+#include "moe/file_io.h"
+#include "moe/hf_model.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct Mapping {
+    std::string path;
+    const uint8_t* base = nullptr;
+    size_t size = 0;
+    uint64_t data_start = 0;  // 8 + header length
+};
+
+struct TensorLoc {
+    int file = 0;
+    StHeaderEntry entry;
+};
+
+}  // namespace
+
+struct WeightStore::Impl {
+    std::string dir;
+    std::vector<Mapping> maps;
+    std::map<std::string, TensorLoc> tensors;
+    std::set<std::string> used;
+
+    ~Impl() {
+        for (auto& m : maps)
+            if (m.base) munmap((void*)m.base, m.size);
+    }
+
+    void map_file(const std::string& path) {
+        std::map<std::string, StHeaderEntry> header = read_safetensors_header(path);
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) != 0 || st.st_size < 8) {
+            ::close(fd);
+            fail("{}: cannot read its size; check the file", path);
+        }
+        Mapping m;
+        m.path = path;
+        m.size = (size_t)st.st_size;
+        void* p = mmap(nullptr, m.size, PROT_READ, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (p == MAP_FAILED) fail("{}: cannot map: {}; check the file", path, std::strerror(errno));
+        m.base = (const uint8_t*)p;
+        uint64_t hlen;
+        std::memcpy(&hlen, m.base, 8);
+        m.data_start = 8 + hlen;
+        const int idx = (int)maps.size();
+        maps.push_back(m);
+        for (auto& [name, e] : header) {
+            if (tensors.count(name))
+                fail("{}: tensor {} is also in {}; a tensor must be in one shard only", path, name,
+                     maps[tensors[name].file].path);
+            tensors[name] = {idx, e};
+        }
+    }
+};
+
+std::map<std::string, std::string> parse_safetensors_index(const std::string& text,
+                                                           const std::string& where) {
+    const json j = parse_json_text(text, where, "a safetensors index");
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+        fail("{}: has no 'weight_map' object; give the index written with the shards", where);
+    std::map<std::string, std::string> out;
+    std::set<std::string> files;
+    for (auto& [name, v] : j["weight_map"].items()) {
+        const std::string f = checked_str(v, where + ": weight_map '" + name + "'");
+        if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
+            fail("{}: weight_map '{}': '{}' is not a file name in the folder; fix the index", where,
+                 name, f);
+        out[name] = f;
+        files.insert(f);
+        if (files.size() > 100000) fail("{}: names more than 100000 shards; fix the index", where);
+    }
+    if (out.empty()) fail("{}: 'weight_map' is empty; give the index of the shards", where);
+    return out;
+}
+
+WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>()) {
+    impl_->dir = dir;
+    const std::string single = dir + "/model.safetensors";
+    const std::string index = dir + "/model.safetensors.index.json";
+    if (file_exists(index)) {
+        const std::map<std::string, std::string> where =
+            parse_safetensors_index(read_file(index), index);
+        std::set<std::string> files;  // each shard once, in name order
+        for (auto& [name, f] : where) files.insert(f);
+        for (auto& f : files) {
+            const std::string p = dir + "/" + f;
+            if (!file_exists(p))
+                fail("{}: names shard {}, which is missing; copy every shard of the model", index,
+                     f);
+            impl_->map_file(p);
+        }
+        for (auto& [name, f] : where) {
+            auto it = impl_->tensors.find(name);
+            if (it == impl_->tensors.end() || impl_->maps[it->second.file].path != dir + "/" + f)
+                fail("{}: names tensor {} in {}, but that shard does not hold it; the index and "
+                     "the shards do not match",
+                     index, name, f);
+        }
+        for (auto& [name, loc] : impl_->tensors)
+            if (!where.count(name))
+                fail("{}: holds tensor {}, which the index {} does not name; the index and the "
+                     "shards do not match",
+                     impl_->maps[loc.file].path, name, index);
+    } else if (file_exists(single)) {
+        impl_->map_file(single);
+    } else {
+        fail("{}: has neither model.safetensors nor model.safetensors.index.json; give a Hugging "
+             "Face model folder",
+             dir);
+    }
+}
+
+WeightStore::WeightStore() : impl_(std::make_unique<Impl>()) {}
+
+WeightStore::~WeightStore() = default;
+
+std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uint64_t seed) {
+    auto shapes = hf_tensor_shapes(c);
+    uint64_t bytes = 0;
+    for (auto& [name, shape] : shapes) {
+        uint64_t n = 1;
+        for (int64_t v : shape) n *= (uint64_t)v;
+        bytes += (n * wtype_size(t) + 63) / 64 * 64;
+    }
+    check_fits_in_memory((double)bytes, fmt::format("random {} weights", wtype_name(t)),
+                         "choose a smaller shape or a narrower type");
+    std::unique_ptr<WeightStore> ws(new WeightStore());
+    Impl& m = *ws->impl_;
+    m.dir = "(random weights)";
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("random weights: cannot map {} bytes", bytes);
+    Mapping mp;
+    mp.path = m.dir;
+    mp.base = (const uint8_t*)p;
+    mp.size = bytes;
+    mp.data_start = 0;
+    m.maps.push_back(mp);
+    uint64_t off = 0;
+    for (auto& [name, shape] : shapes) {
+        uint64_t n = 1;
+        for (int64_t v : shape) n *= (uint64_t)v;
+        StHeaderEntry e;
+        e.dtype = wtype_name(t);
+        e.shape = Shape(shape);
+        e.begin = off;
+        e.end = off + n * wtype_size(t);
+        m.tensors[name] = {0, e};
+        // Cheap uniform values in +-0.05 (a hash of the index: parallel, reproducible); norm
+        // weights 1. What matters here is the bytes moved, not the values.
+        const bool norm = name.find("norm") != std::string::npos;
+        uint8_t* dst = (uint8_t*)p + off;
+#pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (int64_t i = 0; i < (int64_t)n; i++) {
+            uint64_t h = (seed + (uint64_t)i + off) * 0x9e3779b97f4a7c15ULL;
+            h ^= h >> 31;
+            h *= 0xbf58476d1ce4e5b9ULL;
+            h ^= h >> 29;
+            const float v = norm ? 1.0f : ((float)(h >> 40) / (float)(1 << 24) - 0.5f) * 0.1f;
+            if (t == WType::f32) std::memcpy(dst + 4 * i, &v, 4);
+            uint16_t hv = t == WType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+            if (t != WType::f32) std::memcpy(dst + 2 * i, &hv, 2);
+        }
+        off += (n * wtype_size(t) + 63) / 64 * 64;
+    }
+    return ws;
+}
+
+bool WeightStore::has(const std::string& name) const { return impl_->tensors.count(name) != 0; }
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+}
+
+WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>& shape) {
+    auto it = impl_->tensors.find(name);
+    if (it == impl_->tensors.end())
+        fail("{}: tensor {} is missing; the folder's weights do not match its config.json",
+             impl_->dir, name);
+    const Mapping& m = impl_->maps[it->second.file];
+    const StHeaderEntry& e = it->second.entry;
+    std::vector<int64_t> got(e.shape.dims.begin(), e.shape.dims.end());
+    if (got != shape)
+        fail("{}: tensor {}: shape {} but config.json implies {}; the weights and config.json "
+             "do not match",
+             m.path, name, shape_str(got), shape_str(shape));
+    WeightView w;
+    if (e.dtype == "F32")
+        w.type = WType::f32;
+    else if (e.dtype == "BF16")
+        w.type = WType::bf16;
+    else if (e.dtype == "F16")
+        w.type = WType::f16;
+    else
+        fail("{}: tensor {}: dtype {} is not a weight type; moe.cpp reads F32, BF16 and F16", m.path,
+             name, e.dtype);
+    // Safetensors does not promise alignment; the kernels read rows with unaligned loads, but a
+    // 2-byte type must at least sit on an even address.
+    const uint64_t at = m.data_start + e.begin;
+    if (at % wtype_size(w.type) != 0)
+        fail("{}: tensor {} starts at byte {}, not a multiple of its {}-byte elements; rewrite "
+             "the file with a standard writer",
+             m.path, name, at, wtype_size(w.type));
+    w.rows = shape.size() == 1 ? 1 : shape[0];
+    w.cols = shape.back();
+    w.data = m.base + at;
+    impl_->used.insert(name);
+    return w;
+}
+
+std::vector<float> WeightStore::get_f32(const std::string& name,
+                                        const std::vector<int64_t>& shape) {
+    WeightView w = get(name, shape);
+    const size_t n = (size_t)w.rows * (size_t)w.cols;
+    std::vector<float> out(n);
+    widen_rows(out.data(), w, 0, w.rows);
+    int64_t bad = first_non_finite(out.data(), n);
+    if (bad >= 0)
+        fail("{}: tensor {} has a non-finite value at index {}; the weights are damaged",
+             impl_->dir, name, bad);
+    return out;
+}
+
+std::vector<std::string> WeightStore::unused() const {
+    std::vector<std::string> r;
+    for (auto& [name, loc] : impl_->tensors)
+        if (!impl_->used.count(name)) r.push_back(name);
+    return r;
+}
+
+uint64_t WeightStore::mapped_bytes() const {
+    uint64_t n = 0;
+    for (auto& m : impl_->maps) n += m.size;
+    return n;
+}
+
+uint64_t WeightStore::resident_bytes() const {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uint64_t n = 0;
+    std::vector<unsigned char> vec;
+    for (auto& m : impl_->maps) {
+        const size_t pages = (m.size + page - 1) / page;
+        vec.resize(pages);
+        if (mincore((void*)m.base, m.size, vec.data()) != 0) continue;
+        for (unsigned char v : vec) n += (v & 1) ? page : 0;
+    }
+    return n;
+}
+
+size_t WeightStore::n_files() const { return impl_->maps.size(); }
+
+}  // namespace moe

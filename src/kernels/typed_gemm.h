@@ -1,0 +1,36 @@
+// y = x W^T with W stored in the file's type (F32, BF16, F16; a WeightView into a mapped file):
+// the inference engine's one matrix product (src/infer/). Arithmetic is fp32; BF16/F16 weights
+// are widened on the fly, so nothing is converted or copied at load time.
+//   M small (decode, M < 4): threads over output rows, each row widened and dotted with the M
+//     inputs by an AVX-512, AVX2+F16C or scalar kernel chosen by CPUID at run time;
+//   M large (prefill, grouped experts): panels of W rows widened into a thread's scratch, then
+//     OpenBLAS sgemm on the panel.
+// wgemm_ref is the plain loop (double accumulation) everything is tested against.
+#pragma once
+#include <cstdint>
+
+#include "moe/hf_model.h"
+
+namespace moe {
+
+// y [M, N] = x [M, K] W^T (accumulate: y +=), W [N, K] = w.rows x w.cols. ldx, ldy: row strides.
+void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+           bool accumulate = false);
+void wgemm_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+               bool accumulate = false);
+// Rows r0 .. r0 + n - 1 of w widened to fp32 into out [n, w.cols] (embedding lookups).
+void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
+
+float f16_to_f32(uint16_t h);   // exact, subnormals and inf/nan included
+float bf16_to_f32(uint16_t h);  // exact
+uint16_t f32_to_bf16(float f);  // round to nearest even (NaN stays NaN)
+uint16_t f32_to_f16(float f);   // round to nearest even, overflow -> inf
+
+// Which kernels wgemm uses: the best the CPU has (default), or a lower one for tests and for
+// MOE_CPU_CAP=avx2|scalar in the environment (checking the AVX2 and plain paths on this CPU).
+enum class WIsa { scalar, avx2, avx512 };
+WIsa wgemm_isa();
+void wgemm_set_isa(WIsa isa);  // clamped to what the CPU has
+const char* wisa_name(WIsa isa);
+
+}  // namespace moe

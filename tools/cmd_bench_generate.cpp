@@ -1,0 +1,208 @@
+// moe bench generate: llama-bench style prefill (pp) and decode (tg) rows for a Hugging Face
+// folder or a random-weight model of a given shape, with the weight bytes each decoded token
+// reads and the speed a measured memory bandwidth allows (issue 9). Figures are medians.
+//   moe bench generate --random mixtral-795m --type bf16
+//   moe bench generate DIR --json
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/simd.h"
+#include "kernels/typed_gemm.h"
+#include "moe/checked.h"
+#include "moe/error.h"
+#include "moe/hf_model.h"
+#include "moe/runtime.h"
+#include "tools/bench.h"
+#include "tools/checked_flags.h"
+#include "tools/command.h"
+#include "tools/hf_tools.h"
+
+namespace moe::tools {
+
+struct BenchGenOptions {
+    std::string model, random, type = "bf16";
+    int prefill = 128, decode = 64, reps = 3, threads = 0;
+    bool json = false;
+};
+
+// The shapes a user can name. mixtral-795m is issue 9's benchmark shape: 8 layers, d 1024,
+// 16 heads / 8 KV heads, E 8 top-2, expert d_ff 3584, vocab 32000, untied head.
+static HfConfig random_shape(const std::string& name) {
+    nlohmann::json j = {{"model_type", "mixtral"},
+                        {"vocab_size", 32000},
+                        {"hidden_size", 1024},
+                        {"num_hidden_layers", 8},
+                        {"num_attention_heads", 16},
+                        {"num_key_value_heads", 8},
+                        {"max_position_embeddings", 4096},
+                        {"num_local_experts", 8},
+                        {"num_experts_per_tok", 2},
+                        {"intermediate_size", 3584},
+                        {"tie_word_embeddings", false}};
+    if (name == "tiny") {
+        j["vocab_size"] = 512;
+        j["hidden_size"] = 128;
+        j["num_hidden_layers"] = 2;
+        j["num_attention_heads"] = 4;
+        j["num_key_value_heads"] = 2;
+        j["intermediate_size"] = 256;
+    } else if (name != "mixtral-795m") {
+        usage_fail("--random: '{}' is not a known shape (expected one of: mixtral-795m | tiny)",
+                   name);
+    }
+    return hf_config_from_json(j, "--random " + name);
+}
+
+// Weight bytes one decoded token reads: attention, the router, k experts per MoE layer (and the
+// shared expert), dense MLPs, the final norm and the LM head.
+static double bytes_per_token(const HfConfig& c, double esize) {
+    const double d = c.hidden_size, q = (double)c.n_heads * c.head_dim,
+                 kv = (double)c.n_kv_heads * c.head_dim;
+    double b = 0;
+    for (int l = 0; l < c.n_layers; l++) {
+        b += esize * (d * q * 2 + d * kv * 2) + 4.0 * 2 * d;
+        if (c.moe_layer[l]) {
+            b += 4.0 * c.n_experts * d + esize * c.top_k * 3 * d * c.expert_ff;
+            if (c.shared_ff) b += esize * 3 * d * c.shared_ff + 4 * d;
+        } else {
+            b += esize * 3 * d * c.dense_ff;
+        }
+    }
+    return b + esize * c.vocab_size * d + esize * d;
+}
+
+// Read bandwidth: every thread sums its share of a 1 GiB buffer (vectorised by the compiler's
+// clones); best of 5 passes after the first touch.
+typedef float v8f __attribute__((vector_size(32)));  // 8 floats: no reassociation needed
+
+MOE_SIMD_CLONES static float sum_block(const float* p, size_t n) {
+    v8f a0 = {}, a1 = {};
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        v8f x0, x1;
+        std::memcpy(&x0, p + i, 32);
+        std::memcpy(&x1, p + i + 8, 32);
+        a0 += x0;
+        a1 += x1;
+    }
+    a0 += a1;
+    float s = 0;
+    for (int j = 0; j < 8; j++) s += a0[j];
+    return s;
+}
+
+static double measure_bandwidth_gbs() {
+    const size_t n = (size_t)1 << 28;  // 1 GiB of floats
+    std::vector<float> buf(n, 1.0f);
+    double best = 0;
+    volatile float sink = 0;
+    for (int pass = 0; pass < 5; pass++) {
+        const double t0 = now_seconds();
+        float total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+        for (long c = 0; c < 256; c++) total += sum_block(buf.data() + (size_t)c * (n / 256), n / 256);
+        const double dt = now_seconds() - t0;
+        sink = sink + total;
+        best = std::max(best, n * 4.0 / dt / 1e9);
+    }
+    return best;
+}
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+static int run_bench_generate(const BenchGenOptions& o) {
+    set_threads(o.threads);
+    if (o.model.empty() == o.random.empty())
+        usage_fail("moe bench generate: give a model folder or --random SHAPE (one of them)");
+    std::unique_ptr<HfModel> model;
+    std::string label;
+    WType t = o.type == "f32" ? WType::f32 : o.type == "f16" ? WType::f16 : WType::bf16;
+    if (!o.random.empty()) {
+        HfConfig c = random_shape(o.random);
+        model = std::make_unique<HfModel>(c, WeightStore::random(c, t, 1), "random " + o.random);
+        label = o.random + " (random)";
+    } else {
+        model = load_hf_model(o.model);
+        label = o.model;
+    }
+    const HfConfig& c = model->config();
+    if (o.prefill + o.decode > c.max_positions)
+        usage_fail("--prefill + --decode: {} positions exceed the model's context of {}",
+                   o.prefill + o.decode, c.max_positions);
+    // Stored type of the big matrices (a folder may mix; the first expert decides the label).
+    const WeightView probe = model->weights().get(
+        c.moe_layer[0] ? c.expert_name(0, 0, 0) : c.ffn_prefix(0) + "gate_proj.weight",
+        {c.moe_layer[0] ? c.expert_ff : c.dense_ff, c.hidden_size});
+    const double esize = (double)wtype_size(probe.type);
+    std::vector<int32_t> ids(o.prefill + o.decode);
+    for (size_t i = 0; i < ids.size(); i++) ids[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
+    std::vector<double> pp, tg;
+    for (int r = 0; r < o.reps + 1; r++) {  // the first pass warms caches and page tables
+        model->cache_reset();
+        model->reserve(o.prefill + o.decode);
+        double t0 = now_seconds();
+        model->cache_feed(ids.data(), o.prefill);
+        double t1 = now_seconds();
+        for (int i = 0; i < o.decode; i++) model->cache_feed(&ids[o.prefill + i], 1);
+        double t2 = now_seconds();
+        if (r == 0) continue;
+        pp.push_back(o.prefill / (t1 - t0));
+        tg.push_back(o.decode / (t2 - t1));
+    }
+    const double bw = measure_bandwidth_gbs();
+    const double bpt = bytes_per_token(c, esize), bound = bw * 1e9 / bpt;
+    const double pp_med = median(pp), tg_med = median(tg);
+    std::printf("cpu: %s; %d threads; weights %s; read bandwidth %.1f GB/s (best of 5, 1 GiB)\n\n",
+                cpu_name().c_str(), get_threads(), wtype_name(probe.type), bw);
+    std::printf("| model | params | type | threads | test | t/s | bytes/token | bound t/s |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    std::printf("| %s | %.0f M | %s | %d | pp%d | %.1f | - | - |\n", label.c_str(),
+                c.n_params() / 1e6, wtype_name(probe.type), get_threads(), o.prefill, pp_med);
+    std::printf("| %s | %.0f M | %s | %d | tg%d | %.1f | %.0f MB | %.1f (%.0f%%) |\n",
+                label.c_str(), c.n_params() / 1e6, wtype_name(probe.type), get_threads(),
+                o.decode, tg_med, bpt / 1e6, bound, 100.0 * tg_med / bound);
+    if (o.json) {
+        nlohmann::json j = {{"model", label},
+                            {"type", wtype_name(probe.type)},
+                            {"threads", get_threads()},
+                            {"prefill_tokens", o.prefill},
+                            {"decode_tokens", o.decode},
+                            {"prefill_tok_s", pp_med},
+                            {"decode_tok_s", tg_med},
+                            {"prefill_runs", pp},
+                            {"decode_runs", tg},
+                            {"bytes_per_token", bpt},
+                            {"bandwidth_gb_s", bw},
+                            {"bound_tok_s", bound},
+                            {"isa", wisa_name(wgemm_isa())}};
+        std::printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+}
+
+static void register_bench_generate(CLI::App& bench) {
+    auto o = std::make_shared<BenchGenOptions>();
+    CLI::App* sub = bench.add_subcommand(
+        "generate",
+        "Prefill (pp) and decode (tg) tokens/s of a Hugging Face folder or a random model, with\n"
+        "the weight bytes per decoded token and the bound a measured memory bandwidth allows.\n"
+        "Example: moe bench generate --random mixtral-795m --type bf16 --threads 2");
+    sub->add_option("model", o->model, "Hugging Face model folder");
+    add_choice(sub, "--random", o->random, "mixtral-795m|tiny", "random weights of this shape");
+    add_choice(sub, "--type", o->type, "f32|bf16|f16", "with --random: the stored weight type");
+    add_checked(sub, "--prefill", o->prefill, Range::in(1, 1 << 16), "prompt tokens (pp)");
+    add_checked(sub, "--decode", o->decode, Range::in(1, 1 << 16), "decoded tokens (tg)");
+    add_checked(sub, "--reps", o->reps, Range::in(1, 1000), "measured passes (median)");
+    add_checked(sub, "--threads", o->threads, Range::in(0, 4096), "threads (0: all cores)");
+    sub->add_flag("--json", o->json, "last stdout line: prefill_tok_s, decode_tok_s, ...");
+    sub->callback([o]() { exit_code() = run_bench_generate(*o); });
+}
+
+static RegisterBench reg_bench_generate("generate", register_bench_generate);
+
+}  // namespace moe::tools
