@@ -4,7 +4,9 @@
 #   MOE_WITH_TESTS=1 ./scripts/setup.sh      + what only the tests need (GoogleTest, the PyTorch
 #                                            peers: python3-torch, numpy, python3-sentencepiece
 #                                            for the tiny HF Mixtral tokenizer; the fuzzers: clang-14,
-#                                            libclang-rt-14-dev, libomp-14-dev)
+#                                            libclang-rt-14-dev, libomp-14-dev; OpenMPI:
+#                                            openmpi-bin, libopenmpi-dev for the multi-process
+#                                            build and its tests, docs/distributed.md)
 #   MOE_WITH_BROWSER=1 (with MOE_WITH_TESTS) + chromium for the report's headless-browser test
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libopenblas0-openmp libcli11-dev
@@ -12,7 +14,8 @@ PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libopenblas0-openm
       libpcre2-dev libicu-dev)  # the last two: Hugging Face tokenizers (docs/tokenizers.md)
 if [ "${MOE_WITH_TESTS:-0}" = 1 ]; then
   PKGS+=(libgtest-dev libgmock-dev libbenchmark-dev python3-torch python3-numpy python3-sentencepiece
-        clang-14 libclang-rt-14-dev libomp-14-dev)  # the last three: the fuzzers
+        clang-14 libclang-rt-14-dev libomp-14-dev  # these three: the fuzzers
+        openmpi-bin libopenmpi-dev)  # MPI: optional for the build, needed by the mpi tests
 fi
 if [ "${MOE_WITH_BROWSER:-0}" = 1 ]; then PKGS+=(chromium); fi
 missing=()

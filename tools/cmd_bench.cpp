@@ -14,6 +14,7 @@
 #include "kernels/gemm.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
+#include "moe/process_group.h"
 #include "moe/rng.h"
 #include "moe/runtime.h"
 #include "tools/bench.h"
@@ -47,6 +48,8 @@ struct BenchLayerOptions {
     LayerShapeOptions shape;
     int reps = 10, warmup = 2;
     bool no_peer = false, json = false;
+    bool mpi = false;       // under mpirun: expert-parallel layer, --tokens split over the ranks
+    int expert_parallel = 0;  // 0: every rank
 };
 
 struct Timing {
@@ -136,7 +139,117 @@ static nlohmann::json run_torch_peer(const BenchLayerOptions& o, const MoeConfig
     return j;
 }
 
+// moe bench layer --mpi (under mpirun, docs/distributed.md): the layer split over the ranks,
+// --tokens being the global batch (each rank 1/W of it), fwd+bwd timed; the step split into
+// compute, all-to-all and the router's gathers/reductions, and the bytes each rank sends per
+// step. Rank 0 prints the slowest rank's figures (a step ends when the last rank is done).
+static int run_bench_layer_mpi(const BenchLayerOptions& o) {
+    MoeConfig cfg = o.shape.config();
+    if (o.reps < 1 || o.warmup < 0)
+        fail("--reps {} must be >= 1 and --warmup {} >= 0", o.reps, o.warmup);
+    int W0 = 1;
+    if (const char* v = getenv("OMPI_COMM_WORLD_SIZE")) W0 = atoi(v);
+    ParallelGroups g = init_parallel(launched_by_mpirun(),
+                                     o.expert_parallel > 0 ? o.expert_parallel : std::max(W0, 1));
+    try {
+        set_threads(o.shape.threads);
+        const int W = g.world_size(), r = g.world_rank();
+        const int Tg = o.shape.tokens, d = cfg.d_model;
+        if (Tg % W != 0) fail("--tokens {}: must be divisible by the {} ranks", Tg, W);
+        const int T = Tg / W;
+        // The transport, for the cost model (docs/distributed.md): all-to-all of one float per
+        // peer (latency) and of 4 MiB per peer (bandwidth), medians.
+        double lat_us = 0, bw_gbs = 0;
+        if (W > 1) {
+            auto med_of = [&](int64_t floats, int reps) {
+                std::vector<float> sb((size_t)floats * W, 1.f), rb((size_t)floats * W);
+                std::vector<int64_t> c(W, floats);
+                std::vector<double> ts;
+                for (int i = 0; i < reps + 2; i++) {
+                    g.world->barrier();
+                    double t0 = now_seconds();
+                    g.world->alltoallv(sb.data(), c.data(), rb.data(), c.data());
+                    if (i >= 2) ts.push_back(now_seconds() - t0);
+                }
+                std::sort(ts.begin(), ts.end());
+                return ts[ts.size() / 2];
+            };
+            const double t1 = med_of(1, 50);
+            const int64_t big = 1 << 20;
+            const double tb = med_of(big, 5);
+            lat_us = 1e6 * t1;
+            bw_gbs = 4.0 * big * (W - 1) / std::max(1e-9, tb - t1) / 1e9;  // bytes each rank sends
+        }
+        MoeLayer layer(cfg);
+        layer.set_parallel(g);
+        std::vector<float> x((size_t)T * d), y((size_t)T * d), dy((size_t)T * d, 1.f),
+            dx((size_t)T * d);
+        Rng rng(cfg.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(r + 1)));
+        rng.fill_normal(x.data(), (int64_t)x.size());
+        auto step = [&] {
+            layer.forward({x.data(), {T, d}}, {y.data(), {T, d}}, true);
+            layer.backward({dy.data(), {T, d}}, {dx.data(), {T, d}});
+        };
+        for (int i = 0; i < o.warmup; i++) step();
+        layer.comm_stats() = MoeCommStats{};
+        std::vector<double> t;
+        for (int i = 0; i < o.reps; i++) {
+            g.world->barrier();
+            double t0 = now_seconds();
+            step();
+            g.world->barrier();  // the step ends when the slowest rank is done
+            t.push_back(1e3 * (now_seconds() - t0));
+        }
+        std::sort(t.begin(), t.end());
+        const MoeCommStats c = layer.comm_stats();
+        // Per rank per step; the maximum over ranks of the communication times.
+        double v[4] = {1e3 * c.alltoall_s / o.reps, 1e3 * c.router_s / o.reps,
+                       (double)c.alltoall_bytes / o.reps, (double)c.router_bytes / o.reps};
+        std::vector<double> all(4 * W);
+        g.world->allgather_bytes(v, sizeof(v), all.data());
+        double mx[4] = {0, 0, 0, 0};
+        for (int q = 0; q < W; q++)
+            for (int i = 0; i < 4; i++) mx[i] = std::max(mx[i], all[4 * q + i]);
+        const double med = t[t.size() / 2];
+        if (r == 0) {
+            std::printf(
+                "moe bench layer --mpi: %s (%d ranks), router %s, T=%d (global; %d per rank) "
+                "d=%d f=%d E=%d k=%d, %d threads per rank\n",
+                g.layout().c_str(), W, cfg.router.c_str(), Tg, T, d, cfg.d_ff, cfg.n_experts,
+                cfg.top_k, get_threads());
+            std::printf("fwd+bwd %.2f ms (median of %d, min %.2f): compute %.2f ms, all-to-all "
+                        "%.2f ms, router gather/reduce %.2f ms; per rank per step %.2f MiB "
+                        "all-to-all, %.3f MiB router\n",
+                        med, o.reps, t.front(), std::max(0.0, med - mx[0] - mx[1]), mx[0], mx[1],
+                        mx[2] / (1 << 20), mx[3] / (1 << 20));
+            if (W > 1)
+                std::printf("transport: all-to-all latency %.1f us (1 float per peer), %.2f GB/s "
+                            "per rank sent (4 MiB per peer)\n",
+                            lat_us, bw_gbs);
+            if (o.json) {
+                nlohmann::json j = {{"layout", g.layout()},  {"ranks", W},
+                                    {"tokens", Tg},          {"fwd_bwd_ms", med},
+                                    {"fwd_bwd_ms_min", t.front()},
+                                    {"alltoall_ms", mx[0]},  {"router_comm_ms", mx[1]},
+                                    {"compute_ms", std::max(0.0, med - mx[0] - mx[1])},
+                                    {"alltoall_bytes_per_rank", mx[2]},
+                                    {"router_bytes_per_rank", mx[3]},
+                                    {"threads", get_threads()},
+                                    {"alltoall_latency_us", lat_us},
+                                    {"alltoall_gb_per_s", bw_gbs}};
+                std::printf("%s\n", j.dump().c_str());
+            }
+        }
+    } catch (const Error& e) {
+        if (g.world_size() > 1) g.world->abort(e.what());
+        throw;
+    }
+    finalize_parallel();
+    return 0;
+}
+
 static int run_bench_layer(const BenchLayerOptions& o) {
+    if (o.mpi) return run_bench_layer_mpi(o);
     MoeConfig cfg = o.shape.config();
     if (o.reps < 1 || o.warmup < 0) fail("--reps {} must be >= 1 and --warmup {} >= 0", o.reps, o.warmup);
     set_threads(o.shape.threads);
@@ -338,6 +451,11 @@ static void register_bench_layer(CLI::App& bench) {
     add_checked(sub, "--reps", opts->reps, Range::in(1, 100000), "timed repetitions (median)");
     add_checked(sub, "--warmup", opts->warmup, Range::in(0, 100000), "untimed repetitions first");
     sub->add_flag("--no-peer", opts->no_peer, "skip the PyTorch peer");
+    sub->add_flag("--mpi", opts->mpi,
+                  "under mpirun: the expert-parallel layer, --tokens split over the ranks; prints "
+                  "compute / all-to-all / router communication and bytes per rank");
+    add_checked(sub, "--expert-parallel", opts->expert_parallel, Range::in(0, 1 << 20),
+                "with --mpi: ranks per expert group (0 = all)");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->callback([opts, sub]() {
         BenchLayerOptions o = *opts;

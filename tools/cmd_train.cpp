@@ -6,7 +6,9 @@
 #include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/process_group.h"
 #include "moe/trainer.h"
+#include "tools/checked_flags.h"
 #include "tools/command.h"
 
 namespace moe::tools {
@@ -14,6 +16,7 @@ namespace moe::tools {
 struct TrainCmdOptions {
     std::string config, out, resume;
     bool json = false, quiet = false;
+    int expert_parallel = 1;  // under mpirun: ranks per expert group (the rest data parallel)
 };
 
 // "--key value" or "--key=value" pairs from the arguments CLI11 did not recognise.
@@ -92,7 +95,19 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
         check_flags(probe, t.overrides);
     }
     t.progress = !o.quiet;
-    TrainResult r = run_train(t);
+    // Under mpirun every rank runs this; a rank that fails ends the job (MPI_Abort) so no other
+    // rank waits forever in a collective.
+    t.groups = init_parallel(launched_by_mpirun(), o.expert_parallel);
+    TrainResult r;
+    try {
+        r = run_train(t);
+    } catch (const Error& e) {
+        if (t.groups.world_size() > 1) t.groups.world->abort(e.what());
+        throw;
+    }
+    const bool rank0 = t.groups.world_rank() == 0;
+    finalize_parallel();
+    if (!rank0) return 0;
     if (r.already_finished) {
         std::printf(
             "%s: already finished at step %lld (max_steps); nothing to do. To train "
@@ -131,12 +146,17 @@ static void register_train(CLI::App& app) {
         "--max-steps 500 --lr 2e-3\n"
         "Resume:  moe train --resume runs/moe [--max-steps 3000]\n"
         "Fine-tune: moe train --init-from runs/moe --data data/kjv.txt --unknown-symbol , "
-        "--freeze non-expert --out runs/kjv --max-steps 500");
+        "--freeze non-expert --out runs/kjv --max-steps 500\n"
+        "Several processes: mpirun -np 4 build/moe train --config configs/tiny-test.json "
+        "--expert-parallel 2 (docs/distributed.md)");
     sub->add_option("--config", opts->config, "training config (JSON, configs/*.json)");
     sub->add_option("--out", opts->out, "run folder (default runs/<config name>)");
     sub->add_option("--resume", opts->resume, "continue a run folder (its latest/) or checkpoint");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->add_flag("--quiet", opts->quiet, "no progress lines on stderr");
+    add_checked(sub, "--expert-parallel", opts->expert_parallel, Range::in(1, 1 << 20),
+                "under mpirun: ranks that split each MoE layer's experts; the rest of the ranks "
+                "are data parallel");
     sub->allow_extras();
     sub->footer(config_keys_help() +
                 "Relative paths in a config file (data) are relative to "

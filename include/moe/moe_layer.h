@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/process_group.h"
 #include "moe/rng.h"
 #include "moe/tensor.h"
 
@@ -91,6 +92,13 @@ struct RouterNoise {
     const float* gshard_u = nullptr; // [T]   U(0,1): GShard second-expert test 2 g2 > u
 };
 
+// Time and bytes the layer spent in collectives since the last reset (expert parallelism):
+// all-to-all of token rows (forward and backward) and the gathers and reductions of the router.
+struct MoeCommStats {
+    double alltoall_s = 0, router_s = 0;
+    int64_t alltoall_bytes = 0, router_bytes = 0;  // sent by this rank
+};
+
 struct ParamSpec {
     std::string name;
     Shape shape;
@@ -160,10 +168,43 @@ class MoeLayer {
     // GFLOP/s; backward spends twice as many.
     double last_expert_flops_fwd() const { return expert_flops_fwd_; }
 
+    // Expert parallelism (docs/distributed.md). With groups of more than one rank, forward sees
+    // this rank's tokens and the layer behaves as one layer on the global batch (every rank's
+    // tokens, in world-rank order): the router runs on the gathered logits of the global batch
+    // (capacity, dropping, balancing losses and statistics exactly as in one process; expert
+    // choice too), token rows travel to the rank of the expert group owning their expert
+    // (all-to-all) and back. Each rank computes and updates only its experts (owned_experts());
+    // the other experts' parameters stay in the buffer, unused. RouterNoise arrays, when given,
+    // cover the global batch. Gradients are this rank's share: the sum over world ranks of the
+    // router and shared-expert gradients, and over data ranks of an owned expert's gradient, is
+    // the single-process gradient (allreduce_grads() does that for a lone layer).
+    // mean_grads: the caller averages gradients over ranks and each rank's dy belongs to a loss
+    // averaged over its own tokens (the trainer); the balancing-loss gradient is then scaled by
+    // the world size, so the average comes out right. Without groups (or a world of one) the
+    // layer runs the single-process code path.
+    void set_parallel(const ParallelGroups& groups, bool mean_grads = false);
+    bool parallel() const;
+    struct ExpertRange {
+        int first = 0, count = 0;       // routed experts [first, first + count) on this rank
+        size_t offset = 0;              // of experts.<first>.w1 in the layer's buffer
+        size_t floats_per_expert = 0;   // w1 (+ w3) + w2
+        size_t all_offset = 0, all_floats = 0;  // every routed expert's block
+    };
+    ExpertRange owned_experts() const;
+    // Sums this rank's gradient shares (see set_parallel): router and shared experts over the
+    // world, owned experts over the data group. For a lone layer; the trainer reduces the whole
+    // model's gradients in buckets instead.
+    void allreduce_grads();
+    MoeCommStats& comm_stats();
+
     struct Impl;  // routers, workspaces, saved activations (src/moe/moe_layer.cpp)
 
    private:
     void run_experts_(float* y);  // steps 5-6 and shared experts (src/moe/moe_layer.cpp)
+    void run_shared_(float* y);
+    void forward_parallel_(float* y);   // expert parallelism: route globally, exchange, experts
+    void backward_parallel_(const float* dy, float* dx);
+    void shared_backward_(const float* dy, float* dx);
     void compute_stats_();
     MoeConfig cfg_;
     std::vector<ParamSpec> specs_;

@@ -8,6 +8,7 @@
 
 #include "moe/config.h"
 #include "moe/model.h"
+#include "moe/process_group.h"
 #include "moe/tokenizer.h"
 
 namespace moe {
@@ -21,6 +22,12 @@ struct TrainOptions {
     std::string out_dir;     // run folder ("" with resume: the resumed run's folder)
     std::string resume_dir;  // run folder (its latest/) or checkpoint folder; "" = fresh run
     bool progress = true;    // progress lines on stderr
+    // Several processes (docs/distributed.md): empty = one process. With a world of W ranks,
+    // each rank trains on its 1/W of every batch (batch_size divisible by W), the MoE layers
+    // split their experts over the expert group, gradients are averaged; rank 0 alone prints,
+    // writes metrics (each line with "layout") and checkpoints (the same files whatever the
+    // layout). Every rank must call run_train with the same options.
+    ParallelGroups groups;
 };
 
 struct TrainResult {

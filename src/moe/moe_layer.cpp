@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -106,6 +107,23 @@ struct MoeLayer::Impl {
     Buffer xp, h, a, out;  // permuted rows
     Buffer dout, dxp, da, dh, dweight;
     std::vector<Buffer> sh_h, sh_a;  // shared experts, [T, hf_s] and [T, f_s] each
+
+    // Expert parallelism (set_parallel; src/moe/moe_layer_parallel.cpp).
+    ParallelGroups par;
+    bool par_on = false, mean_grads = false;
+    const RouterNoise* noise = nullptr;  // this forward's, global batch
+    int64_t tok_lo = 0, Tg = 0;          // this rank's first global token, global batch size
+    std::vector<int64_t> tok_start;      // [W+1] first global token of each world rank
+    Buffer logits_loc;                   // [T, ld] this rank's logits
+    Dispatch mine;                       // this rank's kept rows, in send order (expert-major)
+    std::vector<int64_t> send_rows, recv_rows;  // per expert-group rank
+    std::vector<int32_t> recv_pos;       // expert-major local row -> position in the receive buffer
+    std::vector<int32_t> local_off;      // [E/P + 1] owned experts' rows, expert-major
+    Buffer sbuf, rbuf;                   // rows in send / receive order
+    Buffer ret;                          // [n_send, d] expert outputs back, in send order
+    Buffer xe, he, ae, oe;               // owned experts' rows, expert-major
+    Buffer doe, dxe, dae, dhe, dxr_loc, dl_loc;
+    MoeCommStats comm;
 };
 
 std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_params) {
@@ -348,13 +366,19 @@ static GroupedFfn grouped(const MoeLayer& L, const Impl& m, const float* params,
 // Steps 5-6: experts on their rows, weighted combine into y, shared experts added on top.
 void MoeLayer::run_experts_(float* y) {
     Impl& m = *impl_;
-    const int T = m.T, d = cfg_.d_model;
+    const int d = cfg_.d_model;
     GroupedFfn g = grouped(*this, m, params_, grads_);
     m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
     experts_forward(g, m.xp.data(), m.h.data(), m.a.data(), m.out.data(), m.how);
     combine_forward(m.disp, m.routing.weight.data(), m.out.data(), d, y);
     expert_flops_fwd_ = 2.0 * m.disp.n_rows * (double)ffn_weight_floats(cfg_.activation, d, g.f);
+    run_shared_(y);
+}
 
+// Shared experts on every token of this rank, added to y.
+void MoeLayer::run_shared_(float* y) {
+    Impl& m = *impl_;
+    const int T = m.T, d = cfg_.d_model;
     const int S = cfg_.n_shared_experts, fs = cfg_.d_ff_shared;
     const int hfs = ffn_hidden(cfg_.activation, fs);
     m.sh_h.resize(S);
@@ -373,7 +397,7 @@ void MoeLayer::run_experts_(float* y) {
 void MoeLayer::compute_stats_() {
     const Impl& m = *impl_;
     const Routing& r = m.routing;
-    const int E = cfg_.n_experts, T = m.T;
+    const int E = cfg_.n_experts, T = r.T;  // the global batch under expert parallelism
     MoeStats& st = stats_;
     st.tokens_per_expert.assign(E, 0);
     for (int e = 0; e < E; e++) st.tokens_per_expert[e] = m.disp.offsets[e + 1] - m.disp.offsets[e];
@@ -435,9 +459,14 @@ void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const Rou
     ensure(m.x, (int64_t)T * d);
     std::memcpy(m.x.data(), x.data, sizeof(float) * T * d);
 
-    route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
-    dispatch(m, cfg_);
-    run_experts_(y.data);
+    if (m.par_on) {
+        m.noise = noise;
+        forward_parallel_(y.data);
+    } else {
+        route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
+        dispatch(m, cfg_);
+        run_experts_(y.data);
+    }
     compute_stats_();
     m.have_forward = true;
 }
@@ -453,6 +482,7 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     check_shape("MoeLayer::backward: dy", dy.shape, Shape{T, d});
     check_shape("MoeLayer::backward: dx", dx.shape, Shape{T, d});
     MOE_CHECK(dy.data && dx.data, "null buffer");
+    if (m.par_on) return backward_parallel_(dy.data, dx.data);
     const Routing& r = m.routing;
     const int64_t rows = std::max<int64_t>(r.n(), 1);
     const int hf = ffn_hidden(cfg_.activation, cfg_.d_ff);
@@ -492,7 +522,13 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
         for (int64_t i = 0; i < (int64_t)T * d; i++) dx.data[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
     }
 
-    // Shared experts see every token with weight 1: dout = dy.
+    shared_backward_(dy.data, dx.data);
+}
+
+// Shared experts see every token with weight 1: dout = dy; dx accumulated.
+void MoeLayer::shared_backward_(const float* dy, float* dx) {
+    Impl& m = *impl_;
+    const int T = m.T, d = cfg_.d_model;
     const int fs = cfg_.d_ff_shared, hfs = ffn_hidden(cfg_.activation, fs);
     if (cfg_.n_shared_experts > 0) {
         ensure(m.da, (int64_t)T * fs);
@@ -504,7 +540,7 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
         float* gw = grads_ + off;
         const bool f13 = !shared13_.empty() && shared13_[s], f2 = !shared2_.empty() && shared2_[s];
         ffn_backward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
-                     m.sh_h[s].data(), m.sh_a[s].data(), dy.data, dx.data, 1.f,
+                     m.sh_h[s].data(), m.sh_a[s].data(), dy, dx, 1.f,
                      f13 ? nullptr : gw, f2 ? nullptr : gw + (int64_t)hfs * d, m.da.data(),
                      m.dh.data(), true);
     }
@@ -535,5 +571,368 @@ std::vector<MoeLayer::Assignment> MoeLayer::last_assignments() const {
 }
 
 Rng& MoeLayer::rng() { return impl_->rng; }
+
+// ---------------------------------------------------------------------------------------------
+// Expert parallelism (docs/distributed.md). The router is replicated: every rank gathers the
+// logits of the global batch (T_g x ld floats, small beside the d-wide token rows) and routes all
+// of it, so capacity, dropping, noise draws, balancing losses and statistics are exactly those of
+// one process on the concatenated batch, for every router (expert choice included), and every
+// rank knows every row's destination: the row counts need no negotiation (one all-to-all of
+// counts still checks that the ranks agree). Token rows then travel to the owners of their
+// experts and back (all-to-all); backward sends dY the same way and returns dX.
+
+static double seconds_now() { return omp_get_wtime(); }
+
+void MoeLayer::set_parallel(const ParallelGroups& g, bool mean_grads) {
+    Impl& m = *impl_;
+    m.par = g;
+    m.mean_grads = mean_grads;
+    m.par_on = g.world && g.world->size() > 1;
+    m.have_forward = false;
+    if (!m.par_on) return;
+    MOE_CHECK(g.expert && g.data, "set_parallel: expert and data groups are needed");
+    const int P = g.expert->size(), E = cfg_.n_experts;
+    if (P > E)
+        fail("--expert-parallel {}: more expert-parallel ranks than experts (n_experts={}); use at "
+             "most {} ranks per expert group",
+             P, E, E);
+    if (E % P != 0)
+        fail("--expert-parallel {}: n_experts={} is not divisible by it; choose a divisor of {}", P,
+             E, E);
+}
+
+bool MoeLayer::parallel() const { return impl_->par_on; }
+MoeCommStats& MoeLayer::comm_stats() { return impl_->comm; }
+
+MoeLayer::ExpertRange MoeLayer::owned_experts() const {
+    const Impl& m = *impl_;
+    ExpertRange r;
+    const int P = m.par_on ? m.par.expert->size() : 1, p = m.par_on ? m.par.expert->rank() : 0;
+    r.count = cfg_.n_experts / P;
+    r.first = p * r.count;
+    r.floats_per_expert = (size_t)ffn_weight_floats(cfg_.activation, cfg_.d_model, cfg_.d_ff);
+    r.all_offset = param("experts.0.w1").offset;
+    r.all_floats = r.floats_per_expert * cfg_.n_experts;
+    r.offset = r.all_offset + r.floats_per_expert * r.first;
+    return r;
+}
+
+void MoeLayer::allreduce_grads() {
+    Impl& m = *impl_;
+    if (!m.par_on || !grads_) return;
+    ExpertRange o = owned_experts();
+    // Router matrices before the experts, shared experts after: both replicated.
+    m.par.world->allreduce_sum(grads_, (int64_t)o.all_offset);
+    const size_t tail = o.all_offset + o.all_floats;
+    m.par.world->allreduce_sum(grads_ + tail, (int64_t)(n_params_ - tail));
+    m.par.data->allreduce_sum(grads_ + o.offset, (int64_t)(o.floats_per_expert * o.count));
+}
+
+// Step 1-2 on the global batch: local logits, gathered; noise drawn for the global batch from
+// the layer's Rng in the single-process order; the router on all of it.
+static void route_parallel(Impl& m, const MoeConfig& cfg, const float* params, float* bias,
+                           AuxLosses& aux) {
+    ProcessGroup& world = *m.par.world;
+    const int W = world.size(), T = m.T, d = cfg.d_model, E = cfg.n_experts;
+    const double t0 = seconds_now();
+    std::vector<int64_t> counts(W);
+    world.allgather(T, counts.data());
+    m.tok_start.assign(W + 1, 0);
+    for (int q = 0; q < W; q++) m.tok_start[q + 1] = m.tok_start[q] + counts[q];
+    m.tok_lo = m.tok_start[world.rank()];
+    m.Tg = m.tok_start[W];
+    if (m.Tg > INT32_MAX / std::max(1, E))
+        fail("MoeLayer: global batch of {} tokens x {} experts is too large", m.Tg, E);
+    const int Tg = (int)m.Tg;
+    Router& router = *m.router;
+    const RouterNoise* noise = m.noise;
+    const float* xr = m.x.data();
+    m.jittered = m.training && cfg.jitter > 0.f;
+    if (m.jittered) {
+        // The global draw, of which this rank keeps its slice: the Rng stays in step with one
+        // process (and with the other ranks).
+        Buffer ug((size_t)Tg * d);
+        if (noise && noise->jitter)
+            std::memcpy(ug.data(), noise->jitter, sizeof(float) * Tg * d);
+        else
+            m.rng.fill_uniform(ug.data(), (int64_t)Tg * d);
+        ensure(m.jit_u, (int64_t)T * d);
+        std::memcpy(m.jit_u.data(), ug.data() + m.tok_lo * d, sizeof(float) * T * d);
+        m.jit_ptr = m.jit_u.data();
+        ensure(m.xr, (int64_t)T * d);
+        const float j = cfg.jitter, *x = m.x.data(), *u = m.jit_ptr;
+        float* out = m.xr.data();
+        for (int64_t i = 0; i < (int64_t)T * d; i++) out[i] = x[i] * (1.f - j + 2.f * j * u[i]);
+        xr = out;
+    }
+    ensure(m.logits_loc, (int64_t)T * m.ld);
+    sgemm(false, true, T, m.ld, d, 1.f, xr, d, params, d, 0.f, m.logits_loc.data(), m.ld);
+    ensure(m.logits, (int64_t)Tg * m.ld);
+    std::vector<int64_t> lcounts(W);
+    for (int q = 0; q < W; q++) lcounts[q] = counts[q] * m.ld;
+    world.allgatherv(m.logits_loc.data(), (int64_t)T * m.ld, m.logits.data(), lcounts.data());
+    m.comm.router_bytes += (int64_t)sizeof(float) * T * m.ld * (W - 1);
+
+    RouterInput& in = m.rin;
+    in = RouterInput{};
+    in.T = Tg;
+    in.d = d;
+    in.E = E;
+    in.cfg = &cfg;
+    in.logits = m.logits.data();
+    in.ld = m.ld;
+    in.training = m.training;
+    in.bias = cfg.bias_update_rate > 0.f ? bias : nullptr;
+    auto draw = [&](bool need, const float* given, Buffer& buf, int64_t n, bool normal) {
+        if (!m.training || !need) return (const float*)nullptr;
+        ensure(buf, n);
+        if (given)
+            std::memcpy(buf.data(), given, sizeof(float) * n);
+        else if (normal)
+            m.rng.fill_normal(buf.data(), n);
+        else
+            m.rng.fill_uniform(buf.data(), n);
+        return (const float*)buf.data();
+    };
+    in.normal = draw(router.needs_normal(cfg), noise ? noise->normal : nullptr, m.normal,
+                     (int64_t)Tg * E, true);
+    in.uniform = draw(router.needs_uniform(cfg), noise ? noise->uniform : nullptr, m.uniform,
+                      (int64_t)Tg * E, false);
+    in.gshard_u = draw(router.needs_gshard_u(cfg), noise ? noise->gshard_u : nullptr, m.gshard_u,
+                       Tg, false);
+    aux = AuxLosses{};
+    router.forward(in, m.routing, aux);
+    MOE_CHECK(m.routing.T == Tg && m.routing.E == E, "router returned T={} E={}", m.routing.T,
+              m.routing.E);
+    m.comm.router_s += seconds_now() - t0;
+}
+
+// Steps 3-4: capacity on the global routing, then who sends which rows where.
+//   send side: this rank's kept rows in global row order (expert-major), in m.mine, whose
+//     tok_off/tok_rows index them per local token for combine and the dx scatter.
+//   receive side: the rows of this expert group's tokens for the owned experts, expert-major
+//     (m.local_off), arriving per sender; recv_pos maps each to its place in the receive buffer.
+static void plan_exchange(Impl& m, const MoeConfig& cfg) {
+    const Routing& r = m.routing;
+    if (r.k > 0) {
+        int64_t C = expert_capacity(cfg.capacity_factor, m.Tg, r.k, r.E, cfg.dropless);
+        apply_capacity(r, C, cfg.priority == "weight", m.kept, m.order);
+    } else {
+        m.kept.assign(r.n(), 1);
+    }
+    build_dispatch(r, m.kept.data(), m.disp);
+    const Dispatch& g = m.disp;
+    const int E = cfg.n_experts, P = m.par.expert->size(), p = m.par.expert->rank();
+    const int El = E / P, e0 = p * El;
+    const int base = m.par.world->rank() - p;  // world rank of expert-group rank 0
+    const int64_t lo = m.tok_lo, hi = m.tok_lo + m.T;
+    const int64_t glo = m.tok_start[base], ghi = m.tok_start[base + P];
+
+    // Send side.
+    Dispatch& s = m.mine;
+    s.T = m.T;
+    s.E = E;
+    s.n_assign = g.n_assign;
+    s.offsets.assign(E + 1, 0);
+    s.row_token.clear();
+    s.row_assign.clear();
+    m.send_rows.assign(P, 0);
+    std::vector<int32_t> g2s(g.n_rows, -1);
+    for (int e = 0; e < E; e++) {
+        for (int i = g.offsets[e]; i < g.offsets[e + 1]; i++) {
+            const int64_t t = g.row_token[i];
+            if (t < lo || t >= hi) continue;
+            g2s[i] = (int32_t)s.row_token.size();
+            s.row_token.push_back((int32_t)(t - lo));
+            s.row_assign.push_back(g.row_assign[i]);
+            m.send_rows[e / El]++;
+        }
+        s.offsets[e + 1] = (int32_t)s.row_token.size();
+    }
+    s.n_rows = (int)s.row_token.size();
+    s.tok_off.assign(s.T + 1, 0);
+    s.tok_rows.clear();
+    for (int t = 0; t < s.T; t++) {
+        const int64_t tg = lo + t;
+        for (int q = g.tok_off[tg]; q < g.tok_off[tg + 1]; q++)
+            s.tok_rows.push_back(g2s[g.tok_rows[q]]);
+        s.tok_off[t + 1] = (int32_t)s.tok_rows.size();
+    }
+
+    // Receive side: sender of a row = the expert-group rank whose token range holds its token.
+    m.recv_rows.assign(P, 0);
+    m.local_off.assign(El + 1, 0);
+    std::vector<int32_t> sender;
+    for (int e = e0; e < e0 + El; e++) {
+        for (int i = g.offsets[e]; i < g.offsets[e + 1]; i++) {
+            const int64_t t = g.row_token[i];
+            if (t < glo || t >= ghi) continue;
+            auto first = m.tok_start.begin() + base;
+            int q = (int)(std::upper_bound(first, first + P + 1, t) - first) - 1;
+            sender.push_back(q);
+            m.recv_rows[q]++;
+        }
+        m.local_off[e - e0 + 1] = (int32_t)sender.size();
+    }
+    std::vector<int32_t> fill(P, 0);
+    for (int q = 1; q < P; q++) fill[q] = fill[q - 1] + (int32_t)m.recv_rows[q - 1];
+    m.recv_pos.resize(sender.size());
+    for (size_t L = 0; L < sender.size(); L++) m.recv_pos[L] = fill[sender[L]]++;
+
+    // The ranks must agree on the plan (they routed the same gathered logits): what each sends
+    // must be what its receiver expects.
+    std::vector<int64_t> told(P);
+    m.par.expert->alltoall(m.send_rows.data(), told.data());
+    for (int q = 0; q < P; q++)
+        MOE_CHECK(told[q] == m.recv_rows[q],
+                  "expert-parallel rank {} expects {} rows from rank {} but is sent {}: the ranks "
+                  "routed differently (different builds or configs?)",
+                  p, m.recv_rows[q], q, told[q]);
+}
+
+// Rows in send order (sender side, n_send x d) -> owners, expert-major (n_recv x d); and back.
+static void exchange_rows(Impl& m, int d, const float* send, float* expert_major) {
+    const int P = m.par.expert->size();
+    const int64_t n_recv = (int64_t)m.recv_pos.size();
+    std::vector<int64_t> sc(P), rc(P);
+    for (int q = 0; q < P; q++) {
+        sc[q] = m.send_rows[q] * d;
+        rc[q] = m.recv_rows[q] * d;
+    }
+    ensure(m.rbuf, std::max<int64_t>(n_recv, 1) * d);
+    const double t0 = seconds_now();
+    m.par.expert->alltoallv(send, sc.data(), m.rbuf.data(), rc.data());
+    m.comm.alltoall_s += seconds_now() - t0;
+    m.comm.alltoall_bytes +=
+        (int64_t)sizeof(float) * d * (m.mine.n_rows - m.send_rows[m.par.expert->rank()]);
+    const float* rb = m.rbuf.data();
+    for (int64_t L = 0; L < n_recv; L++)
+        std::memcpy(expert_major + L * d, rb + (int64_t)m.recv_pos[L] * d, sizeof(float) * d);
+}
+
+static void return_rows(Impl& m, int d, const float* expert_major, float* back) {
+    const int P = m.par.expert->size();
+    const int64_t n_recv = (int64_t)m.recv_pos.size();
+    ensure(m.rbuf, std::max<int64_t>(n_recv, 1) * d);
+    float* rb = m.rbuf.data();
+    for (int64_t L = 0; L < n_recv; L++)
+        std::memcpy(rb + (int64_t)m.recv_pos[L] * d, expert_major + L * d, sizeof(float) * d);
+    std::vector<int64_t> sc(P), rc(P);
+    for (int q = 0; q < P; q++) {
+        sc[q] = m.recv_rows[q] * d;
+        rc[q] = m.send_rows[q] * d;
+    }
+    const double t0 = seconds_now();
+    m.par.expert->alltoallv(rb, sc.data(), back, rc.data());
+    m.comm.alltoall_s += seconds_now() - t0;
+    m.comm.alltoall_bytes +=
+        (int64_t)sizeof(float) * d * (n_recv - m.recv_rows[m.par.expert->rank()]);
+}
+
+static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* params,
+                                float* grads) {
+    const MoeConfig& cfg = L.config();
+    MoeLayer::ExpertRange o = L.owned_experts();
+    GroupedFfn g;
+    g.act = cfg.activation;
+    g.E = o.count;
+    g.d = cfg.d_model;
+    g.f = cfg.d_ff;
+    g.offsets = m.local_off.data();
+    g.weights = params + o.offset;
+    g.grads = grads ? grads + o.offset : nullptr;
+    g.stride = (int64_t)o.floats_per_expert;
+    return g;
+}
+
+void MoeLayer::forward_parallel_(float* y) {
+    Impl& m = *impl_;
+    const int d = cfg_.d_model;
+    route_parallel(m, cfg_, params_, balance_bias_.data(), aux_);
+    plan_exchange(m, cfg_);
+    const int64_t n_send = m.mine.n_rows, n_recv = (int64_t)m.recv_pos.size();
+    const int hf = ffn_hidden(cfg_.activation, cfg_.d_ff);
+    ensure(m.sbuf, std::max<int64_t>(n_send, 1) * d);
+    ensure(m.ret, std::max<int64_t>(n_send, 1) * d);
+    const int64_t nr = std::max<int64_t>(n_recv, 1);
+    ensure(m.xe, nr * d);
+    ensure(m.he, nr * hf);
+    ensure(m.ae, nr * cfg_.d_ff);
+    ensure(m.oe, nr * d);
+    gather_rows(m.mine, m.x.data(), d, m.sbuf.data());
+    exchange_rows(m, d, m.sbuf.data(), m.xe.data());
+    GroupedFfn g = grouped_owned(*this, m, params_, grads_);
+    m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
+    experts_forward(g, m.xe.data(), m.he.data(), m.ae.data(), m.oe.data(), m.how);
+    return_rows(m, d, m.oe.data(), m.ret.data());
+    combine_forward(m.mine, m.routing.weight.data(), m.ret.data(), d, y);
+    expert_flops_fwd_ = 2.0 * n_recv * (double)ffn_weight_floats(cfg_.activation, d, g.f);
+    run_shared_(y);
+}
+
+void MoeLayer::backward_parallel_(const float* dy, float* dx) {
+    Impl& m = *impl_;
+    const int T = m.T, d = cfg_.d_model, Tg = (int)m.Tg;
+    const Routing& r = m.routing;
+    const int64_t n_send = m.mine.n_rows, n_recv = (int64_t)m.recv_pos.size();
+    const int64_t nr = std::max<int64_t>(n_recv, 1), ns = std::max<int64_t>(n_send, 1);
+    const int hf = ffn_hidden(cfg_.activation, cfg_.d_ff);
+
+    // Combine on the token side: dweight for this rank's assignments (0 elsewhere), dout rows.
+    ensure(m.dweight, std::max(r.n(), 1));
+    ensure(m.dout, ns * d);
+    combine_backward(m.mine, r.weight.data(), m.ret.data(), dy, d, m.dout.data(), m.dweight.data());
+    // dY rows to the experts' owners, experts backward there, dX rows home.
+    ensure(m.doe, nr * d);
+    ensure(m.dxe, nr * d);
+    ensure(m.dae, nr * cfg_.d_ff);
+    ensure(m.dhe, nr * hf);
+    exchange_rows(m, d, m.dout.data(), m.doe.data());
+    GroupedFfn g = grouped_owned(*this, m, params_, grads_);
+    if (!frozen13_.empty()) {
+        g.frozen13 = frozen13_.data() + owned_experts().first;
+        g.frozen2 = frozen2_.data() + owned_experts().first;
+    }
+    experts_backward(g, m.xe.data(), m.he.data(), m.ae.data(), m.doe.data(), m.dxe.data(),
+                     m.dae.data(), m.dhe.data(), m.how);
+    ensure(m.dxp, ns * d);
+    return_rows(m, d, m.dxe.data(), m.dxp.data());
+    scatter_rows(m.mine, m.dxp.data(), d, dx, false);
+
+    // Router on the global batch, from this rank's dweights only (the others' are 0): a router's
+    // dlogits row t reads the dweights of token t's assignments alone (every router's weights
+    // are functions of the token's own logits; what couples tokens, capacity and expert choice's
+    // selection, has no gradient), so this rank's rows of dlogits come out exact without
+    // exchanging dweight. tests/dist checks it for every router.
+    const double t0 = seconds_now();
+    const int W = m.par.world->size();
+    if (m.mean_grads) {
+        // dy is W x the global loss's gradient (each rank's loss is a mean over its own tokens
+        // and the caller averages): take it to the global scale for the router, whose balancing
+        // losses are global, then back to the caller's scale.
+        const float inv = 1.f / (float)W;
+        for (int a = 0; a < r.n(); a++) m.dweight[a] *= inv;
+    }
+    ensure(m.dlogits, (int64_t)Tg * m.ld);
+    m.router->backward(m.rin, r, m.dweight.data(), m.dlogits.data());
+    m.comm.router_s += seconds_now() - t0;
+    const float* dl = m.dlogits.data() + m.tok_lo * m.ld;
+    if (m.mean_grads) {
+        ensure(m.dl_loc, (int64_t)T * m.ld);
+        for (int64_t i = 0; i < (int64_t)T * m.ld; i++) m.dl_loc[i] = dl[i] * (float)W;
+        dl = m.dl_loc.data();
+    }
+    const float* xr = m.jittered ? m.xr.data() : m.x.data();
+    if (!router_frozen_) sgemm(true, false, m.ld, d, T, 1.f, dl, m.ld, xr, d, 1.f, grads_, d);
+    if (!m.jittered) {
+        sgemm(false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 1.f, dx, d);
+    } else {
+        ensure(m.dxr, (int64_t)T * d);
+        sgemm(false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 0.f, m.dxr.data(), d);
+        const float j = cfg_.jitter, *u = m.jit_ptr, *g2 = m.dxr.data();
+        for (int64_t i = 0; i < (int64_t)T * d; i++) dx[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
+    }
+    shared_backward_(dy, dx);
+}
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -143,6 +144,136 @@ std::string fmt_duration(double s) {
     return fmt::format("{}s", t);
 }
 
+// ---- several processes (docs/distributed.md) ----
+
+// FNV-1a over bytes: the config hash compared across ranks and the per-expert checksums.
+uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ULL) {
+    const unsigned char* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+// Every rank must run the same training: a config (or resume point) that differs would make
+// the collectives disagree, so it is a clear error at start-up rather than a hang later.
+void check_same_config(const ParallelGroups& g, const std::string& what) {
+    const int W = g.world_size();
+    const uint64_t h = fnv1a(what.data(), what.size());
+    std::vector<uint64_t> all(W);
+    g.world->allgather_bytes(&h, sizeof(h), all.data());
+    for (int q = 0; q < W; q++)
+        if (all[q] != all[0])
+            fail("the ranks were started with different configs, flags or checkpoints (rank {} "
+                 "hash {:016x}, rank 0 hash {:016x}); start every rank with the same flags and "
+                 "files",
+                 q, all[q], all[0]);
+}
+
+// The routed experts' block of each MoE layer, in model buffer offsets.
+struct ExpertBlocks {
+    struct Layer {
+        int layer;
+        size_t all_offset, all_floats;  // every routed expert
+        size_t per_expert;
+        int count;                      // experts per expert-group rank
+        size_t own_offset;              // this rank's experts
+    };
+    std::vector<Layer> layers;
+};
+
+ExpertBlocks expert_blocks(Model& model) {
+    ExpertBlocks b;
+    for (int l = 0; l < model.config().n_layers; l++) {
+        MoeLayer* ml = model.moe_layer(l);
+        if (!ml) continue;
+        const size_t base = (size_t)(ml->param_data() - model.param_data());
+        MoeLayer::ExpertRange o = ml->owned_experts();
+        b.layers.push_back({l, base + o.all_offset, o.all_floats, o.floats_per_expert, o.count,
+                            base + o.offset});
+    }
+    return b;
+}
+
+// Gradients of every rank averaged: the replicated parameters (all but the routed experts) over
+// the world in flat buckets, each owned expert block over its data group; then / W (each rank's
+// loss is the mean over its own tokens). Non-owned expert gradients are 0 and stay so.
+void reduce_gradients(const ParallelGroups& g, const ExpertBlocks& eb, float* grad, size_t n) {
+    size_t at = 0;
+    const int64_t kBucket = 1 << 22;  // 16 MiB per call
+    auto world_range = [&](size_t lo, size_t hi) {
+        for (size_t o = lo; o < hi; o += kBucket)
+            g.world->allreduce_sum(grad + o, (int64_t)std::min<size_t>(kBucket, hi - o));
+    };
+    for (auto& L : eb.layers) {
+        world_range(at, L.all_offset);
+        if (g.dp_size() > 1)
+            g.data->allreduce_sum(grad + L.own_offset, (int64_t)(L.per_expert * L.count));
+        at = L.all_offset + L.all_floats;
+    }
+    world_range(at, n);
+    scale_inplace(grad, n, 1.f / (float)g.world_size());
+}
+
+// Global-norm clipping when the expert gradients are split over the expert group: the squares
+// of this rank's experts are summed over the group; the replicated rest is the same everywhere.
+double clip_grad_norm_parallel(const ParallelGroups& g, const ExpertBlocks& eb, float* grad,
+                               size_t n, double max_norm) {
+    double all = l2_norm(grad, n), own = 0;
+    all *= all;
+    for (auto& L : eb.layers) {
+        double v = l2_norm(grad + L.own_offset, L.per_expert * L.count);
+        own += v * v;
+    }
+    double own_sum = own;
+    g.expert->allreduce_sum(&own_sum, 1);
+    const double norm = std::sqrt(std::max(0.0, all - own + own_sum));
+    if (max_norm > 0 && std::isfinite(norm) && norm > max_norm)
+        scale_inplace(grad, n, (float)(max_norm / (norm + 1e-6)));
+    return norm;
+}
+
+// Before a checkpoint: every rank receives every expert's current weights and AdamW moments from
+// its owner (a broadcast in the expert group), so rank 0 writes the full model and the files do
+// not depend on the layout.
+void gather_experts(const ParallelGroups& g, const ExpertBlocks& eb, float* params, float* m,
+                    float* v) {
+    if (g.ep_size() <= 1) return;
+    for (auto& L : eb.layers)
+        for (int q = 0; q < g.ep_size(); q++) {
+            const size_t o = L.all_offset + (size_t)q * L.count * L.per_expert;
+            const int64_t n = (int64_t)(L.count * L.per_expert);
+            g.expert->bcast(params + o, n, q);
+            if (m) g.expert->bcast(m + o, n, q);
+            if (v) g.expert->bcast(v + o, n, q);
+        }
+}
+
+// A checksum per expert tensor (trainer_state.json "expert_checksums"), verified on load: a
+// checkpoint assembled from several ranks must hold what each owner had.
+json expert_checksums(Model& model) {
+    json j = json::object();
+    for (const ParamSpec& p : model.params())
+        if (p.name.find(".experts.") != std::string::npos)
+            j[p.name] = fmt::format("{:016x}", fnv1a(model.param_data() + p.offset,
+                                                     sizeof(float) * (size_t)p.shape.numel()));
+    return j;
+}
+
+void verify_expert_checksums(Model& model, const json& state, const std::string& ckpt) {
+    if (!state.contains("expert_checksums")) return;  // written before issue 10
+    const json want = state["expert_checksums"];
+    const json got = expert_checksums(model);
+    for (auto& [name, h] : want.items()) {
+        if (!got.contains(name))
+            fail("{}/trainer_state.json: expert_checksums names {}, which the model does not have; "
+                 "the checkpoint is damaged",
+                 ckpt, name);
+        if (got[name] != h)
+            fail("{}/model.safetensors: {} does not match its checksum in trainer_state.json ({} "
+                 "vs {}); the checkpoint is damaged, resume from another one",
+                 ckpt, name, got[name].get<std::string>(), h.get<std::string>());
+    }
+}
+
 // Keeps metrics.jsonl consistent with the checkpoint being resumed: lines logged after it (by
 // a run killed later) are dropped.
 void truncate_metrics(const std::string& path, int64_t step) {
@@ -164,8 +295,21 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 }  // namespace
 
-TrainResult run_train(const TrainOptions& opt) {
+TrainResult run_train(const TrainOptions& opt_in) {
     const double t_setup0 = now_seconds();
+    // Several processes: rank 0 alone prints and writes files (docs/distributed.md).
+    ParallelGroups groups = opt_in.groups;
+    if (!groups.world) groups.world = groups.expert = groups.data = make_local_group();
+    const int W = groups.world_size(), wrank = groups.world_rank();
+    const bool writer = wrank == 0;
+    TrainOptions opt = opt_in;
+    opt.progress = opt_in.progress && writer;
+    if (W > 1) {
+        std::string what = config_to_json(opt.cfg).dump() + "|" + opt.resume_dir + "|" +
+                           opt.out_dir + "|" + groups.layout();
+        for (auto& [k, v] : opt.overrides) what += "|" + k + "=" + v;
+        check_same_config(groups, what);
+    }
     const bool resuming = !opt.resume_dir.empty();
     TrainConfig cfg = opt.cfg;
     std::string resume_ckpt;
@@ -248,6 +392,16 @@ TrainResult run_train(const TrainOptions& opt) {
         }
     }
     set_threads(cfg.threads);
+    if (W > 1) {
+        if (cfg.batch_size % W != 0)
+            fail("batch_size={}: must be divisible by the {} ranks (each rank trains on batch_size "
+                 "/ ranks sequences of every batch); choose a multiple of {}",
+                 cfg.batch_size, W, W);
+        if (!cfg.freeze.empty())
+            fail("freeze: '{}' is not supported under several processes yet; train it in one "
+                 "process",
+                 cfg.freeze);
+    }
 
     std::string run_dir = opt.out_dir;
     if (run_dir.empty() && resuming) {
@@ -339,8 +493,8 @@ TrainResult run_train(const TrainOptions& opt) {
             upcycle_params(probe, upcycle_ckpt, 0.f, cfg.seed);
         }
     }
-    make_dirs(run_dir + "/data");  // the run folder too: only once the data is known good
-    if (!resuming) {
+    if (writer) make_dirs(run_dir + "/data");  // the run folder too: once the data is known good
+    if (!resuming && writer) {
         write_token_file(run_dir + "/data/train.tok", corpus.train, tok->vocab_size(), tok->kind());
         write_token_file(run_dir + "/data/val.tok", corpus.val, tok->vocab_size(), tok->kind());
     }
@@ -375,6 +529,9 @@ TrainResult run_train(const TrainOptions& opt) {
     }
     Model model(mcfg);
     const size_t P = model.n_params();
+    for (int l = 0; l < mcfg.n_layers; l++)
+        if (MoeLayer* ml = model.moe_layer(l)) ml->set_parallel(groups, /*mean_grads=*/true);
+    const ExpertBlocks eblocks = expert_blocks(model);
     std::vector<uint8_t> frozen;
     if (!cfg.freeze.empty()) frozen = resolve_freeze(model.params(), cfg.freeze, "freeze");
     model.set_frozen(frozen);
@@ -411,6 +568,7 @@ TrainResult run_train(const TrainOptions& opt) {
                          "during its first latest/ write): the AdamW moments restart from zero\n",
                          resume_ckpt.c_str());
         }
+        verify_expert_checksums(model, state, resume_ckpt);
         step = state["step"].get<int64_t>();
         loader.set_state(state["loader"]);
         if (state.contains("moe_layer_rngs"))  // router noise streams (noisy routers resume exactly)
@@ -422,7 +580,7 @@ TrainResult run_train(const TrainOptions& opt) {
             best_val = state["best_val_loss"].get<double>();
         best_step = state.value("best_step", (int64_t)0);
         train_time = state.value("elapsed_s", 0.0);
-        truncate_metrics(metrics_path, step);
+        if (writer) truncate_metrics(metrics_path, step);
     } else {
         model.init_params(mcfg.seed);
         if (!init_ckpt.empty()) {
@@ -437,9 +595,10 @@ TrainResult run_train(const TrainOptions& opt) {
                              "(noise %g), routers fresh\n", upcycle_ckpt.c_str(), n,
                              cfg.upcycle_noise);
         }
-        write_file_atomic(metrics_path, std::string());
+        if (writer) write_file_atomic(metrics_path, std::string());
     }
-    write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
+    if (writer)
+        write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
     // What is frozen, for the record (and `moe report`).
     const double opt_bytes = 2.0 * sizeof(float) * (double)n_trainable,
                  opt_saved = 2.0 * sizeof(float) * (double)(P - n_trainable);
@@ -456,7 +615,7 @@ TrainResult run_train(const TrainOptions& opt) {
         for (size_t i = 0; i < frozen.size(); i++)
             if (frozen[i]) names.push_back(model.params()[i].name);
         fz["frozen_tensors"] = names;
-        write_file_atomic(run_dir + "/frozen.json", fz.dump(2) + "\n");
+        if (writer) write_file_atomic(run_dir + "/frozen.json", fz.dump(2) + "\n");
         if (opt.progress && !cfg.freeze.empty())
             std::fprintf(stderr,
                          "train: freeze '%s': %zu tensors, %zu of %zu params frozen; AdamW state "
@@ -477,11 +636,19 @@ TrainResult run_train(const TrainOptions& opt) {
     if (!also_val.empty())
         fixed_batches(also_val, cfg.eval_batches, B, S, cfg.seed ^ 0x5a5a5a5a5a5a5a5aULL,
                       cfg.eval_also + " (val split)", &ax, &ay);
+    // Each rank runs its slice (Bl sequences) of every batch: the same windows as one process.
+    const int Bl = B / W;
+    const size_t slice = (size_t)wrank * Bl * S;
     auto eval_on = [&](const std::vector<int32_t>& ex, const std::vector<int32_t>& ey) {
         double s = 0;
         for (int i = 0; i < cfg.eval_batches; i++) {
-            double l = model.forward(ex.data() + (size_t)i * B * S, ey.data() + (size_t)i * B * S,
-                                     B, S, /*training=*/false);
+            double l = model.forward(ex.data() + (size_t)i * B * S + slice,
+                                     ey.data() + (size_t)i * B * S + slice, Bl, S,
+                                     /*training=*/false);
+            if (W > 1) {
+                groups.world->allreduce_sum(&l, 1);
+                l /= W;
+            }
             s += l;
         }
         return s / cfg.eval_batches;
@@ -515,24 +682,61 @@ TrainResult run_train(const TrainOptions& opt) {
         for (int l = 0; l < mcfg.n_layers; l++)
             if (MoeLayer* ml = model.moe_layer(l)) layer_rngs[std::to_string(l)] = rng_to_json(ml->rng());
         s["moe_layer_rngs"] = layer_rngs;
+        s["expert_checksums"] = expert_checksums(model);
+        s["layout"] = groups.layout();
         return s;
     };
+    // Under expert parallelism the owners' experts reach every rank first (the AdamW moments
+    // too: no freeze under MPI, so state offsets are parameter offsets); rank 0 writes.
     auto save_latest = [&]() {
+        gather_experts(groups, eblocks, model.param_data(), adam_m.data(), adam_v.data());
+        if (!writer) return;
         json s = make_state(true);
         save_checkpoint(latest_dir, model, *tok, adam_m.data(), adam_v.data(), &s, &state_offsets);
     };
     auto save_best = [&]() {
+        gather_experts(groups, eblocks, model.param_data(), nullptr, nullptr);
+        if (!writer) return;
         json s = make_state(true);
         save_checkpoint(best_dir, model, *tok, nullptr, nullptr, &s);
     };
 
-    MetricsWriter metrics(metrics_path, mcfg);
+    MetricsWriter metrics(writer ? metrics_path : std::string("/dev/null"), mcfg);
+    // Time and bytes in collectives since the last metrics line (several processes).
+    double allreduce_s = 0;
+    auto comm_json = [&](int64_t steps) {
+        double a2a = 0, rt = 0;
+        int64_t a2a_b = 0, rt_b = 0;
+        for (int l = 0; l < mcfg.n_layers; l++)
+            if (MoeLayer* ml = model.moe_layer(l)) {
+                MoeCommStats& c = ml->comm_stats();
+                a2a += c.alltoall_s;
+                rt += c.router_s;
+                a2a_b += c.alltoall_bytes;
+                rt_b += c.router_bytes;
+                c = MoeCommStats{};
+            }
+        const double n = (double)std::max<int64_t>(steps, 1);
+        json j = {{"alltoall_s_per_step", a2a / n},
+                  {"router_comm_s_per_step", rt / n},
+                  {"allreduce_s_per_step", allreduce_s / n},
+                  {"alltoall_bytes_per_step", (int64_t)(a2a_b / n)},
+                  {"router_bytes_per_step", (int64_t)(rt_b / n)},
+                  {"allreduce_bytes_per_step", (int64_t)(sizeof(float) * P)}};
+        allreduce_s = 0;
+        return j;
+    };
     const bool tty = opt.progress && isatty(2);
     const int64_t first_step = step;
     const double train_time0 = train_time;
     std::vector<int32_t> x((size_t)B * S), y((size_t)B * S);
     const char* nan_env = getenv("MOE_TEST_NAN_AT_STEP");
     const int64_t nan_at = nan_env ? atoll(nan_env) : -1;
+    // Test hook (tests/dist): "RANK:STEP" kills that rank with SIGKILL at that step.
+    int64_t kill_rank = -1, kill_step = -1;
+    if (const char* k = getenv("MOE_TEST_KILL_RANK_AT_STEP"))
+        if (std::sscanf(k, "%lld:%lld", (long long*)&kill_rank, (long long*)&kill_step) != 2)
+            kill_rank = -1;
     if (opt.progress)
         std::fprintf(
             stderr,
@@ -545,7 +749,7 @@ TrainResult run_train(const TrainOptions& opt) {
     // Starting from a checkpoint: evaluate it first (step 0), so the curves start where it was.
     if (!resuming && (!init_ckpt.empty() || !upcycle_ckpt.empty())) {
         MetricsLine l0;
-        l0.j = {{"step", 0}, {"elapsed_s", 0.0}};
+        l0.j = {{"step", 0}, {"elapsed_s", 0.0}, {"layout", groups.layout()}};
         l0.val_loss = evaluate();
         eval_also(l0);
         metrics.write(l0);
@@ -566,14 +770,20 @@ TrainResult run_train(const TrainOptions& opt) {
     while (step < last_step) {
         const int64_t t = step + 1;
         const double t0 = now_seconds();
-        loader.next(x.data(), y.data());
+        loader.next(x.data(), y.data());  // the whole batch on every rank; each runs its slice
+        if (kill_rank == wrank && t == kill_step) raise(SIGKILL);
         if (t == nan_at) {  // test hook: poison the first parameter tensor
             const ParamSpec& s0 = model.params()[0];
             for (int64_t i = 0; i < s0.shape.numel(); i++) model.param_data()[s0.offset + i] = NAN;
         }
         model.zero_grad();
         try {
-            loss = model.forward(x.data(), y.data(), B, S, /*training=*/true);
+            loss = model.forward(x.data() + slice, y.data() + slice, Bl, S, /*training=*/true);
+            if (W > 1) {
+                double l = loss;
+                groups.world->allreduce_sum(&l, 1);
+                loss = (float)(l / W);
+            }
         } catch (const Error& e) {
             // The input tokens are checked; non-finite values inside the model come from the
             // parameters, i.e. from the previous updates: the learning rate is the likely cause.
@@ -592,8 +802,16 @@ TrainResult run_train(const TrainOptions& opt) {
                 dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
         model.backward();
         float* g = model.grad_data();
-        double gnorm = frozen.empty() ? clip_grad_norm(g, P, cfg.grad_clip)
-                                      : clip_grad_norm_runs(g, runs, cfg.grad_clip);
+        double gnorm = 0;
+        if (W > 1) {
+            const double ta = now_seconds();
+            reduce_gradients(groups, eblocks, g, P);
+            allreduce_s += now_seconds() - ta;
+            gnorm = clip_grad_norm_parallel(groups, eblocks, g, P, cfg.grad_clip);
+        } else {
+            gnorm = frozen.empty() ? clip_grad_norm(g, P, cfg.grad_clip)
+                                   : clip_grad_norm_runs(g, runs, cfg.grad_clip);
+        }
         if (!std::isfinite(gnorm))
             fail(
                 "step {}: gradient norm is {}; the learning rate {:.3g} is probably too high: "
@@ -625,6 +843,8 @@ TrainResult run_train(const TrainOptions& opt) {
             line =
                 metrics.collect(model, step, lr, loss, gnorm,
                                 dt > 0 ? (double)(step - log_step0) * B * S / dt : 0, train_time);
+            line.j["layout"] = groups.layout();
+            if (W > 1) line.j["comm"] = comm_json(step - log_step0);
             log_t0 = train_time;
             log_step0 = step;
         }
@@ -676,6 +896,7 @@ TrainResult run_train(const TrainOptions& opt) {
                 save_best();
             }
             MetricsLine l2 = metrics.collect(model, step, lr, loss, gnorm, 0, train_time);
+            l2.j["layout"] = groups.layout();
             l2.val_loss = last_val;
             eval_also(l2);
             metrics.write(l2);
@@ -684,7 +905,12 @@ TrainResult run_train(const TrainOptions& opt) {
         }
     }
     if (tty) std::fprintf(stderr, "\n");
-    if (step == first_step && !dir_exists(latest_dir)) save_latest();
+    {
+        // Rank 0 decides (the others must join save_latest's collectives or skip it together).
+        uint8_t none = step == first_step && !dir_exists(latest_dir);
+        groups.world->bcast_bytes(&none, 1, 0);
+        if (none) save_latest();
+    }
 
     res.run_dir = run_dir;
     res.best_dir = dir_exists(best_dir) ? best_dir : latest_dir;
