@@ -196,7 +196,11 @@ bool is_hf_model_dir(const std::string& dir) {
     } catch (const std::exception&) {
         return false;  // not ours to judge: the loader that takes it reports the error
     }
-    return j.is_object() && j.contains("model_type") && !j.contains("moe_cpp");
+    if (!j.is_object() || !j.contains("model_type")) return false;
+    // moe.cpp's Mixtral-family checkpoints (with "moe_cpp") load through load_model; its
+    // checkpoints of the other families are real HF folders (the moe_cpp block only records
+    // training settings, which the engine ignores).
+    return !j.contains("moe_cpp") || !(j["model_type"].is_string() && j["model_type"] == "mixtral");
 }
 
 }  // namespace moe
