@@ -140,9 +140,12 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
     };
 }
 
+// block_size is not among them: RoPE has no position parameters, so the context a run trains on
+// is its own choice (a Hugging Face folder's max_position_embeddings is often 32k or more; a
+// fine-tune on a CPU takes a few hundred). Not given, it comes from the checkpoint.
 const std::vector<std::string>& model_shape_keys() {
     static const std::vector<std::string> k = {
-        "n_layers", "d_model", "n_heads",      "n_kv_heads", "d_ff",      "block_size",
+        "n_layers", "d_model", "n_heads",      "n_kv_heads", "d_ff",
         "rms_eps",  "rope_theta", "tie_embeddings", "moe_every", "n_experts", "expert_d_ff",
         "activation", "n_shared_experts", "d_ff_shared", "family", "head_dim", "qkv_bias",
         "o_bias", "qk_norm", "clip_qkv", "moe_layers", "shared_ff"};

@@ -117,6 +117,8 @@ void ModelConfig::validate() const {
         need(shared_ff == 0, "shared_ff 0 (no shared expert)");
         need(!any_d, "every layer MoE (moe_every 1, no moe_layers 0)");
     }
+    need(moe.n_experts >= 1 && moe.top_k >= 1 && moe.top_k <= moe.n_experts,
+         "n_experts >= 1 and top_k in [1, n_experts] (config.json records them)");
     if (any_m) {
         need(moe.router == "topk" && moe.score == "softmax",
              "router topk with score softmax (the family's router)");

@@ -548,7 +548,13 @@ TEST(HfFinetune, Qwen2MoeFolderTrainsAndItsCheckpointRunsInTheEngine) {
     o.cfg.lr = 1e-2;
     o.out_dir = root + "/run";
     o.progress = false;
+    o.cfg.stop_after = 6;
     run_train(o);
+    TrainOptions r;  // a family run resumes (its config.json reads back to the same config)
+    r.resume_dir = root + "/run";
+    r.progress = false;
+    run_train(r);
+    EXPECT_EQ(12, load_trainer_state(root + "/run/latest")["step"]);
     std::vector<json> lines = metrics_lines(root + "/run");
     double first = NAN, last = NAN;
     for (auto& l : lines)
