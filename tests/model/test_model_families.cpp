@@ -289,6 +289,58 @@ TEST(Families, ClipQkvClipsSomeValues) {
     EXPECT_GT(diff, 1e-3) << "clip_qkv=1 clipped nothing";
 }
 
+// --init-from a broken HF folder: the key, the tensor or the shape is named before training.
+TEST(Families, BrokenHfFoldersAreRefusedNamingTheProblem) {
+    ModelConfig c = family_config("qwen3_moe");
+    Model m(c);
+    const json j0 = [&] {
+        json j = model_config_to_hf(c);
+        j.erase("moe_cpp");
+        return j;
+    }();
+    auto error_of = [&](const json& j, std::vector<test::HfTensor> ts) {
+        const std::string dir = test::temp_model_dir("broken");
+        test::write_hf_dir(dir, j, ts, WType::bf16, 2);
+        std::string e = "(no error)";
+        try {
+            ModelConfig lc = load_model_config(dir);
+            check_checkpoint_sizes(lc, dir, true);
+            Model mm(lc);
+            load_params(mm, dir);
+        } catch (const Error& err) {
+            e = err.what();
+        }
+        std::filesystem::remove_all(dir);
+        return e;
+    };
+    json j = j0;
+    j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4}};
+    EXPECT_NE(std::string::npos, error_of(j, tensors_of(m)).find("'rope_scaling'"));
+    j = j0;
+    j.erase("num_experts");
+    EXPECT_NE(std::string::npos, error_of(j, tensors_of(m)).find("num_experts"));
+    j = j0;
+    j["clip_qkv"] = 2;  // ignored for qwen3_moe; the shapes still fit
+    EXPECT_EQ("(no error)", error_of(j, tensors_of(m)));
+    auto ts = tensors_of(m);
+    ts.erase(ts.begin() + 5);  // a tensor missing
+    std::string e = error_of(j0, ts);
+    EXPECT_NE(std::string::npos, e.find(tensors_of(m)[5].name)) << e;
+    ts = tensors_of(m);
+    ts.push_back({"model.layers.0.self_attn.o_proj.bias_extra", {16}, std::vector<float>(16)});
+    e = error_of(j0, ts);
+    EXPECT_NE(std::string::npos, e.find("o_proj.bias_extra")) << e;
+    ts = tensors_of(m);
+    for (auto& t : ts)
+        if (t.name == "model.layers.1.self_attn.q_norm.weight") t.shape = {2, 3}, t.data.resize(6);
+    e = error_of(j0, ts);
+    EXPECT_NE(std::string::npos, e.find("q_norm.weight")) << e;
+    ts = tensors_of(m);
+    ts[3].data[1] = NAN;
+    e = error_of(j0, ts);
+    EXPECT_NE(std::string::npos, e.find("not finite")) << e;
+}
+
 TEST(Families, BadConfigsAreRefusedNamingTheField) {
     struct Case {
         const char* fam;
