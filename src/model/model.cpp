@@ -98,9 +98,11 @@ void ModelConfig::validate() const {
         if (!ok) fail("model config: family={} needs {}", family, what);
     };
     if (family == "mixtral") {
-        need(!qkv_bias && !o_bias && qk_norm == "none" && clip_qkv == 0 && shared_ff == 0,
-             "qkv_bias, o_bias, qk_norm, clip_qkv and shared_ff off (Mixtral has none; choose "
-             "family qwen2_moe, qwen3_moe or olmoe)");
+        need(!qkv_bias && !o_bias && qk_norm == "none" && clip_qkv == 0 && shared_ff == 0 &&
+                 moe_layers.empty(),
+             "qkv_bias, o_bias, qk_norm, clip_qkv, shared_ff and moe_layers off (Mixtral has "
+             "none, its checkpoints record moe_every; choose family qwen2_moe, qwen3_moe or "
+             "olmoe)");
         return;
     }
     if (family == "qwen2_moe") {

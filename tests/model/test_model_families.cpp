@@ -350,6 +350,7 @@ TEST(Families, BadConfigsAreRefusedNamingTheField) {
     const std::vector<Case> cases = {
         {"mixtral", [](ModelConfig& c) { c.family = "llama"; }, "family='llama'"},
         {"mixtral", [](ModelConfig& c) { c.qkv_bias = true; }, "family=mixtral needs"},
+        {"mixtral", [](ModelConfig& c) { c.moe_layers = {1, 0}; }, "moe_layers off"},
         {"qwen2_moe", [](ModelConfig& c) { c.shared_ff = 0; }, "shared_ff >= 1"},
         {"qwen2_moe", [](ModelConfig& c) { c.moe_layers = {1}; }, "moe_layers has 1 entries"},
         {"qwen2_moe", [](ModelConfig& c) { c.moe_layers = {1, 2}; }, "moe_layers[1]=2"},
