@@ -13,6 +13,7 @@
 #include "moe/checkpoint.h"
 #include "moe/config.h"
 #include "moe/error.h"
+#include "moe/finetune.h"
 #include "moe/hf_model.h"
 #include "moe/model.h"
 #include "test_util.h"
@@ -272,6 +273,28 @@ TEST_P(Fam, ConfigRoundTripsAndHfWeightsLoad) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Hf, Fam, ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
+
+// --freeze groups under the families' names: the router is mlp.gate (not a dense layer's
+// mlp.gate_proj), the experts include qwen2_moe's gated shared expert and its gate.
+TEST(Families, FreezeGroupsKnowTheFamilyNames) {
+    Model m(family_config("qwen2_moe"));
+    auto names = [&](const std::string& spec) {
+        std::vector<uint8_t> f = resolve_freeze(m.params(), spec);
+        std::vector<std::string> out;
+        for (size_t i = 0; i < f.size(); i++)
+            if (f[i]) out.push_back(m.params()[i].name);
+        return out;
+    };
+    EXPECT_EQ(std::vector<std::string>{"model.layers.1.mlp.gate.weight"}, names("router"));
+    auto ex = names("experts");
+    EXPECT_EQ(4u * 3 + 4, ex.size());  // 4 experts x 3, shared expert 3 + its gate
+    for (auto& n : ex) EXPECT_NE(std::string::npos, n.find("model.layers.1.mlp.")) << n;
+    auto ne = names("non-expert");
+    for (const char* n : {"model.layers.0.mlp.gate_proj.weight", "model.layers.0.self_attn.q_proj.bias"})
+        EXPECT_NE(ne.end(), std::find(ne.begin(), ne.end(), n)) << n;
+    auto at = names("attention");
+    EXPECT_NE(at.end(), std::find(at.begin(), at.end(), "model.layers.1.self_attn.v_proj.bias"));
+}
 
 TEST(Families, ClipQkvClipsSomeValues) {
     ModelConfig c = family_config("olmoe");
