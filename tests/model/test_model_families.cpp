@@ -16,6 +16,7 @@
 #include "moe/finetune.h"
 #include "moe/hf_model.h"
 #include "moe/model.h"
+#include "moe/tokenizer.h"
 #include "test_util.h"
 
 using namespace moe;
@@ -294,6 +295,30 @@ TEST(Families, FreezeGroupsKnowTheFamilyNames) {
         EXPECT_NE(ne.end(), std::find(ne.begin(), ne.end(), n)) << n;
     auto at = names("attention");
     EXPECT_NE(at.end(), std::find(at.begin(), at.end(), "model.layers.1.self_attn.v_proj.bias"));
+}
+
+// HF folders pad the embedding beyond the tokenizer (Qwen, OLMoE): a family checkpoint loads
+// with fewer tokenizer ids than vocab_size; a Mixtral-family (moe.cpp) checkpoint must match.
+TEST(Families, PaddedVocabularyLoadsForFamiliesOnly) {
+    auto tok = build_char_tokenizer("abcdefg");  // 7 symbols, vocab_size 23
+    for (const char* fam : {"qwen3_moe", "mixtral"}) {
+        ModelConfig c = family_config(fam);
+        Model m(c);
+        const std::string dir = test::temp_model_dir(std::string("pad_") + fam);
+        save_checkpoint(dir, m, *tok, nullptr, nullptr, nullptr);
+        std::string e = "(no error)";
+        try {
+            LoadedModel lm = load_model(dir);
+            EXPECT_EQ(c.vocab_size, lm.model->config().vocab_size);
+        } catch (const Error& err) {
+            e = err.what();
+        }
+        if (std::string(fam) == "mixtral")
+            EXPECT_NE(std::string::npos, e.find("vocab_size")) << e;
+        else
+            EXPECT_EQ("(no error)", e);
+        std::filesystem::remove_all(dir);
+    }
 }
 
 TEST(Families, ClipQkvClipsSomeValues) {
