@@ -542,6 +542,8 @@ TEST(HfFinetune, Qwen2MoeFolderTrainsAndItsCheckpointRunsInTheEngine) {
     TrainOptions o;
     o.cfg = tiny_train(data);
     o.cfg.init_from = hf;
+    o.cfg.model.block_size = 16;  // shorter windows than the folder's 32 positions: allowed
+    o.given_keys = {"block_size"};
     o.cfg.freeze = "attention";  // the biases' frozen path too
     o.cfg.max_steps = 12;
     o.cfg.eval_every = 6;
@@ -570,10 +572,11 @@ TEST(HfFinetune, Qwen2MoeFolderTrainsAndItsCheckpointRunsInTheEngine) {
     json cj = json::parse(read_file(ck + "/config.json"));
     EXPECT_EQ("qwen2_moe", cj["model_type"]);
     EXPECT_EQ(24, cj["shared_expert_intermediate_size"]);
+    EXPECT_EQ(16, cj["max_position_embeddings"]);
     // The engine and the training model on the checkpoint: the same loss on the same windows.
     HfModel eng(ck);
     auto ids = tok->encode(text.substr(20000, 4000));
-    const int block = 24;
+    const int block = 16;
     int64_t n_pred = 0;
     const double l_eng = hf_eval_windows(eng, ids, block, &n_pred);
     LoadedModel lm = load_model(ck);
