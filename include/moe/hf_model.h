@@ -68,8 +68,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const
 // or out-of-range keys, hidden_act other than silu, any rope_scaling, a sliding window shorter
 // than max_position_embeddings: moe::Error naming the key and what to do.
 HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
-// A folder whose config.json has a model_type and no "moe_cpp" key (moe.cpp's own checkpoints
-// carry that key and load through load_model).
+// A folder whose config.json has a model_type and no "moe_cpp" key, or a moe.cpp checkpoint of
+// a family other than mixtral (model_type qwen2_moe, qwen3_moe, olmoe: a real HF folder plus the
+// moe_cpp block, which the engine ignores). moe.cpp's Mixtral-family checkpoints load through
+// load_model.
 bool is_hf_model_dir(const std::string& dir);
 
 // model.safetensors.index.json's text -> {tensor name: shard file name}; `where` names it in

@@ -2,7 +2,12 @@
 // embed -> L x (RMSNorm -> causal MHA/GQA with RoPE (HF rotate-half) -> residual -> RMSNorm ->
 // FFN (dense SwiGLU or MoeLayer) -> residual) -> RMSNorm -> LM head (tied or not).
 // Parameters and gradients are one flat buffer each; params() names every tensor in Hugging Face
-// Mixtral naming (DESIGN.md §7), so checkpoints, AdamW and all-reduce work on contiguous memory.
+// naming (DESIGN.md §7), so checkpoints, AdamW and all-reduce work on contiguous memory.
+//
+// The Hugging Face MoE families (issue 8) are switches of the same model, so their checkpoints
+// can be fine-tuned: family qwen2_moe (q/k/v biases, dense layers by mask, a gated shared
+// expert), qwen3_moe (head_dim of its own, per-head RMSNorm of q and k), olmoe (RMSNorm over all
+// of q and of k, clip_qkv). The family also fixes the tensor names (docs/model.md).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -32,7 +37,26 @@ struct ModelConfig {
     float init_std = 0.02f;
     uint64_t seed = 1337;
 
+    // Hugging Face family features (all off for mixtral, the default: today's model and bits).
+    std::string family = "mixtral";  // mixtral | qwen2_moe | qwen3_moe | olmoe: tensor names
+    int head_dim = 0;                // 0: d_model / n_heads (qwen3_moe gives its own)
+    bool qkv_bias = false;           // q_proj, k_proj, v_proj have biases
+    bool o_bias = false;             // o_proj has a bias
+    std::string qk_norm = "none";    // none | head: RMSNorm per head of q and k, weight [hd] |
+                                     // whole: RMSNorm over all of q [H hd] and all of k [Hkv hd]
+    float clip_qkv = 0;              // > 0: clamp q, k, v to [-c, c] after the norms, before RoPE
+    // Explicit per-layer MoE mask (1 = MoE, 0 = dense; n_layers entries): qwen's mlp_only_layers
+    // and decoder_sparse_step. Empty: moe_every decides.
+    std::vector<uint8_t> moe_layers;
+    // qwen2_moe's gated shared expert on every MoE layer: sigmoid(h . shared_expert_gate) *
+    // SwiGLU_shared(h) added to the routed experts' output; its width (0: none). Not MoeLayer's
+    // ungated shared experts (n_shared_experts).
+    int shared_ff = 0;
+
+    int hd() const { return head_dim > 0 ? head_dim : (n_heads > 0 ? d_model / n_heads : 0); }
     bool is_moe_layer(int layer) const;
+    bool any_moe() const;
+    bool any_dense() const;
     void validate() const;  // throws moe::Error: heads not dividing d, k > E, ...
 };
 
@@ -86,7 +110,8 @@ class Model {
     void update_balance_bias();      // aux-loss-free balancing, once per optimizer step
 
     // Generation with a KV cache: reset, then feed tokens (n > 1 = prefill); returns the logits
-    // [V] of the last token fed. Position = tokens fed so far (< block_size).
+    // [V] of the last token fed. Position = tokens fed so far (< block_size). Every family
+    // feature is supported (the same helpers as forward).
     void cache_reset();
     const float* cache_feed(const int32_t* tokens, int n);
     int cache_pos() const;

@@ -252,7 +252,12 @@ bool is_hf_model_dir(const std::string& dir) {
         // "moe_cpp" key, so this is someone's HF folder; the engine's loader names the problem.
         return true;
     }
-    return j.is_object() && !j.contains("moe_cpp");
+    if (!j.is_object()) return false;
+    if (!j.contains("moe_cpp")) return true;
+    // moe.cpp's Mixtral-family checkpoints (with "moe_cpp") load through load_model; its
+    // checkpoints of the other families are real HF folders (the moe_cpp block only records
+    // training settings, which the engine ignores).
+    return j.contains("model_type") && j["model_type"].is_string() && j["model_type"] != "mixtral";
 }
 
 }  // namespace moe

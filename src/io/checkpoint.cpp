@@ -17,7 +17,9 @@
 #include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/hf_model.h"
 #include "moe/safetensors.h"
+#include "kernels/typed_gemm.h"
 
 namespace moe {
 
@@ -189,7 +191,24 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
 
 // ---- reading ----
 
-static bool is_ckpt(const std::string& d) { return file_exists(d + "/model.safetensors"); }
+// A Hugging Face folder's weights (what the engine reads: shards with an index, BF16/F16/F32),
+// as opposed to moe.cpp's own checkpoint (config.json with "moe_cpp" + one F32 model.safetensors,
+// which keeps its reader: balance biases, exact messages).
+static bool hf_weights(const std::string& d) {
+    if (file_exists(d + "/model.safetensors.index.json")) return true;
+    if (!file_exists(d + "/config.json")) return false;
+    try {
+        json j = json::parse(read_file(d + "/config.json"));
+        return j.is_object() && !j.contains("moe_cpp");
+    } catch (const std::exception&) {
+        return false;  // the config reader reports it
+    }
+}
+
+static bool is_ckpt(const std::string& d) {
+    return file_exists(d + "/model.safetensors") ||
+           (file_exists(d + "/config.json") && file_exists(d + "/model.safetensors.index.json"));
+}
 
 // A run folder's checkpoint `name`, or the old copy a crash between two renames left behind.
 static std::string find_in_run(const std::string& run, const std::string& name) {
@@ -258,7 +277,7 @@ static void check_finite(const std::string& path, const std::string& name, const
 // Model::layout builds its table, so an absurd config.json (hidden_size 8192 beside a small
 // file, 65536 experts) is refused before any allocation sized by it.
 static void rough_size(const ModelConfig& c, double* n_params, double* n_tensors) {
-    const double d = c.d_model, V = c.vocab_size, hd = (double)c.d_model / c.n_heads;
+    const double d = c.d_model, V = c.vocab_size, hd = c.hd();
     const double qd = c.n_heads * hd, kvd = c.n_kv_heads * hd, E = c.moe.n_experts;
     const double glu = c.moe.activation == Activation::swiglu ? 3 : 2;
     const double fs = c.moe.d_ff_shared > 0 ? c.moe.d_ff_shared : c.moe.d_ff;
@@ -297,7 +316,35 @@ static std::string keys_of_dims(const ModelConfig& c, const Shape& want, const S
     return out.empty() ? std::string("its shape keys") : out;
 }
 
+// HF folders: every tensor of the layout present with its shape and a float dtype (the engine's
+// WeightStore: shards, index, truncation checked on the headers), none left over.
+static void check_hf_sizes(const ModelConfig& cfg, const std::string& dir, bool training) {
+    WeightStore store(dir);
+    double n_rough = 0, t_rough = 0;
+    rough_size(cfg, &n_rough, &t_rough);
+    const size_t in_files = store.unused().size();  // nothing asked for yet: every name
+    if (t_rough > (double)in_files + 64)
+        fail("{}/config.json: num_hidden_layers={} and the expert count {} imply {:.3g} tensors, "
+             "the weight files hold {}; restore config.json",
+             dir, cfg.n_layers, cfg.moe.n_experts, t_rough, in_files);
+    size_t n = 0;
+    for (const ParamSpec& s : Model::layout(cfg, &n)) store.get(s.name, s.shape.dims);
+    if (cfg.tie_embeddings && store.has("lm_head.weight"))
+        store.get("lm_head.weight", {cfg.vocab_size, cfg.d_model});  // tied: HF ignores it too
+    for (const std::string& name : store.unused()) {
+        if (name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0)
+            continue;  // a buffer older HF versions saved; recomputed from rope_theta
+        fail("{}: tensor {} is not part of a {} model as config.json describes it; restore "
+             "config.json (or the weights)",
+             dir, name, cfg.family);
+    }
+    // The weights stay mapped; the model holds them as fp32 (+ gradients and AdamW moments).
+    check_fits_in_memory(4.0 * n * (training ? 5 : 2), dir,
+                         "use a machine with more memory (or a smaller checkpoint)");
+}
+
 void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool training) {
+    if (hf_weights(dir)) return check_hf_sizes(cfg, dir, training);
     const std::string st_path = dir + "/model.safetensors", cj = dir + "/config.json";
     uint64_t file_bytes = 0;
     auto header = read_safetensors_header(st_path, &file_bytes);
@@ -354,7 +401,29 @@ void check_checkpoint_sizes(const ModelConfig& cfg, const std::string& dir, bool
     check_fits_in_memory(need, dir, "use a machine with more memory (or a smaller checkpoint)");
 }
 
+// An HF folder's weights widened to fp32 into the flat buffer (a copy: training updates it).
+static void load_hf_params(Model& model, const std::string& dir) {
+    WeightStore store(dir);
+    const ModelConfig& c = model.config();
+    float* p = model.param_data();
+    for (const ParamSpec& s : model.params()) {
+        const WeightView v = store.get(s.name, s.shape.dims);
+        widen_rows(p + s.offset, v, 0, v.rows);
+        check_finite(dir, s.name, p + s.offset, (size_t)s.shape.numel());
+    }
+    if (c.tie_embeddings && store.has("lm_head.weight"))
+        store.get("lm_head.weight", {c.vocab_size, c.d_model});
+    for (const std::string& name : store.unused()) {
+        if (name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0)
+            continue;
+        fail("{}: unexpected tensor {}: the weights do not match config.json; restore the "
+             "folder",
+             dir, name);
+    }
+}
+
 void load_params(Model& model, const std::string& dir) {
+    if (hf_weights(dir)) return load_hf_params(model, dir);
     const std::string path = dir + "/model.safetensors";
     SafetensorsReader r(path);
     float* p = model.param_data();
@@ -445,7 +514,11 @@ LoadedModel load_model(const std::string& path) {
     out.dir = resolve_checkpoint_dir(path);
     ModelConfig cfg = load_model_config(out.dir);
     out.tokenizer = load_tokenizer(out.dir);
-    if (out.tokenizer->vocab_size() != cfg.vocab_size)
+    // HF folders often pad the embedding matrix beyond the tokenizer's ids (Qwen, OLMoE): fewer
+    // tokenizer ids than rows is fine there; moe.cpp's own Mixtral checkpoints match exactly.
+    const bool hf = hf_weights(out.dir) || cfg.family != "mixtral";
+    const int tv = out.tokenizer->vocab_size();
+    if (hf ? tv > cfg.vocab_size : tv != cfg.vocab_size)
         fail(
             "{}/config.json: key 'vocab_size' is {} but the tokenizer has {} symbols; restore "
             "the checkpoint's config.json or tokenizer",

@@ -8,6 +8,7 @@
 
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/hf_model.h"
 
 namespace moe {
 
@@ -79,6 +80,22 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"w_zloss", F::Float, &e.w_zloss, "router z-loss weight", R::in(0, 1e6)},
         {"bias_update_rate", F::Float, &e.bias_update_rate, "aux-loss-free balancing rate (0: off)",
          R::in(0, 1)},
+        {"family", F::String, &m.family,
+         "tensor names and config.json flavour: mixtral | qwen2_moe | qwen3_moe | olmoe",
+         R::one_of("mixtral|qwen2_moe|qwen3_moe|olmoe")},
+        {"head_dim", F::Int, &m.head_dim, "per-head width (0: d_model / n_heads)",
+         R::in(0, 1 << 14)},
+        {"qkv_bias", F::Bool, &m.qkv_bias, "q/k/v projections have biases (qwen2_moe)"},
+        {"o_bias", F::Bool, &m.o_bias, "o_proj has a bias"},
+        {"qk_norm", F::String, &m.qk_norm,
+         "RMSNorm of q and k: none | head (per head, qwen3_moe) | whole (all of q, k; olmoe)",
+         R::one_of("none|head|whole")},
+        {"clip_qkv", F::Float, &m.clip_qkv, "clamp q, k, v to [-c, c] before RoPE (0: off)",
+         R::in(0, 1e6)},
+        {"moe_layers", F::String, nullptr,
+         "per-layer FFN kind, one 0 (dense) or 1 (MoE) per layer, e.g. 1011 (empty: moe_every)"},
+        {"shared_ff", F::Int, &m.shared_ff,
+         "gated shared expert width on MoE layers (qwen2_moe; 0: none)", R::in(0, 1 << 20)},
         {"batch_size", F::Int, &c.batch_size, "sequences per step B", R::in(1, 1 << 20)},
         {"max_steps", F::Int, &c.max_steps, "optimizer steps (the schedule's length)",
          R::in(1, 1e9)},
@@ -123,11 +140,15 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
     };
 }
 
+// block_size is not among them: RoPE has no position parameters, so the context a run trains on
+// is its own choice (a Hugging Face folder's max_position_embeddings is often 32k or more; a
+// fine-tune on a CPU takes a few hundred). Not given, it comes from the checkpoint.
 const std::vector<std::string>& model_shape_keys() {
     static const std::vector<std::string> k = {
-        "n_layers", "d_model", "n_heads",      "n_kv_heads", "d_ff",      "block_size",
+        "n_layers", "d_model", "n_heads",      "n_kv_heads", "d_ff",
         "rms_eps",  "rope_theta", "tie_embeddings", "moe_every", "n_experts", "expert_d_ff",
-        "activation", "n_shared_experts", "d_ff_shared"};
+        "activation", "n_shared_experts", "d_ff_shared", "family", "head_dim", "qkv_bias",
+        "o_bias", "qk_norm", "clip_qkv", "moe_layers", "shared_ff"};
     return k;
 }
 
@@ -178,8 +199,33 @@ static Range int_field_range(const ConfigField& f) {
     return r;
 }
 
+// moe_layers: "1011" -> {1, 0, 1, 1}; "" -> {} (moe_every decides).
+static std::vector<uint8_t> parse_moe_layers(const std::string& s, const std::string& what) {
+    if (s.size() > 4096)
+        fail("{}: {} entries; at most 4096 layers", what, s.size());
+    std::vector<uint8_t> out;
+    for (size_t i = 0; i < s.size(); i++) {
+        if (s[i] != '0' && s[i] != '1')
+            fail("{}: character {} ('{}') is not 0 or 1; give one 0 (dense) or 1 (MoE) per layer, "
+                 "e.g. 1011",
+                 what, i, s[i] >= 32 && s[i] < 127 ? std::string(1, s[i]) : std::string("?"));
+        out.push_back((uint8_t)(s[i] - '0'));
+    }
+    return out;
+}
+
+static std::string moe_layers_str(const std::vector<uint8_t>& v) {
+    std::string s;
+    for (uint8_t b : v) s += b ? '1' : '0';
+    return s;
+}
+
 // Every value, from a file or a flag, goes through the checked readers with the key's range.
 static void set_from_json(TrainConfig& c, ConfigField& f, const json& v, const std::string& what) {
+    if (f.ptr == nullptr && std::string(f.name) == "moe_layers") {
+        c.model.moe_layers = parse_moe_layers(checked_str(v, what, f.range), what);
+        return;
+    }
     if (f.ptr == nullptr) {  // activation: an enum kept as its name
         c.model.moe.activation = activation_from_string(checked_str(v, what, f.range));
         return;
@@ -323,7 +369,8 @@ json config_to_json(const TrainConfig& cin) {
     json j = json::object();
     for (auto& f : config_fields(c)) {
         if (!f.ptr) {
-            j[f.name] = activation_name(c.model.moe.activation);
+            j[f.name] = std::string(f.name) == "moe_layers" ? moe_layers_str(c.model.moe_layers)
+                                                             : activation_name(c.model.moe.activation);
             continue;
         }
         switch (f.type) {
@@ -384,15 +431,18 @@ void config_validate(const TrainConfig& c) {
     need(m.d_model >= 1 && m.n_heads >= 1 && m.n_layers >= 1 && m.block_size >= 1,
          fmt::format("d_model={} n_heads={} n_layers={} block_size={} (all must be >= 1)",
                      m.d_model, m.n_heads, m.n_layers, m.block_size));
-    need(m.d_model % m.n_heads == 0,
+    need(m.head_dim > 0 || m.d_model % m.n_heads == 0,
          fmt::format("n_heads={} does not divide d_model={}", m.n_heads, m.d_model));
     need(m.n_kv_heads >= 1 && m.n_heads % m.n_kv_heads == 0,
          fmt::format("n_kv_heads={} does not divide n_heads={}", m.n_kv_heads, m.n_heads));
-    need((m.d_model / m.n_heads) % 2 == 0,
-         fmt::format("head size d_model/n_heads={} must be even (RoPE rotates pairs)",
-                     m.d_model / m.n_heads));
+    need(m.hd() % 2 == 0,
+         fmt::format("head size {}={} must be even (RoPE rotates pairs)",
+                     m.head_dim > 0 ? "head_dim" : "d_model/n_heads", m.hd()));
     need(m.moe_every >= 0, fmt::format("moe_every={} (must be >= 0)", m.moe_every));
-    if (m.moe_every > 0) {
+    need(m.moe_layers.empty() || (int)m.moe_layers.size() == m.n_layers,
+         fmt::format("moe_layers has {} entries for n_layers={} (one 0/1 per layer)",
+                     m.moe_layers.size(), m.n_layers));
+    if (m.moe_layers.empty() ? m.moe_every > 0 : m.any_moe()) {
         need(m.moe.n_experts >= 1,
              fmt::format("n_experts={} (must be >= 1 when moe_every > 0)", m.moe.n_experts));
         if (m.moe.router != "expert-choice")
@@ -417,7 +467,7 @@ void config_validate(const TrainConfig& c) {
 
 // ---- checkpoint config.json ----
 
-json model_config_to_hf(const ModelConfig& m) {
+static json mixtral_to_hf(const ModelConfig& m) {
     bool any_moe = false;
     for (int l = 0; l < m.n_layers; l++) any_moe = any_moe || m.is_moe_layer(l);
     json j;
@@ -473,7 +523,78 @@ json model_config_to_hf(const ModelConfig& m) {
     return j;
 }
 
-ModelConfig model_config_from_hf(const json& j, const std::string& where) {
+
+// moe.cpp's own settings of a family checkpoint (the shape is in the family's HF keys).
+static json family_moe_cpp(const ModelConfig& m) {
+    const MoeConfig& e = m.moe;
+    return {
+        {"format_version", 1},  {"router", e.router},
+        {"dropless", e.dropless}, {"capacity_factor", e.capacity_factor},
+        {"priority", e.priority}, {"jitter", e.jitter},
+        {"gate_dropout", e.gate_dropout}, {"w_importance", e.w_importance},
+        {"w_load", e.w_load},     {"w_switch", e.w_switch},
+        {"w_zloss", e.w_zloss},   {"seed", m.seed},
+        {"moe_seed", e.seed},
+    };
+}
+
+// qwen2_moe / qwen3_moe / olmoe: the keys their transformers config classes read, so the folder
+// is a real HF checkpoint (the engine and transformers load it), plus "moe_cpp".
+static json family_to_hf(const ModelConfig& m) {
+    const std::string& fam = m.family;
+    json j;
+    j["architectures"] = {fam == "qwen2_moe"   ? "Qwen2MoeForCausalLM"
+                          : fam == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                                               : "OlmoeForCausalLM"};
+    j["model_type"] = fam;
+    j["vocab_size"] = m.vocab_size;
+    j["hidden_size"] = m.d_model;
+    j["num_hidden_layers"] = m.n_layers;
+    j["num_attention_heads"] = m.n_heads;
+    j["num_key_value_heads"] = m.n_kv_heads;
+    j["head_dim"] = m.hd();
+    j["max_position_embeddings"] = m.block_size;
+    j["rms_norm_eps"] = m.rms_eps;
+    j["rope_theta"] = m.rope_theta;
+    j["rope_scaling"] = nullptr;
+    j["tie_word_embeddings"] = m.tie_embeddings;
+    j["hidden_act"] = "silu";
+    j["torch_dtype"] = "float32";
+    j["initializer_range"] = m.init_std;
+    j["attention_dropout"] = 0.0;
+    j["num_experts"] = m.moe.n_experts;
+    j["num_experts_per_tok"] = m.moe.top_k;
+    j["norm_topk_prob"] = m.moe.renormalize;
+    j["router_aux_loss_coef"] = m.moe.w_switch;
+    j["output_router_logits"] = false;
+    if (fam == "olmoe") {
+        j["intermediate_size"] = m.moe.d_ff;
+        j["attention_bias"] = m.qkv_bias;
+        j["clip_qkv"] = m.clip_qkv > 0 ? json(m.clip_qkv) : json(nullptr);
+    } else {
+        j["moe_intermediate_size"] = m.moe.d_ff;
+        j["intermediate_size"] = m.d_ff;
+        j["decoder_sparse_step"] = 1;
+        json dense = json::array();
+        for (int l = 0; l < m.n_layers; l++)
+            if (!m.is_moe_layer(l)) dense.push_back(l);
+        j["mlp_only_layers"] = dense;
+        j["use_sliding_window"] = false;
+        j["sliding_window"] = nullptr;
+        if (fam == "qwen2_moe")
+            j["shared_expert_intermediate_size"] = m.shared_ff;
+        else
+            j["attention_bias"] = m.qkv_bias;
+    }
+    j["moe_cpp"] = family_moe_cpp(m);
+    return j;
+}
+
+json model_config_to_hf(const ModelConfig& m) {
+    return m.family == "mixtral" ? mixtral_to_hf(m) : family_to_hf(m);
+}
+
+static ModelConfig mixtral_from_hf(const json& j, const std::string& where) {
     if (!j.is_object())
         fail("{}: config.json is not a JSON object; the checkpoint is damaged (restore it)", where);
     using R = Range;
@@ -567,6 +688,91 @@ ModelConfig model_config_from_hf(const json& j, const std::string& where) {
         fail("{}: {}; fix config.json", where, err.what());
     }
     return m;
+}
+
+
+// A Hugging Face config.json (any family, with or without moe_cpp) -> ModelConfig through the
+// engine's parser (hf_config_from_json: required keys, refused options), mapped onto the model:
+// the router is topk with renormalize = norm_topk_prob, dropless, no aux losses unless moe_cpp
+// says otherwise.
+static ModelConfig family_from_hf(const json& j, const std::string& where) {
+    const HfConfig h = hf_config_from_json(j, where);
+    ModelConfig m;
+    m.family = h.model_type;
+    m.vocab_size = h.vocab_size;
+    m.d_model = h.hidden_size;
+    m.n_layers = h.n_layers;
+    m.n_heads = h.n_heads;
+    m.n_kv_heads = h.n_kv_heads;
+    m.head_dim = (h.hidden_size % h.n_heads == 0 && h.hidden_size / h.n_heads == h.head_dim)
+                     ? 0
+                     : h.head_dim;
+    m.block_size = h.max_positions;
+    m.rms_eps = h.rms_eps;
+    m.rope_theta = h.rope_theta;
+    m.tie_embeddings = h.tie_embeddings;
+    m.init_std = (float)json_num(j, "initializer_range", where, Range::in(0, 10), 0.02);
+    m.qkv_bias = h.qkv_bias;
+    m.o_bias = h.o_bias;
+    m.qk_norm = h.qk_norm == HfConfig::QkNorm::per_head ? "head"
+                : h.qk_norm == HfConfig::QkNorm::whole  ? "whole"
+                                                        : "none";
+    m.clip_qkv = h.clip_qkv;
+    m.shared_ff = h.shared_ff;
+    m.moe_every = 1;
+    bool all_moe = true;
+    for (uint8_t b : h.moe_layer) all_moe = all_moe && b;
+    if (!all_moe) m.moe_layers = h.moe_layer;
+    m.d_ff = h.dense_ff > 0 ? h.dense_ff : h.expert_ff;
+    MoeConfig& e = m.moe;
+    e.n_experts = h.n_experts;
+    e.top_k = h.top_k;
+    e.d_ff = h.expert_ff;
+    e.router = "topk";
+    e.renormalize = h.norm_topk_prob;
+    e.dropless = true;
+    if (j.contains("moe_cpp")) {
+        const json& o = j["moe_cpp"];
+        const std::string w = where + ": moe_cpp";
+        if (!o.is_object()) fail("{}: 'moe_cpp' must be an object; fix config.json", where);
+        json_int(o, "format_version", w, Range::in(1, 1), 1);
+        e.router = json_str(o, "router", w, Range::one_of("topk"), e.router);
+        e.dropless = json_bool(o, "dropless", w, e.dropless);
+        e.capacity_factor =
+            (float)json_num(o, "capacity_factor", w, Range::in(0, 1000), e.capacity_factor);
+        e.priority = json_str(o, "priority", w, Range::one_of("token|weight"), e.priority);
+        e.jitter = (float)json_num(o, "jitter", w, Range::in_open_hi(0, 1), 0.0);
+        e.gate_dropout = (float)json_num(o, "gate_dropout", w, Range::in_open_hi(0, 1), 0.0);
+        e.w_importance = (float)json_num(o, "w_importance", w, Range::in(0, 1e6), 0.0);
+        e.w_load = (float)json_num(o, "w_load", w, Range::in(0, 1e6), 0.0);
+        e.w_switch = (float)json_num(o, "w_switch", w, Range::in(0, 1e6), 0.0);
+        e.w_zloss = (float)json_num(o, "w_zloss", w, Range::in(0, 1e6), 0.0);
+        if (o.contains("seed")) m.seed = checked_u64(o["seed"], w + ": key 'seed'");
+        if (o.contains("moe_seed")) e.seed = checked_u64(o["moe_seed"], w + ": key 'moe_seed'");
+    }
+    e.d_model = m.d_model;
+    try {
+        m.validate();
+    } catch (const Error& err) {
+        fail("{}: {}; fix config.json", where, err.what());
+    }
+    return m;
+}
+
+// moe.cpp's Mixtral checkpoints (config.json with "moe_cpp") keep their reader; every other
+// config.json (a downloaded HF folder, a family checkpoint) goes through the engine's parser.
+ModelConfig model_config_from_hf(const json& j, const std::string& where) {
+    if (!j.is_object())
+        fail("{}: config.json is not a JSON object; the checkpoint is damaged (restore it)", where);
+    const bool ours = j.contains("moe_cpp");
+    const bool mixtral = !j.contains("model_type") ||
+                         (j["model_type"].is_string() && j["model_type"] == "mixtral");
+    if (ours && mixtral) return mixtral_from_hf(j, where);
+    if (!ours && !j.contains("model_type"))
+        fail("{}: neither a moe.cpp checkpoint (no 'moe_cpp' key) nor a Hugging Face config (no "
+             "'model_type' key); restore config.json",
+             where);
+    return family_from_hf(j, where);
 }
 
 ModelConfig model_config_from_text(const std::string& text, const std::string& where) {

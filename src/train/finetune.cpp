@@ -25,11 +25,17 @@ static bool contains(const std::string& s, const char* part) {
 
 // Routed and shared experts are both "experts"; the router is the gate (and its noise/group
 // matrices). A dense model's mlp.* is neither: it belongs to non-expert.
+// The other families (qwen2_moe, qwen3_moe, olmoe) name the block mlp: mlp.experts.J.*,
+// qwen2_moe's gated shared expert mlp.shared_expert.* and its gate mlp.shared_expert_gate (an
+// expert part: it scales the shared expert), the router mlp.gate.weight.
 static bool is_expert(const std::string& t) {
     return contains(t, ".block_sparse_moe.experts.") ||
-           contains(t, ".block_sparse_moe.shared_experts.");
+           contains(t, ".block_sparse_moe.shared_experts.") || contains(t, ".mlp.experts.") ||
+           contains(t, ".mlp.shared_expert.") || contains(t, ".mlp.shared_expert_gate.");
 }
-static bool is_router(const std::string& t) { return contains(t, ".block_sparse_moe.gate."); }
+static bool is_router(const std::string& t) {
+    return contains(t, ".block_sparse_moe.gate.") || contains(t, ".mlp.gate.");
+}
 
 bool in_freeze_group(const std::string& group, const std::string& t) {
     if (group == "experts") return is_expert(t);
@@ -119,6 +125,10 @@ int upcycle_params(Model& model, const std::string& dense_dir, float noise, uint
     const std::string path = dense_dir + "/model.safetensors";
     ModelConfig dense = load_model_config(dense_dir);
     const ModelConfig& mc = model.config();
+    if (mc.family != "mixtral")
+        fail("upcycle_from {}: the MoE config's family is {}; upcycling makes Mixtral-family "
+             "models (family mixtral)",
+             dense_dir, mc.family);
     for (int l = 0; l < dense.n_layers; l++)
         if (dense.is_moe_layer(l))
             fail("upcycle_from {}: layer {} is already an MoE layer; upcycling starts from a dense "

@@ -15,8 +15,10 @@
 #include "moe/config.h"
 #include "moe/file_io.h"
 #include "moe/finetune.h"
+#include "moe/hf_model.h"
 #include "moe/safetensors.h"
 #include "moe/trainer.h"
+#include "infer/hf_fixture.h"
 #include "test_util.h"
 
 using namespace moe;
@@ -469,4 +471,140 @@ TEST(UnknownSymbols, ErrorNamesFileSymbolOffsetAndLineOrMaps) {
     EXPECT_EQ(n, 2);
     e = error_of([&] { map_unknown_symbols("ab", *tok, "z", "f.txt"); });
     EXPECT_TRUE(has(e, "unknown_symbol: 'z'")) << e;
+}
+
+// ---- a Hugging Face folder (issue 8) ----
+
+namespace {
+
+// Mean cross-entropy of the training model over the windows hf_eval_windows uses (consecutive
+// windows of block + 1 tokens, each predicting its last block tokens).
+double model_eval_windows(Model& m, const std::vector<int32_t>& ids, int block) {
+    const size_t n_win = ids.size() / ((size_t)block + 1);
+    double total = 0;
+    for (size_t w = 0; w < n_win; w++) {
+        const int32_t* x = ids.data() + w * (block + 1);
+        total += m.forward(x, x + 1, 1, block, false);
+    }
+    return total / (double)n_win;
+}
+
+}  // namespace
+
+// A downloaded-style qwen2_moe folder (BF16, two shards and an index, no moe_cpp; a char
+// tokenizer saved beside it) fine-tuned with --init-from and a freeze: the loss goes down, the
+// checkpoint is a qwen2_moe HF folder the engine runs (moe generate), and the engine's eval loss
+// equals the training model's on the same windows.
+TEST(HfFinetune, Qwen2MoeFolderTrainsAndItsCheckpointRunsInTheEngine) {
+    std::string root = tmp_dir("hf_qwen2");
+    const std::string text = read_file(test::source_dir() + "/data/tinyshakespeare.txt").substr(0, 30000);
+    const std::string data = root + "/a.txt";
+    write_file_atomic(data, text);
+    auto tok = build_char_tokenizer(text);
+    ModelConfig c;
+    c.family = "qwen2_moe";
+    c.vocab_size = tok->vocab_size();
+    c.d_model = 32;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.d_ff = 48;
+    c.block_size = 32;
+    c.tie_embeddings = false;
+    c.init_std = 0.1f;
+    c.qkv_bias = true;
+    c.moe_layers = {0, 1};
+    c.shared_ff = 24;
+    c.moe.n_experts = 4;
+    c.moe.top_k = 2;
+    c.moe.d_ff = 16;
+    c.moe.renormalize = false;
+    Model m(c);
+    {  // non-zero biases: a dropped bias would show in the losses compared below
+        Rng r(5);
+        for (const ParamSpec& p : m.params())
+            if (p.name.find(".bias") != std::string::npos)
+                r.fill_normal(m.param_data() + p.offset, p.shape.numel(), 0.f, 0.1f);
+    }
+    std::vector<test::HfTensor> ts;
+    for (const ParamSpec& p : m.params())
+        ts.push_back({p.name, p.shape.dims,
+                      std::vector<float>(m.param_data() + p.offset,
+                                         m.param_data() + p.offset + p.shape.numel())});
+    json j = model_config_to_hf(c);
+    j.erase("moe_cpp");
+    const std::string hf = root + "/hf";
+    make_dirs(hf);
+    test::write_hf_dir(hf, j, ts, WType::bf16, 2);
+    tok->save(hf);
+    ASSERT_TRUE(is_hf_model_dir(hf));
+
+    TrainOptions o;
+    o.cfg = tiny_train(data);
+    o.cfg.init_from = hf;
+    o.cfg.model.block_size = 16;  // shorter windows than the folder's 32 positions: allowed
+    o.given_keys = {"block_size"};
+    o.cfg.freeze = "attention";  // the biases' frozen path too
+    o.cfg.max_steps = 12;
+    o.cfg.eval_every = 6;
+    o.cfg.lr = 1e-2;
+    o.out_dir = root + "/run";
+    o.progress = false;
+    o.cfg.stop_after = 6;
+    run_train(o);
+    TrainOptions r;  // a family run resumes (its config.json reads back to the same config)
+    r.resume_dir = root + "/run";
+    r.progress = false;
+    run_train(r);
+    EXPECT_EQ(12, load_trainer_state(root + "/run/latest")["step"]);
+    std::vector<json> lines = metrics_lines(root + "/run");
+    double first = NAN, last = NAN;
+    for (auto& l : lines)
+        if (l.contains("val_loss")) {
+            if (std::isnan(first)) first = l["val_loss"].get<double>();
+            last = l["val_loss"].get<double>();
+        }
+    EXPECT_LT(last, first) << "fine-tuning did not lower the validation loss";
+    std::fprintf(stderr, "val_loss %.4f -> %.4f\n", first, last);
+
+    const std::string ck = root + "/run/latest";
+    ASSERT_TRUE(is_hf_model_dir(ck)) << read_file(ck + "/config.json");
+    json cj = json::parse(read_file(ck + "/config.json"));
+    EXPECT_EQ("qwen2_moe", cj["model_type"]);
+    EXPECT_EQ(24, cj["shared_expert_intermediate_size"]);
+    EXPECT_EQ(16, cj["max_position_embeddings"]);
+    // The engine and the training model on the checkpoint: the same loss on the same windows.
+    HfModel eng(ck);
+    auto ids = tok->encode(text.substr(20000, 4000));
+    const int block = 16;
+    int64_t n_pred = 0;
+    const double l_eng = hf_eval_windows(eng, ids, block, &n_pred);
+    LoadedModel lm = load_model(ck);
+    const double l_model = model_eval_windows(*lm.model, ids, block);
+    EXPECT_NEAR(l_eng, l_model, 1e-5 * l_model);
+    std::fprintf(stderr, "eval loss: engine %.8f, training model %.8f\n", l_eng, l_model);
+    EXPECT_GT(n_pred, 1000);
+    // The frozen attention did not move; the trained experts did.
+    const float* P = lm.model->param_data();
+    for (size_t k = 0; k < ts.size(); k++) {
+        const ParamSpec& p = lm.model->params()[k];
+        ASSERT_EQ(p.name, ts[k].name);
+        double moved = 0;
+        for (size_t i = 0; i < ts[k].data.size(); i++)
+            moved = std::max(moved, (double)std::fabs(P[p.offset + i] -
+                                                      bf16_to_f32(f32_to_bf16(ts[k].data[i]))));
+        if (p.name.find(".self_attn.") != std::string::npos) {
+            EXPECT_EQ(0.0, moved) << p.name;
+        }
+        if (p.name.find(".mlp.experts.0.") != std::string::npos) {
+            EXPECT_GT(moved, 0.0) << p.name;
+        }
+    }
+    // moe generate sends the checkpoint to the engine.
+    if (!test::moe_bin().empty()) {
+        auto r = test::run_moe_cmd("generate " + ck + " --prompt-ids 1,2,3 --max-tokens 5 --json");
+        EXPECT_EQ(0, r.rc) << r.out;
+        EXPECT_TRUE(has(r.out, "token_ids")) << r.out;
+    }
+    fs::remove_all(root);
 }
