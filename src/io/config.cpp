@@ -23,8 +23,8 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
         {"data", F::String, &c.data, "training text (UTF-8) or a token file"},
         {"val_fraction", F::Double, &c.val_fraction,
          "share of the corpus (its end) kept for validation", R::in_open(0, 1)},
-        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece",
-         R::one_of("char|sentencepiece")},
+        {"tokenizer", F::String, &c.tokenizer, "char | sentencepiece | bpe (bpe: from --init-from)",
+         R::one_of("char|sentencepiece|bpe")},
         {"vocab_size", F::Int, &c.vocab_size,
          "sentencepiece vocabulary size (char: from the corpus)", R::in(2, 1 << 20)},
         {"sp_model_type", F::String, &c.sp_model_type, "sentencepiece model: bpe | unigram",
@@ -401,8 +401,9 @@ void config_validate(const TrainConfig& c) {
     auto need = [](bool ok, const std::string& msg) {
         if (!ok) throw Error("config: " + msg + "; fix the key in the config or its --flag");
     };
-    need(c.tokenizer == "char" || c.tokenizer == "sentencepiece",
-         fmt::format("tokenizer='{}' (char or sentencepiece)", c.tokenizer));
+    need(c.tokenizer == "char" || c.tokenizer == "sentencepiece" || c.tokenizer == "bpe",
+         fmt::format("tokenizer='{}' (char or sentencepiece; bpe comes with --init-from)",
+                     c.tokenizer));
     need(c.sp_model_type == "bpe" || c.sp_model_type == "unigram",
          fmt::format("sp_model_type='{}' (bpe or unigram)", c.sp_model_type));
     need(c.val_fraction > 0 && c.val_fraction < 1,

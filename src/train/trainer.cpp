@@ -102,7 +102,9 @@ void take_model_keys(TrainConfig& cfg, const ModelConfig& ck, const std::set<std
 // The tokenizer of a checkpoint a fresh run starts from: the config must not ask for another.
 void check_tokenizer_keys(TrainConfig& cfg, const Tokenizer& tok, int ck_vocab,
                           const std::set<std::string>& given, const std::string& ckpt) {
-    if (tok.vocab_size() != ck_vocab)
+    // Hugging Face models pad the embedding past the tokenizer's ids (Qwen: 151936 rows for
+    // 151665 ids): fewer tokenizer ids than rows is fine (those rows never see a token).
+    if (tok.vocab_size() > ck_vocab)
         fail("{}: its tokenizer has {} symbols but its config.json says vocab_size={}", ckpt,
              tok.vocab_size(), ck_vocab);
     if (given.count("tokenizer") && cfg.tokenizer != tok.kind())
@@ -428,6 +430,9 @@ TrainResult run_train(const TrainOptions& opt_in) {
         tok = load_tokenizer(resume_ckpt);
     } else if (ck_tok) {
         tok = std::move(ck_tok);
+    } else if (cfg.tokenizer == "bpe") {
+        fail("tokenizer: 'bpe' (a Hugging Face tokenizer.json) comes from a checkpoint; give "
+             "--init-from a Hugging Face folder, or use char or sentencepiece");
     } else if (cfg.tokenizer == "char") {
         tok = build_char_tokenizer(text);  // vocab over the whole corpus (nanoGPT)
     } else {
@@ -482,9 +487,15 @@ TrainResult run_train(const TrainOptions& opt_in) {
                 "{} then); resume with the same data, or start a new run",
                 cfg.data, corpus.train.size(), corpus.val.size(), nt, nv);
     }
+    // The embedding's rows: the tokenizer's ids, or a checkpoint's (padded) vocab_size when the
+    // run starts from, or resumes, a model with more rows than its tokenizer has ids.
+    int model_vocab = tok->vocab_size();
+    if (!init_ckpt.empty()) model_vocab = std::max(model_vocab, load_model_config(init_ckpt).vocab_size);
+    if (resuming)
+        model_vocab = std::max(model_vocab, load_model_config(resume_ckpt).vocab_size);
     // A bad freeze spec or a checkpoint that does not fit fails before the run folder exists.
     {
-        ModelConfig m0 = model_config_for(cfg, tok->vocab_size());
+        ModelConfig m0 = model_config_for(cfg, model_vocab);
         size_t n0 = 0;
         if (!cfg.freeze.empty()) resolve_freeze(Model::layout(m0, &n0), cfg.freeze, "freeze");
         if (!init_ckpt.empty()) check_checkpoint_sizes(m0, init_ckpt, /*training=*/true);
@@ -500,7 +511,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
     }
 
     // ---- model and optimizer ----
-    ModelConfig mcfg = model_config_for(cfg, tok->vocab_size());
+    ModelConfig mcfg = model_config_for(cfg, model_vocab);
     if (resuming) {
         ModelConfig saved = load_model_config(resume_ckpt);
         if (model_config_to_hf(saved).dump() != model_config_to_hf(mcfg).dump())
