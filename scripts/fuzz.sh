@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-15}
 shift || true
-ALL=(safetensors train_config hf_config trainer_state token_file trace metrics vocab tokenizer_json)
+ALL=(safetensors train_config hf_config trainer_state token_file trace metrics vocab tokenizer_json hf_index hf_family)
 [ $# -gt 0 ] && TARGETS=("$@") || TARGETS=("${ALL[@]}")
 BUILD=${MOE_FUZZ_BUILD:-build-fuzz}
 status=0
