@@ -102,9 +102,11 @@ void take_model_keys(TrainConfig& cfg, const ModelConfig& ck, const std::set<std
 // The tokenizer of a checkpoint a fresh run starts from: the config must not ask for another.
 void check_tokenizer_keys(TrainConfig& cfg, const Tokenizer& tok, int ck_vocab,
                           const std::set<std::string>& given, const std::string& ckpt) {
-    // Hugging Face models pad the embedding past the tokenizer's ids (Qwen: 151936 rows for
-    // 151665 ids): fewer tokenizer ids than rows is fine (those rows never see a token).
-    if (tok.vocab_size() > ck_vocab)
+    // Hugging Face models pad the embedding past their tokenizer.json's ids (Qwen: 151936 rows
+    // for 151665 ids): fewer ids than rows is fine there (those rows never see a token); moe.cpp's
+    // own char and SentencePiece vocabularies always have exactly vocab_size symbols.
+    const bool padded_ok = tok.kind() == "bpe";
+    if (padded_ok ? tok.vocab_size() > ck_vocab : tok.vocab_size() != ck_vocab)
         fail("{}: its tokenizer has {} symbols but its config.json says vocab_size={}", ckpt,
              tok.vocab_size(), ck_vocab);
     if (given.count("tokenizer") && cfg.tokenizer != tok.kind())
