@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kernels/typed_gemm.h"
 #include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
@@ -20,30 +21,6 @@ static size_t dtype_size(const std::string& dt) {
     return 0;
 }
 
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else {  // subnormal: renormalise
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) {
-                mant <<= 1;
-                exp--;
-            }
-            mant &= 0x3ff;
-            bits = sign | (exp << 23) | (mant << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
 
 // One header entry, every number checked (include/moe/checked.h): shapes are exact integers in
 // range, [32.5] is refused rather than read as 32, and numel cannot overflow.
@@ -180,7 +157,7 @@ void SafetensorsReader::parse(const std::string& file) {
             } else if (t.dtype == "F16") {
                 uint16_t h;
                 std::memcpy(&h, src + 2 * i, 2);
-                t.data[i] = half_to_float(h);
+                t.data[i] = f16_to_f32(h);
             } else if (t.dtype == "I32") {
                 int32_t x;
                 std::memcpy(&x, src + 4 * i, 4);
