@@ -72,6 +72,7 @@ HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
 // a family other than mixtral (model_type qwen2_moe, qwen3_moe, olmoe: a real HF folder plus the
 // moe_cpp block, which the engine ignores). moe.cpp's Mixtral-family checkpoints load through
 // load_model.
+// A .gguf file (GGUF magic) counts too: the engine runs it like a folder.
 bool is_hf_model_dir(const std::string& dir);
 
 // model.safetensors.index.json's text -> {tensor name: shard file name}; `where` names it in
@@ -88,6 +89,9 @@ class WeightStore {
     // Random weights in memory for benchmarks (`moe bench generate --random`): every tensor of
     // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1.
     static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
+    // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
+    // name (merged expert tensors sliced per expert), checked against the metadata.
+    static std::unique_ptr<WeightStore> from_gguf(const std::string& path, HfConfig* cfg);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;
     WeightStore& operator=(const WeightStore&) = delete;
