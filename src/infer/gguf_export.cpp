@@ -225,7 +225,7 @@ void write_hparams(GgufWriter& w, const HfConfig& c, const std::string& arch, Gg
     w.set(k + "attention.head_count_kv", GgufValue::u32(c.n_kv_heads));
     w.set(k + "rope.freq_base", GgufValue::f32(c.rope_theta));
     w.set(k + "rope.dimension_count", GgufValue::u32(c.head_dim));
-    w.set(k + "attention.layer_norm_rms_eps", GgufValue::f32(c.rms_eps));
+    w.set(k + "attention.layer_norm_rms_epsilon", GgufValue::f32(c.rms_eps));
     if (c.head_dim * c.n_heads != c.hidden_size) {
         w.set(k + "attention.key_length", GgufValue::u32(c.head_dim));
         w.set(k + "attention.value_length", GgufValue::u32(c.head_dim));

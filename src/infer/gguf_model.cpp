@@ -145,7 +145,7 @@ HfConfig hf_config_from_gguf(const GgufFile& f) {
     c.n_heads = (int)f.get_int(k + "attention.head_count", 1, 4096);
     c.n_kv_heads = (int)f.get_int(k + "attention.head_count_kv", 1, 4096, c.n_heads);
     c.max_positions = (int)f.get_int(k + "context_length", 1, 1 << 24);
-    c.rms_eps = (float)f.get_num(k + "attention.layer_norm_rms_eps", 1e-12, 1);
+    c.rms_eps = (float)f.get_num(k + "attention.layer_norm_rms_epsilon", 1e-12, 1);
     c.rope_theta = (float)f.get_num(k + "rope.freq_base", 1, 1e12, 10000.0);
     const std::string scaling = f.get_str(k + "rope.scaling.type", "none");
     if (scaling != "none")
