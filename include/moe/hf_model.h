@@ -18,6 +18,8 @@
 
 namespace moe {
 
+class GgufFile;
+
 enum class WType { f32, f16, bf16 };  // how a weight is stored in the file
 const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling)
 size_t wtype_size(WType t);
@@ -92,6 +94,9 @@ class WeightStore {
     // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
     // name (merged expert tensors sliced per expert), checked against the metadata.
     static std::unique_ptr<WeightStore> from_gguf(const std::string& path, HfConfig* cfg);
+    // The same on a parsed file (kept alive by the store): fuzzing, tests.
+    static std::unique_ptr<WeightStore> from_gguf(std::shared_ptr<const GgufFile> file,
+                                                  HfConfig* cfg);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;
     WeightStore& operator=(const WeightStore&) = delete;

@@ -248,8 +248,13 @@ static std::string ne_str(const std::vector<int64_t>& ne) {
 }
 
 std::unique_ptr<WeightStore> WeightStore::from_gguf(const std::string& path, HfConfig* cfg) {
-    auto file = std::make_shared<GgufFile>(GgufFile::open(path));
+    return from_gguf(std::make_shared<GgufFile>(GgufFile::open(path)), cfg);
+}
+
+std::unique_ptr<WeightStore> WeightStore::from_gguf(std::shared_ptr<const GgufFile> file,
+                                                    HfConfig* cfg) {
     const GgufFile& f = *file;
+    const std::string& path = f.path();
     *cfg = hf_config_from_gguf(f);
     const HfConfig& c = *cfg;
     const std::vector<GgufSlot> layout = gguf_layout(c);

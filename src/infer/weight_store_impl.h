@@ -38,7 +38,7 @@ struct WeightStore::Impl {
     std::vector<Mapping> maps;
     std::map<std::string, TensorLoc> tensors;
     std::set<std::string> used;
-    std::vector<std::shared_ptr<void>> keep;  // what non-owned mappings belong to (a GgufFile)
+    std::vector<std::shared_ptr<const void>> keep;  // what non-owned mappings belong to (a GgufFile)
 
     ~Impl() {
         for (auto& m : maps)
