@@ -35,6 +35,9 @@ static void convert_to_gguf(const ConvertOptions& o) {
     std::fprintf(stderr, "moe convert: %s -> %s (arch %s, %s, %zu GGUF tensors, %.3g M params)\n",
                  o.src.c_str(), o.out.c_str(), r.arch.c_str(), ggml_type_name(type), r.n_tensors,
                  r.n_params / 1e6);
+    for (const std::string& c : r.llama_cpp_caveats)
+        std::fprintf(stderr, "moe convert: note: llama.cpp will not run this file as moe.cpp does: %s\n",
+                     c.c_str());
 }
 
 static void run_convert(const ConvertOptions& o) {

@@ -141,7 +141,8 @@ class GgufWriter {
     uint64_t alignment_ = 32;
 };
 
-// True when `path` is a regular file that starts with the GGUF magic.
+// True when `path` is a regular file that starts with the GGUF magic or whose name ends in
+// ".gguf" (then GgufFile::open says what is wrong with it).
 bool is_gguf_file(const std::string& path);
 
 // Q8_0 as ggml stores it: blocks of 32 along a row, each an fp16 scale d = max|x| / 127 and 32

@@ -164,7 +164,15 @@ std::unique_ptr<Tokenizer> bpe_from_gguf(const GgufFile& f, const std::vector<st
                  {"byte_fallback", false},
                  {"vocab", vocab},
                  {"merges", merges->arr_str}}}};
-    return bpe_tokenizer_from_json(tj.dump(), f.path() + ": tokenizer.ggml.*");
+    std::string text;
+    try {
+        text = tj.dump();
+    } catch (const json::exception&) {  // a token or merge that is not UTF-8
+        fail("{}: tokenizer.ggml.tokens or merges hold bytes that are not UTF-8; a byte-level "
+             "BPE vocabulary is UTF-8 text (the file is damaged)",
+             f.path());
+    }
+    return bpe_tokenizer_from_json(text, f.path() + ": tokenizer.ggml.*");
 }
 
 }  // namespace

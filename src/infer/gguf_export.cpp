@@ -340,7 +340,29 @@ GgufExportSummary write_gguf_model(const std::string& src, GgmlType type, const 
         for (int64_t d : s.hf_shape) e *= (uint64_t)d;
         n += e;
     }
-    return {arch, order.size(), (double)n};
+    GgufExportSummary r{arch, order.size(), (double)n, {}};
+    bool dense = false;
+    for (int l = 0; l < c.n_layers; l++) dense |= !c.moe_layer[l];
+    if (dense)
+        r.llama_cpp_caveats.push_back("dense layers (mlp_only_layers / decoder_sparse_step): "
+                                      "llama.cpp's " + arch + " expects experts in every layer");
+    if (c.clip_qkv > 0)
+        r.llama_cpp_caveats.push_back("clip_qkv: llama.cpp's olmoe graph does not clamp q, k, v");
+    if (c.norm_topk_prob != (arch == "llama" || arch == "qwen3moe"))
+        r.llama_cpp_caveats.push_back(std::string("norm_topk_prob ") +
+                                      (c.norm_topk_prob ? "true" : "false") +
+                                      ": llama.cpp's " + arch + " graph does the opposite (" +
+                                      arch + ".expert_weights_norm is written for readers that "
+                                      "honour it)");
+    if (arch == "olmoe" && c.n_kv_heads != c.n_heads)
+        r.llama_cpp_caveats.push_back("grouped-query attention: llama.cpp's olmoe (Feb 2025) "
+                                      "expects as many key/value heads as query heads");
+    if ((arch == "qwen2moe" || arch == "olmoe") && c.head_dim * c.n_heads != c.hidden_size)
+        r.llama_cpp_caveats.push_back("head_dim * heads != hidden_size: llama.cpp's " + arch +
+                                      " expects square attention projections");
+    if (arch == "olmoe" && c.o_bias)
+        r.llama_cpp_caveats.push_back("attention biases: llama.cpp's olmoe has none");
+    return r;
 }
 
 }  // namespace moe

@@ -45,6 +45,10 @@ struct GgufExportSummary {
     std::string arch;
     size_t n_tensors = 0;
     double n_params = 0;
+    // What llama.cpp's graph for the arch does not compute as the model asks (dense layers,
+    // clip_qkv, a renormalisation it hard-codes otherwise, ...): the file is still written (moe.cpp
+    // reads it exactly), the caller tells the user.
+    std::vector<std::string> llama_cpp_caveats;
 };
 GgufExportSummary write_gguf_model(const std::string& src, GgmlType type, const std::string& out);
 

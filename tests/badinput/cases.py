@@ -720,6 +720,207 @@ case("cli/unknown command", ["trian"], 2, "trian")
 case("cli/bench without target", ["bench", "bogus"], 2, "bogus")
 
 # ---------------------------------------------------------------------------------------------
+# 11b. GGUF files (issue 9): the fixture model.gguf is the trained checkpoint converted (arch
+# llama, F32, char vocabulary). Each case rewrites one part of it (a small GGUF parser/writer
+# here, independent of moe.cpp's) and runs generate / eval on it; convert to a type the model
+# cannot hold, or from a checkpoint the arch cannot express.
+
+GG_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+             11: "<q", 12: "<d"}
+
+
+def gguf_parse(b):
+    """bytes -> dict(version, kv=[(key, type, raw value bytes)], tensors=[[name, ne, type,
+    offset]], data=bytes after the aligned header)."""
+    at = [8]
+
+    def take(fmt):
+        v = struct.unpack_from(fmt, b, at[0])[0]
+        at[0] += struct.calcsize(fmt)
+        return v
+
+    def s():
+        n = take("<Q")
+        v = b[at[0]:at[0] + n]
+        at[0] += n
+        return v
+
+    def skip(t):
+        if t == 8:
+            s()
+        elif t == 9:
+            et, n = take("<I"), take("<Q")
+            for _ in range(n):
+                skip(et)
+        else:
+            at[0] += struct.calcsize(GG_SCALAR[t])
+    version = struct.unpack_from("<I", b, 4)[0]
+    at[0] = 8
+    nt, nkv = take("<Q"), take("<Q")
+    kv = []
+    for _ in range(nkv):
+        k, t = s().decode(), take("<I")
+        v0 = at[0]
+        skip(t)
+        kv.append((k, t, b[v0:at[0]]))
+    ts = []
+    for _ in range(nt):
+        name, nd = s().decode(), take("<I")
+        ne = [take("<Q") for _ in range(nd)]
+        ts.append([name, ne, take("<I"), take("<Q")])
+    start = (at[0] + 31) // 32 * 32
+    return dict(version=version, kv=kv, tensors=ts, data=b[start:])
+
+
+def gguf_build(g, magic=b"GGUF"):
+    out = bytearray(magic + struct.pack("<IQQ", g["version"], len(g["tensors"]), len(g["kv"])))
+    for k, t, raw in g["kv"]:
+        out += struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", t) + raw
+    for name, ne, t, off in g["tensors"]:
+        out += struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", len(ne))
+        out += b"".join(struct.pack("<Q", e) for e in ne) + struct.pack("<I", t)
+        out += struct.pack("<Q", off)
+    out += b"\0" * ((-len(out)) % 32)
+    return bytes(out + g["data"])
+
+
+def gg_str(v):
+    v = v.encode()
+    return struct.pack("<Q", len(v)) + v
+
+
+def gguf_edit(fn, magic=b"GGUF"):
+    def f(d):
+        p = os.path.join(d, "model.gguf")
+        g = gguf_parse(open(p, "rb").read())
+        fn(g)
+        with open(p, "wb") as fh:
+            fh.write(gguf_build(g, magic))
+    return f
+
+
+def gg_set(key, t, raw):
+    def f(g):
+        g["kv"] = [(k, t, raw) if k == key else (k, tt, r) for k, tt, r in g["kv"]]
+    return f
+
+
+def gg_del(key):
+    def f(g):
+        g["kv"] = [x for x in g["kv"] if x[0] != key]
+    return f
+
+
+def gg_tensor(name, **kw):
+    def f(g):
+        for t in g["tensors"]:
+            if t[0] == name:
+                if "type" in kw:
+                    t[2] = kw["type"]
+                if "ne" in kw:
+                    t[1] = kw["ne"]
+                if "rename" in kw:
+                    t[0] = kw["rename"]
+    return f
+
+
+def gg_truncate(keep):
+    def f(d):
+        p = os.path.join(d, "model.gguf")
+        b = open(p, "rb").read()
+        with open(p, "wb") as fh:
+            fh.write(b[:keep if keep >= 0 else len(b) + keep])
+    return f
+
+
+GG_GEN = ["generate", "model.gguf", "--prompt-ids", "1,2,3", "--max-tokens", "2", "--threads", "1"]
+GG_EV = ["eval", "model.gguf", "--prompt-ids", "1,2,3", "--dump-logits", "logits.safetensors",
+         "--threads", "1"]
+for name, setup, frag in [
+        ("wrong magic", gguf_edit(lambda g: None, magic=b"GGUX"), "GGUF magic"),
+        ("version 1", gguf_edit(lambda g: g.update(version=1)), "GGUF version 1 is not supported"),
+        ("version 4", gguf_edit(lambda g: g.update(version=4)), "GGUF version 4 is not supported"),
+        ("truncated tensor data", gg_truncate(-100), "runs past the end of the file"),
+        ("truncated header", gg_truncate(200), "cannot fit in the file's 200 bytes"),
+        ("truncated in a key", gg_truncate(400), "truncated at byte"),
+        ("empty file", gg_truncate(0), "too short for a GGUF header"),
+        ("unsupported arch", gguf_edit(gg_set("general.architecture", 8, gg_str("gemma"))),
+         "'gemma' is not supported"),
+        ("dense llama", gguf_edit(gg_del("llama.expert_count")), "mixture-of-experts models only"),
+        ("unknown tensor type Q4_K", gguf_edit(gg_tensor("blk.0.attn_v.weight", type=12)),
+         "ggml type Q4_K is not supported"),
+        ("unknown tensor type 99", gguf_edit(gg_tensor("blk.0.attn_v.weight", type=99)),
+         "ggml type type 99 is not supported"),
+        ("Q8_0 weights", gguf_edit(gg_tensor("blk.0.ffn_up_exps.weight", type=8)),
+         "Q8_0 rows of 16 values are not whole blocks of 32"),
+        ("expert_count vs tensor shape", gguf_edit(gg_set("llama.expert_count", 4,
+                                                          struct.pack("<I", 3))),
+         "but the metadata implies"),
+        ("expert_used_count > expert_count", gguf_edit(gg_set("llama.expert_used_count", 4,
+                                                              struct.pack("<I", 9))),
+         "llama.expert_used_count"),
+        ("missing block_count", gguf_edit(gg_del("llama.block_count")),
+         "key 'llama.block_count' is missing"),
+        ("block_count of a string", gguf_edit(gg_set("llama.block_count", 8, gg_str("2"))),
+         "where an integer is expected"),
+        ("missing rms eps", gguf_edit(gg_del("llama.attention.layer_norm_rms_epsilon")),
+         "layer_norm_rms_epsilon' is missing"),
+        ("rope scaling", gguf_edit(lambda g: g["kv"].append(("llama.rope.scaling.type", 8,
+                                                             gg_str("yarn")))),
+         "'yarn' is not supported"),
+        ("tensor renamed", gguf_edit(gg_tensor("blk.1.attn_q.weight", rename="blk.1.attn_x.weight")),
+         "tensor blk.1.attn_q.weight is missing"),
+        ("tensor shape", gguf_edit(gg_tensor("blk.0.attn_k.weight", ne=[16, 4])),
+         "but the metadata implies"),
+        ("duplicate key", gguf_edit(lambda g: g["kv"].append(g["kv"][0])), "appears twice"),
+]:
+    case("gguf/" + name, GG_GEN, 1, frag, setup)
+for name, setup, frag in [
+        ("truncated tensor data", gg_truncate(-100), "runs past the end of the file"),
+        ("expert_count vs tensor shape", gguf_edit(gg_set("llama.expert_count", 4,
+                                                          struct.pack("<I", 5))),
+         "but the metadata implies"),
+        ("unknown tensor type", gguf_edit(gg_tensor("token_embd.weight", type=2)),
+         "ggml type Q4_0 is not supported")]:
+    case("gguf/" + name + " (eval)", GG_EV, 1, frag, setup)
+
+
+def gg_raw_counts(n_kv):
+    def f(d):
+        p = os.path.join(d, "model.gguf")
+        b = bytearray(open(p, "rb").read())
+        b[16:24] = struct.pack("<Q", n_kv)
+        with open(p, "wb") as fh:
+            fh.write(bytes(b))
+    return f
+
+
+case("gguf/huge key count", GG_GEN, 1, "metadata keys cannot fit", gg_raw_counts(1 << 60))
+case("gguf/token types of another length", ["tokenize", "model.gguf", "--text", "ab"], 1,
+     "'tokenizer.ggml.token_type': 1 entries for",
+     gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
+                          gg_set("tokenizer.ggml.token_type", 9,
+                                 struct.pack("<IQ", 5, 1) + b"\1\0\0\0")(g))))
+case("gguf/tokenizer model unknown", ["tokenize", "model.gguf", "--text", "ab"], 1,
+     "'tokenizer.ggml.model': 'rwkv' is not supported",
+     gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
+                          gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
+case("convert/q8_0 of rows not in blocks of 32",
+     ["convert", "run/best", "--to", "gguf", "--type", "q8_0", "--out", "q.gguf"], 1,
+     "not a multiple of 32")
+case("convert/bad type", ["convert", "run/best", "--to", "gguf", "--type", "q4_0", "--out",
+                          "q.gguf"], 2, "q4_0")
+case("convert/no out", ["convert", "run/best", "--to", "gguf", "--type", "f16"], 2, "--out")
+case("convert/missing source", ["convert", "nope", "--to", "gguf", "--type", "f16", "--out",
+                                "q.gguf"], 1, "nope")
+case("convert/checkpoint with a dense layer",
+     ["convert", "run/best", "--to", "gguf", "--type", "f32", "--out", "q.gguf"], 1, "moe_every",
+     json_edit("run/best/config.json", lambda j: j["moe_cpp"].update(moe_every=2)))
+case("convert/checkpoint with another router",
+     ["convert", "run/best", "--to", "gguf", "--type", "f32", "--out", "q.gguf"], 1,
+     "router", json_edit("run/best/config.json", lambda j: j["moe_cpp"].update(router="switch")))
+
+# ---------------------------------------------------------------------------------------------
 # 12. Hugging Face model folders (issue 8): the fixture hfmodel/ is a qwen2_moe, 3 shards + index;
 # each kind of bench/peers/hf_bad_dirs.py breaks one thing, refused while loading (eval with
 # --dump-logits: a refused folder leaves no logits file; generate for a few).

@@ -96,6 +96,8 @@ def make(moe, src_dir, root):
     run("train", "--config", "train.json", "--out", "run", "--quiet")
     run("generate", "run", "--max-tokens", "6", "--prompt", "ROMEO:", "--trace", "trace.jsonl",
         "--threads", "1")
+    # The trained checkpoint as GGUF (arch llama, char vocabulary), for the gguf/ cases.
+    run("convert", "run/best", "--to", "gguf", "--type", "f32", "--out", "model.gguf")
     # moe layer --load input: x, dy and the parameters of a topk layer E=4 d=8 f=8 T=6 (swiglu)
     T, d, E, f = 6, 8, 4, 8
     ts = [("x", "F32", [T, d], f32([((i * 7) % 11) / 11 - 0.5 for i in range(T * d)])),

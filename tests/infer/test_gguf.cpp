@@ -47,7 +47,7 @@ GgufWriter sample_writer(std::vector<std::vector<uint8_t>>* datas) {
     }
     w.set("k.bool", GgufValue::boolean(true));
     w.set("k.str", GgufValue::string(std::string("h\xc3\xa9llo\0x", 8)));
-    w.set("k.strs", GgufValue::strings({"a", "", "\xe2\x96\x81b"}));
+    w.set("k.strs", GgufValue::strings({"a", "", "\xe2\x96\x81" "b"}));
     w.set("k.f32s", GgufValue::f32s({1.5f, -0.f, 3e38f}));
     w.set("k.i32s", GgufValue::i32s({-1, 0, 7}));
     GgufValue u8s;

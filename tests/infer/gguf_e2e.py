@@ -1,0 +1,115 @@
+#!/usr/bin/python3
+"""`moe convert --to gguf` and the .gguf reader end to end, without llama.cpp (ctest gguf_e2e).
+
+  gguf_e2e.py MOE_BINARY WORK_DIR
+
+For each family's tiny random folder from bench/peers/hf_make_tiny.py with the family's own
+switches (qwen2_moe: a dense layer and the gated shared expert; qwen3_moe: head_dim != hidden /
+heads, dense layers; olmoe: clip_qkv and GQA; mixtral: the q/k row permutation), at f32 in one
+file and bf16 in 2 shards, the GGUF must give what the folder gives, exactly: greedy ids, the
+prompt logits (max |diff| <= 1e-6 of the largest), `moe eval --data` loss, `moe tokenize` ids
+(plain and --special), `moe inspect --json` routing; `moe bench generate X.gguf` runs; a GGUF
+retyped by `moe convert X.gguf --type bf16` equals the folder converted to bf16. Skips (77) without numpy.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("SKIP: no numpy for bench/peers/hf_make_tiny.py")
+    sys.exit(77)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+passed, fails = [], []
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak. 漢字 🙂  tabs\tend"
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True)
+    if r.returncode != 0:
+        raise SystemExit("FAIL: %s\n%s" % (" ".join(cmd), r.stderr.decode(errors="replace")))
+    return r.stdout.decode(errors="replace")
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    (passed if ok else fails).append(what)
+
+
+def logits(moe, m, ids, out):
+    run([moe, "eval", m, "--prompt-ids", ids, "--dump-logits", out])
+    with open(out, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        data = f.read()
+    a, b = h["logits"]["data_offsets"]
+    return np.frombuffer(data[a:b], dtype=np.float32)
+
+
+def last_json(s):
+    return json.loads(s.strip().splitlines()[-1])
+
+
+def main():
+    moe, work = sys.argv[1], sys.argv[2]
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    text_file = os.path.join(work, "text.txt")
+    with open(text_file, "w", encoding="utf-8") as f:
+        f.write(open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8").read()[:3000])
+    ids = "1,5,9,20,33,7,2,40,11"
+    for fam in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+        for dtype, shards, gtype in (("f32", 1, "f32"), ("bf16", 2, "bf16")):
+            d = os.path.join(work, "%s_%s" % (fam, dtype))
+            run([sys.executable, os.path.join(ROOT, "bench", "peers", "hf_make_tiny.py"),
+                 "--family", fam, "--out", d, "--dtype", dtype, "--shards", str(shards)])
+            g = d + ".gguf"
+            run([moe, "convert", d, "--to", "gguf", "--type", gtype, "--out", g])
+            tag = "%s %s" % (fam, dtype)
+            a, b = logits(moe, d, ids, d + ".a.st"), logits(moe, g, ids, d + ".b.st")
+            e = float(np.abs(a - b).max() / np.abs(a).max())
+            check(e <= 1e-6, "%s: prompt logits GGUF vs folder rel %.2e (<= 1e-6)" % (tag, e))
+            gen = [moe, "generate", None, "--prompt-ids", ids, "--max-tokens", "12",
+                   "--temperature", "0", "--ignore-eos", "--json"]
+            ga = last_json(run(gen[:2] + [d] + gen[3:]))["token_ids"]
+            gb = last_json(run(gen[:2] + [g] + gen[3:]))["token_ids"]
+            check(ga == gb, "%s: greedy ids %s" % (tag, gb))
+            for extra in ([], ["--special"]):
+                ta = last_json(run([moe, "tokenize", d, "--text", TEXT, "--json"] + extra))["ids"]
+                tb = last_json(run([moe, "tokenize", g, "--text", TEXT, "--json"] + extra))["ids"]
+                check(ta == tb, "%s: tokenize %s identical (%d ids)" % (tag, " ".join(extra), len(ta)))
+            ev = [moe, "eval", None, "--data", text_file, "--block", "32", "--json"]
+            la = last_json(run(ev[:2] + [d] + ev[3:]))["val_loss"]
+            lb = last_json(run(ev[:2] + [g] + ev[3:]))["val_loss"]
+            check(abs(la - lb) <= 1e-6 * abs(la), "%s: eval --data loss %.8f vs %.8f" % (tag, lb, la))
+            ia = last_json(run([moe, "inspect", d, "--text", "To be or not", "--json"]))
+            ib = last_json(run([moe, "inspect", g, "--text", "To be or not", "--json"]))
+            ia.pop("title", None), ib.pop("title", None)
+            ra = json.dumps(ia.get("tokens", ia), sort_keys=True)
+            rb = json.dumps(ib.get("tokens", ib), sort_keys=True)
+            check(ra == rb, "%s: inspect routing identical" % tag)
+            if dtype == "f32":
+                bj = last_json(run([moe, "bench", "generate", g, "--prefill", "8", "--decode", "4",
+                                    "--reps", "1", "--json"]))
+                check(bj.get("decode_tok_s", 0) > 0, "%s: bench generate on the GGUF runs" % tag)
+                g2 = d + ".retyped.gguf"
+                run([moe, "convert", g, "--to", "gguf", "--type", "bf16", "--out", g2])
+                g3 = d + ".direct-bf16.gguf"
+                run([moe, "convert", d, "--to", "gguf", "--type", "bf16", "--out", g3])
+                e = float(np.abs(logits(moe, g3, ids, g3 + ".a.st") - logits(moe, g2, ids, g2 + ".b.st")).max())
+                check(e == 0.0, "%s: GGUF f32 -> bf16 == folder -> bf16 (max diff %.2e)" % (fam, e))
+                e = float(np.abs(logits(moe, g3, ids, g3 + ".a.st") - a).max() / np.abs(a).max())
+                check(0 < e < 5e-2, "%s: the bf16 GGUF differs from f32 by bf16 rounding (rel %.2e)"
+                      % (fam, e))
+    print("%d passed, %d failed" % (len(passed), len(fails)))
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
