@@ -205,6 +205,104 @@ static DotFn dot_fn() {
     }
 }
 
+// Four weight rows (row stride rb bytes) against one vector: out[r] = x . w_r. Decode is bound
+// by reading W, and the single-row kernel keeps only two FMA chains in flight and reloads x for
+// every row; four rows at once give eight chains and one x load per four rows. Each row keeps
+// the single-row kernel's association (even and odd blocks of the vector width summed apart),
+// so the result does not depend on which kernel a row went through.
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8_t(const uint8_t* w, int k) {
+    if constexpr (T == WType::f32) return _mm256_loadu_ps((const float*)(w + 4 * k));
+    __m128i h = _mm_loadu_si128((const __m128i*)(w + 2 * k));
+    if constexpr (T == WType::f16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum_avx2(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(const float* x, const uint8_t* w,
+                                                               size_t rb, int K, float* out) {
+    __m256 a[4][2];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        for (int r = 0; r < 4; r++) {
+            a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(x1, load8_t<T>(w + r * rb, k + 8), a[r][1]);
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+        for (int r = 0; r < 4; r++) a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = hsum_avx2(_mm256_add_ps(a[r][0], a[r][1]));
+        if (k < K) out[r] += dot_scalar(x + k, w + r * rb + wtype_size(T) * k, T, K - k);
+    }
+}
+
+template <WType T>
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 load16_t(const uint8_t* w, int k) {
+    if constexpr (T == WType::f32) return _mm512_loadu_ps((const float*)(w + 4 * k));
+    __m256i h = _mm256_loadu_si256((const __m256i*)(w + 2 * k));
+    if constexpr (T == WType::f16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <WType T>
+__attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float* x,
+                                                                    const uint8_t* w, size_t rb,
+                                                                    int K, float* out) {
+    __m512 a[4][2];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        for (int r = 0; r < 4; r++) {
+            a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(x1, load16_t<T>(w + r * rb, k + 16), a[r][1]);
+        }
+    }
+    for (; k + 16 <= K; k += 16) {
+        const __m512 x0 = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < 4; r++)
+            a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+        if (k < K) out[r] += dot_scalar(x + k, w + r * rb + wtype_size(T) * k, T, K - k);
+    }
+}
+
+static void dot4_scalar_f32(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f32, K);
+}
+static void dot4_scalar_f16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f16, K);
+}
+static void dot4_scalar_bf16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::bf16, K);
+}
+
+using Dot4Fn = void (*)(const float*, const uint8_t*, size_t, int, float*);
+
+static Dot4Fn dot4_fn(WType t) {
+    const int ti = t == WType::f32 ? 0 : t == WType::f16 ? 1 : 2;
+    static const Dot4Fn table[3][3] = {
+        {dot4_scalar_f32, dot4_scalar_f16, dot4_scalar_bf16},
+        {dot4_avx2<WType::f32>, dot4_avx2<WType::f16>, dot4_avx2<WType::bf16>},
+        {dot4_avx512<WType::f32>, dot4_avx512<WType::f16>, dot4_avx512<WType::bf16>},
+    };
+    return table[(int)wgemm_isa()][ti];
+}
+
 // ---- widening rows ----------------------------------------------------------------------------
 
 void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
@@ -233,39 +331,63 @@ void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
 
 // ---- the product ------------------------------------------------------------------------------
 
+static const int kPanelRows = 128;
+
 void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
            bool accumulate) {
     const int N = (int)w.rows, K = (int)w.cols;
     if (M <= 0 || N <= 0) return;
     if (M < 4) {
-        // Decode: bound by reading W once; rows spread over the threads.
+        // Decode: bound by reading W once; groups of four rows spread over the threads.
         const DotFn dot = dot_fn();
+        const Dot4Fn dot4 = dot4_fn(w.type);
+        const size_t rb = (size_t)K * wtype_size(w.type);
+        const int n_groups = (N + 3) / 4;
 #pragma omp parallel for schedule(static) if ((int64_t)N * K >= 65536)
-        for (int n = 0; n < N; n++) {
-            const uint8_t* wr = w.row(n);
+        for (int g = 0; g < n_groups; g++) {
+            const int n0 = 4 * g;
             for (int m = 0; m < M; m++) {
-                const float v = dot(x + (size_t)m * ldx, wr, w.type, K);
-                float& o = y[(size_t)m * ldy + n];
-                o = accumulate ? o + v : v;
+                float v[4];
+                const float* xm = x + (size_t)m * ldx;
+                if (n0 + 4 <= N) {
+                    dot4(xm, w.row(n0), rb, K, v);
+                } else {
+                    for (int r = 0; n0 + r < N; r++) v[r] = dot(xm, w.row(n0 + r), w.type, K);
+                }
+                for (int r = 0; r < 4 && n0 + r < N; r++) {
+                    float& o = y[(size_t)m * ldy + n0 + r];
+                    o = accumulate ? o + v[r] : v[r];
+                }
             }
         }
         return;
     }
+    // Prefill and grouped experts: W's rows are cut into panels of kPanelRows (a count that does
+    // not depend on the thread count, so neither do the numbers); each thread takes whole panels,
+    // widens them into its own scratch (BF16/F16; F32 rows are used in place) and multiplies
+    // with one sgemm, which OpenBLAS runs single-threaded inside our parallel region. One
+    // parallel region per product: letting OpenBLAS thread these small products itself (M is a
+    // few dozen tokens per expert) made 2 threads spend most of their time in its spin-waits.
     const float beta = accumulate ? 1.f : 0.f;
-    if (w.type == WType::f32 && ((uintptr_t)w.data % 4) == 0) {
-        sgemm(false, true, M, N, K, 1.f, x, ldx, (const float*)w.data, K, beta, y, ldy);
-        return;
-    }
-    // Panels of about 1 MB of widened rows: widen (threads), then one sgemm per panel.
-    const int panel = std::max(16, std::min(N, (int)((1 << 18) / std::max(1, K))));
-    static thread_local std::vector<float> scratch;
-    scratch.resize((size_t)panel * K);
-    for (int n0 = 0; n0 < N; n0 += panel) {
-        const int pn = std::min(panel, N - n0);
-        float* s = scratch.data();
-#pragma omp parallel for schedule(static) if ((int64_t)pn * K >= 65536)
-        for (int r = 0; r < pn; r++) widen_rows(s + (size_t)r * K, w, n0 + r, 1);
-        sgemm(false, true, M, pn, K, 1.f, x, ldx, s, K, beta, y + n0, ldy);
+    const bool in_place = w.type == WType::f32 && ((uintptr_t)w.data % 4) == 0;
+    const int panel = kPanelRows;
+    const int n_panels = (N + panel - 1) / panel;
+#pragma omp parallel if (n_panels > 1 && (int64_t)M * N * K >= (1 << 20))
+    {
+        static thread_local std::vector<float> scratch;
+        if (!in_place && scratch.size() < (size_t)panel * K) scratch.resize((size_t)panel * K);
+#pragma omp for schedule(static)
+        for (int p = 0; p < n_panels; p++) {
+            const int n0 = p * panel, pn = std::min(panel, N - n0);
+            const float* wp;
+            if (in_place) {
+                wp = (const float*)w.row(n0);
+            } else {
+                widen_rows(scratch.data(), w, n0, pn);
+                wp = scratch.data();
+            }
+            sgemm(false, true, M, pn, K, 1.f, x, ldx, wp, K, beta, y + n0, ldy);
+        }
     }
 }
 
