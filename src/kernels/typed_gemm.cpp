@@ -329,6 +329,164 @@ void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
     }
 }
 
+// ---- prefill: a packed micro-kernel (AVX2) ---------------------------------------------------
+// y [M, N] (+)= x [M, K] W^T for M >= 4 (prompt chunks, the tokens of one expert). OpenBLAS
+// reaches only 20-45 GFLOP/s per core on these shapes (M a few dozen, measured here) and would
+// need W widened to fp32 first and then packed again by itself. Here W is widened straight into
+// the packed layout the micro-kernel reads: for 16 rows of W and a block of kKC columns,
+// bp[k][16] (transposed, fp32; rows past N are zero). x is not packed: the kernel broadcasts
+// x[m][k] from its rows (a 6 x kKC block stays in L1). Each output keeps 2 x 6 x 8 running sums
+// in registers; blocks of K are added to y in order, so the numbers depend on neither the thread
+// count nor the split of N. Threads take whole chunks of kNC rows of W.
+static const int kMR = 6, kNR = 16, kKC = 256, kNC = 128;
+
+template <WType T>
+static void pack_b_scalar(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
+    const size_t es = wtype_size(T);
+    for (int j = 0; j < kNR; j++) {
+        if (j >= nr) {
+            for (int k = 0; k < kc; k++) bp[k * kNR + j] = 0.f;
+            continue;
+        }
+        const uint8_t* src = w.row(n0 + j) + es * (size_t)k0;
+        for (int k = 0; k < kc; k++) {
+            if constexpr (T == WType::f32) {
+                std::memcpy(&bp[k * kNR + j], src + 4 * k, 4);
+            } else {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * k, 2);
+                bp[k * kNR + j] = T == WType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+            }
+        }
+    }
+}
+
+// Full panels (16 rows, kc a multiple of 8): 8 x 8 blocks widened and transposed in registers,
+// so every store is 8 contiguous floats (the scalar packing's scattered stores cost as much as
+// the arithmetic at a few dozen tokens per expert).
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const WeightView& w,
+                                                            int n0, int nr, int k0, int kc) {
+    if (nr != kNR || kc % 8 != 0) return pack_b_scalar<T>(bp, w, n0, nr, k0, kc);
+    const size_t es = wtype_size(T);
+    for (int j0 = 0; j0 < kNR; j0 += 8) {
+        const uint8_t* src[8];
+        for (int r = 0; r < 8; r++) src[r] = w.row(n0 + j0 + r) + es * (size_t)k0;
+        for (int k = 0; k < kc; k += 8) {
+            __m256 r0 = load8_t<T>(src[0], k), r1 = load8_t<T>(src[1], k),
+                   r2 = load8_t<T>(src[2], k), r3 = load8_t<T>(src[3], k),
+                   r4 = load8_t<T>(src[4], k), r5 = load8_t<T>(src[5], k),
+                   r6 = load8_t<T>(src[6], k), r7 = load8_t<T>(src[7], k);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float* o = bp + (size_t)k * kNR + j0;
+            _mm256_storeu_ps(o + 0 * kNR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + 1 * kNR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * kNR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * kNR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * kNR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * kNR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * kNR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * kNR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+}
+
+// Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every
+// step); rows past MR are compiled out.
+template <int MR>
+__attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float* x, int ldx,
+                                                             const float* bp, float* c, int ldc,
+                                                             bool add, int nr) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float* x0 = x;
+    const float* x1 = x + (size_t)ldx;
+    const float* x2 = x + 2 * (size_t)ldx;
+    const float* x3 = x + 3 * (size_t)ldx;
+    const float* x4 = x + 4 * (size_t)ldx;
+    const float* x5 = x + 5 * (size_t)ldx;
+    for (int k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_loadu_ps(bp + k * kNR), b1 = _mm256_loadu_ps(bp + k * kNR + 8);
+        __m256 a;
+#define MOE_UK_ROW(i)                                 \
+    if constexpr (MR > i) {                           \
+        a = _mm256_broadcast_ss(x##i + k);            \
+        c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0);    \
+        c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);    \
+    }
+        MOE_UK_ROW(0) MOE_UK_ROW(1) MOE_UK_ROW(2) MOE_UK_ROW(3) MOE_UK_ROW(4) MOE_UK_ROW(5)
+#undef MOE_UK_ROW
+    }
+    const __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                              {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int i = 0; i < MR; i++) {
+        float* ci = c + (size_t)i * ldc;
+        if (nr == kNR) {
+            __m256 r0 = acc[i][0], r1 = acc[i][1];
+            if (add) {
+                r0 = _mm256_add_ps(_mm256_loadu_ps(ci), r0);
+                r1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r1);
+            }
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        } else {
+            float t[kNR];
+            _mm256_storeu_ps(t, acc[i][0]);
+            _mm256_storeu_ps(t + 8, acc[i][1]);
+            for (int j = 0; j < nr; j++) ci[j] = add ? ci[j] + t[j] : t[j];
+        }
+    }
+}
+
+using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
+using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
+
+static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const WeightView& w,
+                              int M, bool accumulate) {
+    static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
+                                          ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
+                                          ukernel_avx2<6>};
+    const PackFn pack = w.type == WType::f32   ? pack_b<WType::f32>
+                        : w.type == WType::f16 ? pack_b<WType::f16>
+                                               : pack_b<WType::bf16>;
+    const int N = (int)w.rows, K = (int)w.cols;
+    if (K == 0) {  // an empty sum
+        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
+        return;
+    }
+    const int n_chunks = (N + kNC - 1) / kNC;
+#pragma omp parallel if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
+    {
+        static thread_local std::vector<float> bp;
+        if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < n_chunks; ch++) {
+            const int n0 = ch * kNC, nc = std::min(kNC, N - n0), np = (nc + kNR - 1) / kNR;
+            for (int k0 = 0; k0 < K; k0 += kKC) {
+                const int kc = std::min(kKC, K - k0);
+                for (int p = 0; p < np; p++)
+                    pack(&bp[(size_t)p * kKC * kNR], w, n0 + p * kNR, std::min(kNR, nc - p * kNR),
+                         k0, kc);
+                const bool add = accumulate || k0 > 0;
+                for (int m0 = 0; m0 < M; m0 += kMR) {
+                    const int mr = std::min(kMR, M - m0);
+                    for (int p = 0; p < np; p++)
+                        uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
+                               y + (size_t)m0 * ldy + n0 + p * kNR, ldy, add,
+                               std::min(kNR, nc - p * kNR));
+                }
+            }
+        }
+    }
+}
+
 // ---- the product ------------------------------------------------------------------------------
 
 static const int kPanelRows = 128;
@@ -362,6 +520,11 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
         }
         return;
     }
+    if (wgemm_isa() == WIsa::avx2) {
+        wgemm_packed_avx2(y, ldy, x, ldx, w, M, accumulate);
+        return;
+    }
+    // AVX-512 CPUs and the plain path: OpenBLAS (its AVX-512 kernels run at full width).
     // Prefill and grouped experts: W's rows are cut into panels of kPanelRows (a count that does
     // not depend on the thread count, so neither do the numbers); each thread takes whole panels,
     // widens them into its own scratch (BF16/F16; F32 rows are used in place) and multiplies
