@@ -230,8 +230,20 @@ __attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(const float* x, c
                                                                size_t rb, int K, float* out) {
     __m256 a[4][2];
     for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    // Rows are short streams (a few KB) that the hardware prefetcher barely learns before they
+    // end; the next four rows follow these in memory, so fetch them at the rate this loop eats
+    // its own (4 x 16 values per step: the next group's bytes are spread over this group's steps).
+    const char* next = (const char*)w + 4 * rb;
+    const size_t step_bytes = 4 * 16 * sizeof(float) * wtype_size(T) / 4;  // 4 rows x 16 values
     int k = 0;
     for (; k + 16 <= K; k += 16) {
+        _mm_prefetch(next, _MM_HINT_T0);
+        _mm_prefetch(next + 64, _MM_HINT_T0);
+        if (step_bytes > 128) {
+            _mm_prefetch(next + 128, _MM_HINT_T0);
+            _mm_prefetch(next + 192, _MM_HINT_T0);
+        }
+        next += step_bytes;
         const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
         for (int r = 0; r < 4; r++) {
             a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
