@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/q8_gemm.h"
 #include "moe/runtime.h"
 
 namespace moe {
@@ -318,6 +319,7 @@ static Dot4Fn dot4_fn(WType t) {
 // ---- widening rows ----------------------------------------------------------------------------
 
 void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
+    if (w.type == WType::q8_0) return q8_widen_rows(out, w, r0, n);
     const int64_t K = w.cols;
     for (int64_t r = 0; r < n; r++) {
         const uint8_t* src = w.row(r0 + r);
@@ -507,6 +509,7 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
            bool accumulate) {
     const int N = (int)w.rows, K = (int)w.cols;
     if (M <= 0 || N <= 0) return;
+    if (M < 4 && w.type == WType::q8_0) return q8_gemm_decode(y, ldy, x, ldx, w, M, accumulate);
     if (M < 4) {
         // Decode: bound by reading W once; groups of four rows spread over the threads.
         const DotFn dot = dot_fn();
