@@ -412,6 +412,24 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const Wei
     }
 }
 
+// Q8_0 (either layout): each 32-block is d * q widened exactly as q8_widen_rows does; kc and k0
+// are multiples of 32 (K % 32 == 0 for q8_0, kKC = 256).
+static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
+    const Q8Rows R = q8_rows(w);
+    for (int j = 0; j < kNR; j++) {
+        if (j >= nr) {
+            for (int k = 0; k < kc; k++) bp[k * kNR + j] = 0.f;
+            continue;
+        }
+        for (int b = k0 / kQ8Block; b < (k0 + kc) / kQ8Block; b++) {
+            const float d = f16_to_f32(R.scale_bits(n0 + j, b));
+            const int8_t* q = R.qs(n0 + j, b);
+            float* o = bp + (size_t)(b * kQ8Block - k0) * kNR + j;
+            for (int i = 0; i < kQ8Block; i++) o[i * kNR] = d * (float)q[i];
+        }
+    }
+}
+
 // Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every
 // step); rows past MR are compiled out.
 template <int MR>
@@ -467,9 +485,10 @@ static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const 
     static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
                                           ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
                                           ukernel_avx2<6>};
-    const PackFn pack = w.type == WType::f32   ? pack_b<WType::f32>
-                        : w.type == WType::f16 ? pack_b<WType::f16>
-                                               : pack_b<WType::bf16>;
+    const PackFn pack = w.type == WType::f32    ? pack_b<WType::f32>
+                        : w.type == WType::f16  ? pack_b<WType::f16>
+                        : w.type == WType::bf16 ? pack_b<WType::bf16>
+                                                : pack_b_q8;
     const int N = (int)w.rows, K = (int)w.cols;
     if (K == 0) {  // an empty sum
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
