@@ -50,6 +50,7 @@ struct BenchLayerOptions {
     bool no_peer = false, json = false;
     bool mpi = false;       // under mpirun: expert-parallel layer, --tokens split over the ranks
     int expert_parallel = 0;  // 0: every rank
+    int overlap = 1;          // all-to-all chunks (MoeLayer::set_overlap)
 };
 
 struct Timing {
@@ -147,10 +148,7 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
     MoeConfig cfg = o.shape.config();
     if (o.reps < 1 || o.warmup < 0)
         fail("--reps {} must be >= 1 and --warmup {} >= 0", o.reps, o.warmup);
-    int W0 = 1;
-    if (const char* v = getenv("OMPI_COMM_WORLD_SIZE")) W0 = atoi(v);
-    ParallelGroups g = init_parallel(launched_by_mpirun(),
-                                     o.expert_parallel > 0 ? o.expert_parallel : std::max(W0, 1));
+    ParallelGroups g = init_parallel(launched_by_mpirun(), o.expert_parallel);
     try {
         set_threads(o.shape.threads);
         const int W = g.world_size(), r = g.world_rank();
@@ -180,8 +178,12 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
             lat_us = 1e6 * t1;
             bw_gbs = 4.0 * big * (W - 1) / std::max(1e-9, tb - t1) / 1e9;  // bytes each rank sends
         }
-        MoeLayer layer(cfg);
+        // Each rank holds its experts only, as the trainer does.
+        const ExpertShard shard = g.ep_size() > 1 ? ExpertShard{g.ep_size(), g.expert->rank()}
+                                                  : ExpertShard{};
+        MoeLayer layer(cfg, /*own_buffers=*/true, shard);
         layer.set_parallel(g);
+        layer.set_overlap(o.overlap);
         std::vector<float> x((size_t)T * d), y((size_t)T * d), dy((size_t)T * d, 1.f),
             dx((size_t)T * d);
         Rng rng(cfg.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(r + 1)));
@@ -214,9 +216,9 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
         if (r == 0) {
             std::printf(
                 "moe bench layer --mpi: %s (%d ranks), router %s, T=%d (global; %d per rank) "
-                "d=%d f=%d E=%d k=%d, %d threads per rank\n",
+                "d=%d f=%d E=%d k=%d, %d threads per rank, overlap %d\n",
                 g.layout().c_str(), W, cfg.router.c_str(), Tg, T, d, cfg.d_ff, cfg.n_experts,
-                cfg.top_k, get_threads());
+                cfg.top_k, get_threads(), o.overlap);
             std::printf("fwd+bwd %.2f ms (median of %d, min %.2f): compute %.2f ms, all-to-all "
                         "%.2f ms, router gather/reduce %.2f ms; per rank per step %.2f MiB "
                         "all-to-all, %.3f MiB router\n",
@@ -235,6 +237,7 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
                                     {"alltoall_bytes_per_rank", mx[2]},
                                     {"router_bytes_per_rank", mx[3]},
                                     {"threads", get_threads()},
+                                    {"overlap", o.overlap},
                                     {"alltoall_latency_us", lat_us},
                                     {"alltoall_gb_per_s", bw_gbs}};
                 std::printf("%s\n", j.dump().c_str());
@@ -456,6 +459,8 @@ static void register_bench_layer(CLI::App& bench) {
                   "compute / all-to-all / router communication and bytes per rank");
     add_checked(sub, "--expert-parallel", opts->expert_parallel, Range::in(0, 1 << 20),
                 "with --mpi: ranks per expert group (0 = all)");
+    add_checked(sub, "--overlap", opts->overlap, Range::in(1, 1024),
+                "with --mpi: all-to-all chunks overlapped with the expert GEMMs (1 = off)");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->callback([opts, sub]() {
         BenchLayerOptions o = *opts;

@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -145,7 +147,7 @@ static void swap_into_place(const std::string& tmp, const std::string& dir) {
 
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
                      const float* adam_m, const float* adam_v, const json* trainer_state,
-                     const std::vector<int64_t>* state_offsets) {
+                     const std::vector<int64_t>* state_offsets, const TensorFetch* fetch) {
     make_dirs(parent_of(dir));
     recover_checkpoint_dir(dir);
     const std::string tmp = dir + ".tmp-" + std::to_string(::getpid());
@@ -157,9 +159,22 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
         w.step = (*trainer_state)["step"].get<int64_t>();
     try {
         const float* p = model.param_data();
+        // A sharded model (expert parallelism) writes the full table, the experts it lacks
+        // fetched from their owners: the file does not depend on the layout.
+        const bool sharded = model.expert_shard().sharded();
+        MOE_CHECK(!sharded || fetch, "save_checkpoint: a sharded model needs a fetch");
+        size_t n_full = 0;
+        const std::vector<ParamSpec> full =
+            sharded ? Model::layout(model.config(), &n_full) : model.params();
+        std::map<std::string, size_t> held;  // name -> index in model.params()
+        for (size_t i = 0; i < model.params().size(); i++) held[model.params()[i].name] = i;
         SafetensorsWriter st;
         st.set_metadata("format", "pt");
-        for (auto& s : model.params()) st.add(s.name, s.shape, p + s.offset);
+        for (auto& s : full) {
+            auto it = held.find(s.name);
+            st.add(s.name, s.shape,
+                   it != held.end() ? p + model.params()[it->second].offset : (*fetch)(s, 0));
+        }
         for (int l = 0; l < model.config().n_layers; l++)
             if (has_balance_bias(model, l)) {
                 auto& b = model.moe_layer(l)->balance_bias();
@@ -169,7 +184,16 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
         if (adam_m && adam_v) {
             SafetensorsWriter opt;
             const auto& specs = model.params();
-            for (size_t i = 0; i < specs.size(); i++) {
+            for (const ParamSpec& fs : full) {
+                auto it = held.find(fs.name);
+                if (it == held.end()) {  // another rank's expert
+                    const float* m = (*fetch)(fs, 1);
+                    if (!m) continue;  // frozen
+                    opt.add(fs.name + ".exp_avg", fs.shape, m);
+                    opt.add(fs.name + ".exp_avg_sq", fs.shape, (*fetch)(fs, 2));
+                    continue;
+                }
+                const size_t i = it->second;
                 const ParamSpec& s = specs[i];
                 int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
                 if (o < 0) continue;  // frozen: no optimizer state
@@ -413,18 +437,83 @@ static void load_hf_params(Model& model, const std::string& dir) {
     }
     if (c.tie_embeddings && store.has("lm_head.weight"))
         store.get("lm_head.weight", {c.vocab_size, c.d_model});
+    std::set<std::string> others;  // a sharded model's: the experts other ranks read
+    if (model.expert_shard().sharded())
+        for (const ParamSpec& s : Model::layout(c, nullptr)) others.insert(s.name);
     for (const std::string& name : store.unused()) {
         if (name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0)
             continue;
+        if (others.count(name)) continue;
         fail("{}: unexpected tensor {}: the weights do not match config.json; restore the "
              "folder",
              dir, name);
     }
 }
 
+// A model holding part of the experts (several processes) reads only its tensors from a
+// safetensors file: the header, then each tensor's bytes at its offset, so no rank holds the
+// whole file (moe.cpp writes F32).
+namespace {
+struct PartialReader {
+    std::string path;
+    std::map<std::string, StHeaderEntry> header;
+    std::ifstream in;
+    uint64_t base = 0;
+    explicit PartialReader(const std::string& p) : path(p) {
+        header = read_safetensors_header(path);
+        in.open(path, std::ios::binary);
+        uint64_t hlen = 0;
+        in.read(reinterpret_cast<char*>(&hlen), 8);
+        if (!in) fail("{}: cannot read", path);
+        base = 8 + hlen;
+    }
+    bool has(const std::string& name) const { return header.count(name) != 0; }
+    void read(const std::string& name, const Shape& shape, float* out) {
+        auto it = header.find(name);
+        if (it == header.end())
+            fail("{}: missing tensor {}; the checkpoint does not match its config.json", path, name);
+        const StHeaderEntry& e = it->second;
+        if (e.shape != shape)
+            fail("{}: tensor {}: expected shape {}, got {}", path, name, shape.str(), e.shape.str());
+        if (e.dtype != "F32" || e.end - e.begin != (uint64_t)shape.numel() * 4)
+            fail("{}: tensor {}: dtype {} (moe.cpp checkpoints hold F32); restore the checkpoint",
+                 path, name, e.dtype);
+        in.seekg((std::streamoff)(base + e.begin));
+        in.read(reinterpret_cast<char*>(out), (std::streamsize)(e.end - e.begin));
+        if (!in) fail("{}: tensor {}: cannot read {} bytes; the file is truncated", path, name,
+                      e.end - e.begin);
+        check_finite(path, name, out, (size_t)shape.numel());
+    }
+};
+}  // namespace
+
+static void load_params_partial(Model& model, const std::string& path) {
+    PartialReader r(path);
+    float* p = model.param_data();
+    for (auto& s : model.params()) r.read(s.name, s.shape, p + s.offset);
+    std::set<std::string> known;
+    for (auto& s : Model::layout(model.config(), nullptr)) known.insert(s.name);
+    for (int l = 0; l < model.config().n_layers; l++) {
+        if (!model.config().is_moe_layer(l)) continue;
+        std::string bn = bias_name(l);
+        known.insert(bn);
+        if (r.has(bn)) {
+            auto& b = model.moe_layer(l)->balance_bias();
+            r.read(bn, Shape{(int64_t)b.size()}, b.data());
+        }
+    }
+    for (auto& [n, e] : r.header)
+        if (!known.count(n))
+            fail(
+                "{}: unexpected tensor {}: the checkpoint does not match its config.json; restore "
+                "the checkpoint",
+                path, n);
+}
+
 void load_params(Model& model, const std::string& dir) {
     if (hf_weights(dir)) return load_hf_params(model, dir);
     const std::string path = dir + "/model.safetensors";
+    if (model.expert_shard().sharded()) return load_params_partial(model, path);
     SafetensorsReader r(path);
     float* p = model.param_data();
     for (auto& s : model.params()) {
@@ -432,8 +521,9 @@ void load_params(Model& model, const std::string& dir) {
         check_finite(path, s.name, t.data.data(), t.data.size());
         std::memcpy(p + s.offset, t.data.data(), t.data.size() * 4);
     }
-    std::set<std::string> known;
-    for (auto& s : model.params()) known.insert(s.name);
+    std::set<std::string> known;  // a sharded model reads its experts; the others are known
+    size_t n_full = 0;
+    for (auto& s : Model::layout(model.config(), &n_full)) known.insert(s.name);
     for (int l = 0; l < model.config().n_layers; l++) {
         if (!model.config().is_moe_layer(l)) continue;
         std::string bn = bias_name(l);
@@ -459,8 +549,25 @@ void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* 
     if (!file_exists(path))
         fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/",
              path);
-    SafetensorsReader r(path);
     const auto& specs = model.params();
+    if (model.expert_shard().sharded()) {  // this rank's tensors only
+        PartialReader r(path);
+        for (size_t i = 0; i < specs.size(); i++) {
+            const ParamSpec& s = specs[i];
+            int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
+            if (o < 0) {
+                if (r.has(s.name + ".exp_avg"))
+                    fail("{}: has optimizer state for {}, which this run freezes (the freeze "
+                         "changed?)",
+                         path, s.name);
+                continue;
+            }
+            r.read(s.name + ".exp_avg", s.shape, adam_m + o);
+            r.read(s.name + ".exp_avg_sq", s.shape, adam_v + o);
+        }
+        return;
+    }
+    SafetensorsReader r(path);
     for (size_t i = 0; i < specs.size(); i++) {
         const ParamSpec& s = specs[i];
         int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
@@ -509,7 +616,7 @@ json parse_trainer_state(const std::string& text, const std::string& path) {
     return j;
 }
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, ExpertShard shard) {
     LoadedModel out;
     out.dir = resolve_checkpoint_dir(path);
     ModelConfig cfg = load_model_config(out.dir);
@@ -524,7 +631,7 @@ LoadedModel load_model(const std::string& path) {
             "the checkpoint's config.json or tokenizer",
             out.dir, cfg.vocab_size, out.tokenizer->vocab_size());
     check_checkpoint_sizes(cfg, out.dir, /*training=*/false);
-    out.model = std::make_unique<Model>(cfg, /*trainable=*/false);
+    out.model = std::make_unique<Model>(cfg, /*trainable=*/false, shard);
     load_params(*out.model, out.dir);
     return out;
 }
