@@ -38,12 +38,16 @@ std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
 // state_offsets (per params() entry, or null = identity layout): where a tensor's AdamW moments
 // start in adam_m/adam_v; -1 = a frozen tensor without optimizer state (not written).
 //
-// A model holding part of the experts (Model::expert_shard, several processes) is written whole:
-// the tensors it lacks come from fetch(spec, which) with their full-table spec, which = 0 for the
-// weights, 1 for exp_avg, 2 for exp_avg_sq, called in file order (every missing tensor's weights,
-// then each one's two moments); it returns their floats (valid until the next call), or null for
-// the moments of a frozen tensor.
-using TensorFetch = std::function<const float*(const ParamSpec& spec, int which)>;
+// The files are streamed tensor by tensor (no copy of the model in memory). A model holding part
+// of the experts (Model::expert_shard, several processes) is written whole: the tensors it lacks
+// come from fetch.get(spec, which) with their full-table spec, which = 0 for the weights, 1 for
+// exp_avg, 2 for exp_avg_sq, called in file order (every missing tensor's weights, then the two
+// moments of each that has_state(spec), i.e. is not frozen); get returns the floats, valid until
+// the next call.
+struct TensorFetch {
+    std::function<const float*(const ParamSpec& spec, int which)> get;
+    std::function<bool(const ParamSpec& spec)> has_state;
+};
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
                      const float* adam_m, const float* adam_v, const nlohmann::json* trainer_state,
                      const std::vector<int64_t>* state_offsets = nullptr,

@@ -817,9 +817,9 @@ TrainResult run_train(const TrainOptions& opt_in) {
         server.v = with_optimizer ? adam_v.data() : nullptr;
         if (writer) {
             json s = make_state(true);
-            TensorFetch fetch = [&](const ParamSpec& sp, int which) {
-                return server.serve(sp, which);
-            };
+            TensorFetch fetch;
+            fetch.get = [&](const ParamSpec& sp, int which) { return server.serve(sp, which); };
+            fetch.has_state = [&](const ParamSpec& sp) { return !server.frozen.count(sp.name); };
             save_checkpoint(dir, model, *tok, server.m, server.v, &s,
                             with_optimizer ? &state_offsets : nullptr,
                             shard.sharded() ? &fetch : nullptr);

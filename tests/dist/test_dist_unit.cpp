@@ -186,17 +186,20 @@ TEST(Dist, ShardedModelSavesAndLoadsTheWholeCheckpoint) {
         std::memcpy(pv.data() + p.offset, v.data() + off[p.name], sizeof(float) * p.shape.numel());
     }
     std::vector<std::string> asked;
-    TensorFetch fetch = [&](const ParamSpec& s, int which) -> const float* {
+    TensorFetch fetch;
+    fetch.get = [&](const ParamSpec& s, int which) -> const float* {
         asked.push_back(s.name + "/" + std::to_string(which));
         const float* base = which == 0 ? all.param_data() : which == 1 ? m.data() : v.data();
         return base + off.at(s.name);
     };
+    fetch.has_state = [](const ParamSpec&) { return true; };
     save_checkpoint(root + "/part", part, *tok, pm.data(), pv.data(), &st, nullptr, &fetch);
     for (const char* f : {"model.safetensors", "optimizer.safetensors", "config.json"})
         EXPECT_EQ(read_file(root + "/all/" + f), read_file(root + "/part/" + f)) << f;
     // Experts 0 and 1 of each of the 2 layers, 3 tensors each, weights then two moments.
     EXPECT_EQ(asked.size(), 2u * 2 * 3 * 3);
-    if (!asked.empty()) EXPECT_EQ(asked[0], "model.layers.0.block_sparse_moe.experts.0.w1.weight/0");
+    ASSERT_FALSE(asked.empty());
+    EXPECT_EQ(asked[0], "model.layers.0.block_sparse_moe.experts.0.w1.weight/0");
 
     Model back(c, false, ExpertShard{2, 1});
     load_params(back, root + "/all");
