@@ -20,18 +20,31 @@ namespace moe {
 
 class GgufFile;
 
-enum class WType { f32, f16, bf16 };  // how a weight is stored in the file
-const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling)
-size_t wtype_size(WType t);
+// How a weight is stored. q8_0 is GGML's Q8_0 (blocks of 32 values along a row, each an fp16
+// scale d and 32 int8 q, value = d * q; src/kernels/q8_gemm.h), in one of two layouts:
+//   GGML's block_q8_0 (scales == nullptr): each row is cols / 32 blocks of 34 bytes {d, q[32]}
+//     in `data`, as a GGUF file holds them (zero-copy views of Q8_0 tensors);
+//   split (scales != nullptr): `data` holds the int8 values [rows, cols] and `scales` the fp16 d
+//     [rows, cols / 32], as moe.cpp's int8 safetensors hold them (docs/formats.md).
+// cols % 32 == 0 always (refused at load otherwise).
+enum class WType { f32, f16, bf16, q8_0 };
+const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling), "Q8_0"
+size_t wtype_size(WType t);           // bytes per value (q8_0: 1, the int8; scales aside)
+// Bytes of one row of `cols` values in GGML's layout (q8_0: cols / 32 blocks of 34 bytes).
+size_t wtype_row_bytes(WType t, int64_t cols);
 
 // A matrix [rows, cols] row-major (HF orientation [out, in]) or a vector (rows = 1) in a file.
 struct WeightView {
     WType type = WType::f32;
     int64_t rows = 0, cols = 0;
     const void* data = nullptr;
-    const uint8_t* row(int64_t r) const {
-        return (const uint8_t*)data + (size_t)r * (size_t)cols * wtype_size(type);
+    const void* scales = nullptr;  // q8_0 split layout only (see WType)
+    // Bytes from one row to the next in `data`.
+    size_t row_stride() const {
+        return type == WType::q8_0 && scales ? (size_t)cols : wtype_row_bytes(type, cols);
     }
+    // Row r in `data`: its values, or for q8_0 its blocks (GGML layout) / int8 values (split).
+    const uint8_t* row(int64_t r) const { return (const uint8_t*)data + (size_t)r * row_stride(); }
 };
 
 // The model's description, read from config.json by family (hf_config_from_json). Options a
@@ -55,6 +68,9 @@ struct HfConfig {
     bool o_bias = false;        // o_proj has a bias (attention_bias in qwen3_moe and olmoe)
     int bos_token_id = -1;
     std::vector<int32_t> eos_token_ids;
+    // config.json's "moe_cpp_quantization" (moe quantize; docs/formats.md): "int8" when the
+    // folder holds int8 matrices with their scales, "" for plain float weights.
+    std::string quantization;
 
     // Tensor-name prefix of layer l's FFN block ("model.layers.3.block_sparse_moe." / ".mlp.").
     std::string ffn_prefix(int l) const;
@@ -62,6 +78,13 @@ struct HfConfig {
     std::string expert_name(int l, int j, int which) const;  // which: 0 gate, 1 up, 2 down
     double n_params() const;  // parameters in the files the model uses (double: no overflow)
 };
+
+// Whether `moe quantize --type int8` stores this tensor as int8 (q8_0): a matrix whose rows are
+// whole 32-blocks, except the router (and qwen2_moe's shared-expert gate), which stays in its
+// float type: routing is fp32, and int8 ties would flip top-k. Vectors never are.
+bool hf_q8_eligible(const std::string& name, const std::vector<int64_t>& shape);
+// The name of an int8 tensor's scales: "<name>_scale" (q_proj.weight -> q_proj.weight_scale).
+std::string hf_q8_scale_name(const std::string& name);
 
 // Every tensor the engine reads for this config: name and shape (vectors as {n}), in load order.
 std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const HfConfig& c);
@@ -89,7 +112,8 @@ class WeightStore {
    public:
     explicit WeightStore(const std::string& dir);
     // Random weights in memory for benchmarks (`moe bench generate --random`): every tensor of
-    // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1.
+    // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1. With q8_0,
+    // the matrices hf_q8_eligible() names are Q8_0 blocks (GGML layout), the rest F32.
     static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
     // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
     // name (merged expert tensors sliced per expert), checked against the metadata.
@@ -102,8 +126,10 @@ class WeightStore {
     WeightStore& operator=(const WeightStore&) = delete;
 
     bool has(const std::string& name) const;
-    // The tensor with exactly this shape ({n} for a vector) in F32/F16/BF16, else moe::Error
-    // naming the shard, the tensor, and both shapes or the dtype. Marks it used.
+    // The tensor with exactly this shape ({n} for a vector) in F32/F16/BF16, or int8 (I8
+    // [rows, cols] with its fp16 scales `<name>_scale` [rows, cols / 32]: a q8_0 view in the
+    // split layout), else moe::Error naming the shard, the tensor, and both shapes or the dtype
+    // (or the missing / misshapen scales). Marks it (and its scales) used.
     WeightView get(const std::string& name, const std::vector<int64_t>& shape);
     // A small tensor converted to fp32 (norms, biases, router): a copy owned by the caller.
     std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape);
@@ -116,6 +142,8 @@ class WeightStore {
 
    private:
     WeightStore();
+    WeightView get_int8(const std::string& name, const std::vector<int64_t>& shape,
+                        const void* values);
     std::unique_ptr<Impl> impl_;
 };
 

@@ -2,6 +2,7 @@
 // file may leave out are those of the transformers config classes (MixtralConfig, ...); keys that
 // fix a shape are required. Anything we would run differently from HF is refused by name.
 #include <algorithm>
+#include <cstring>
 
 #include "moe/checked.h"
 #include "moe/error.h"
@@ -18,11 +19,36 @@ const char* wtype_name(WType t) {
         case WType::f32: return "F32";
         case WType::f16: return "F16";
         case WType::bf16: return "BF16";
+        case WType::q8_0: return "Q8_0";
     }
     return "?";
 }
 
-size_t wtype_size(WType t) { return t == WType::f32 ? 4 : 2; }
+size_t wtype_size(WType t) {
+    switch (t) {
+        case WType::f32: return 4;
+        case WType::f16:
+        case WType::bf16: return 2;
+        case WType::q8_0: return 1;
+    }
+    return 0;
+}
+
+size_t wtype_row_bytes(WType t, int64_t cols) {
+    if (t == WType::q8_0) return (size_t)(cols / 32) * 34;
+    return (size_t)cols * wtype_size(t);
+}
+
+bool hf_q8_eligible(const std::string& name, const std::vector<int64_t>& shape) {
+    auto ends = [&](const char* s) {
+        const size_t n = std::strlen(s);
+        return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+    };
+    if (shape.size() != 2 || shape[1] % 32 != 0 || shape[1] == 0) return false;
+    return !ends(".gate.weight") && !ends("shared_expert_gate.weight");
+}
+
+std::string hf_q8_scale_name(const std::string& name) { return name + "_scale"; }
 
 static const char* kFamilies = "mixtral | qwen2_moe | qwen3_moe | olmoe";
 
@@ -239,6 +265,16 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
     if (bos.size() > 1) fail("{}: key 'bos_token_id': give one id", where);
     c.bos_token_id = bos.empty() ? -1 : bos[0];
     c.eos_token_ids = token_ids(j, "eos_token_id", where, c.vocab_size);
+    if (j.contains("moe_cpp_quantization")) {
+        const json& q = j["moe_cpp_quantization"];
+        const std::string w = where + ": moe_cpp_quantization";
+        if (!q.is_object()) fail("{}: must be an object (written by moe quantize)", w);
+        auto key = [&](const char* k) { return q.contains(k) ? q[k] : json(); };
+        c.quantization = checked_str(key("type"), w + ": key 'type'", Range::one_of("int8"));
+        checked_str(key("format"), w + ": key 'format'", Range::one_of("q8_0"));
+        checked_int(key("block_size"), w + ": key 'block_size'", Range::in(32, 32));
+        checked_str(key("scale_dtype"), w + ": key 'scale_dtype'", Range::one_of("F16"));
+    }
     return c;
 }
 

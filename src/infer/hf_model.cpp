@@ -63,6 +63,10 @@ struct HfModel::Impl {
     ExpertUsage usage;
     std::vector<std::vector<int32_t>> last_exp;
     std::vector<std::vector<float>> last_w;
+    // Routing scratch (sized once): nothing is allocated per token.
+    std::vector<int> order;
+    std::vector<float> probs, tw;
+    std::vector<int32_t> toks;
 
     void grow(int n);
     void attention(int l, int n);
@@ -191,6 +195,22 @@ void HfModel::bind_weights() {
             L.dd = w.get(f + "down_proj.weight", {d, fd});
         }
     }
+    // Int8 matrices only where config.json says the folder is quantised (moe quantize writes
+    // both): a stray I8 tensor is a damaged or foreign file, not ours to guess about.
+    if (c.quantization.empty()) {
+        std::vector<const WeightView*> all = {&m.embed, &m.head};
+        for (auto& L : m.layers) {
+            for (auto* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.sg, &L.su, &L.sd, &L.dg, &L.du, &L.dd})
+                all.push_back(v);
+            for (auto* vs : {&L.eg, &L.eu, &L.ed})
+                for (auto& v : *vs) all.push_back(&v);
+        }
+        for (const WeightView* v : all)
+            if (v->type == WType::q8_0 && v->scales)
+                fail("{}: holds int8 (I8) matrices but config.json has no 'moe_cpp_quantization' "
+                     "block; restore the config.json that moe quantize wrote",
+                     dir);
+    }
     // A tensor the family does not have means a variant we would run wrongly: refuse it.
     for (const std::string& name : w.unused()) {
         if (name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0)
@@ -258,7 +278,8 @@ void HfModel::Impl::attention(int l, int n) {
     const int total = pos + n;
 #pragma omp parallel
     {
-        std::vector<float> s(total);
+        static thread_local std::vector<float> s;  // the scores of one query row
+        if (s.size() < (size_t)total) s.resize((size_t)total);
 #pragma omp for schedule(static) collapse(2)
         for (int i = 0; i < n; i++)
             for (int hq = 0; hq < H; hq++) {
@@ -310,8 +331,9 @@ void HfModel::Impl::moe_block(const LayerWeights& L, int l, int n) {
     std::vector<float>& wt = last_w[l];
     ex.assign((size_t)n * K, -1);
     wt.assign((size_t)n * K, 0.f);
-    std::vector<int> order(E);
-    std::vector<float> p(E);
+    order.resize(E);
+    probs.resize(E);
+    float* p = probs.data();
     for (int t = 0; t < n; t++) {
         const float* z = &rl[(size_t)t * E];
         float mx = z[0];
@@ -331,8 +353,6 @@ void HfModel::Impl::moe_block(const LayerWeights& L, int l, int n) {
         }
     }
     std::fill(ffn.begin(), ffn.begin() + (size_t)n * d, 0.f);
-    std::vector<int32_t> toks;
-    std::vector<float> tw;
     for (int e = 0; e < E; e++) {
         toks.clear();
         tw.clear();

@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 
+#include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/checked.h"
 #include "moe/error.h"
@@ -88,12 +89,17 @@ WeightStore::~WeightStore() = default;
 
 std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uint64_t seed) {
     auto shapes = hf_tensor_shapes(c);
+    // Each tensor's type: q8_0 only where `moe quantize` would put it, the rest F32.
+    auto type_of = [&](const std::string& name, const std::vector<int64_t>& shape) {
+        if (t != WType::q8_0) return t;
+        return hf_q8_eligible(name, shape) ? WType::q8_0 : WType::f32;
+    };
+    auto size_of = [&](const std::string& name, const std::vector<int64_t>& shape) {
+        const int64_t rows = shape.size() == 1 ? 1 : shape[0];
+        return (uint64_t)rows * wtype_row_bytes(type_of(name, shape), shape.back());
+    };
     uint64_t bytes = 0;
-    for (auto& [name, shape] : shapes) {
-        uint64_t n = 1;
-        for (int64_t v : shape) n *= (uint64_t)v;
-        bytes += (n * wtype_size(t) + 63) / 64 * 64;
-    }
+    for (auto& [name, shape] : shapes) bytes += (size_of(name, shape) + 63) / 64 * 64;
     check_fits_in_memory((double)bytes, fmt::format("random {} weights", wtype_name(t)),
                          "choose a smaller shape or a narrower type");
     std::unique_ptr<WeightStore> ws(new WeightStore());
@@ -107,32 +113,51 @@ std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uin
     mp.size = bytes;
     mp.data_start = 0;
     m.maps.push_back(mp);
-    uint64_t off = 0;
+    uint64_t off = 0, ti = 0;
     for (auto& [name, shape] : shapes) {
-        uint64_t n = 1;
-        for (int64_t v : shape) n *= (uint64_t)v;
+        const WType tt = type_of(name, shape);
+        const uint64_t tensor_seed = seed + (ti++ << 40);  // the same values whatever the type
+        const int64_t rows = shape.size() == 1 ? 1 : shape[0], cols = shape.back();
         StHeaderEntry e;
-        e.dtype = wtype_name(t);
+        e.dtype = wtype_name(tt);  // "Q8_0": GGML blocks, a dtype only this store has
         e.shape = Shape(shape);
         e.begin = off;
-        e.end = off + n * wtype_size(t);
+        e.end = off + size_of(name, shape);
         m.tensors[name] = {0, e};
         // Cheap uniform values in +-0.05 (a hash of the index: parallel, reproducible); norm
         // weights 1. What matters here is the bytes moved, not the values.
         const bool norm = name.find("norm") != std::string::npos;
-        uint8_t* dst = (uint8_t*)p + off;
-#pragma omp parallel for schedule(static) if (n >= (1u << 16))
-        for (int64_t i = 0; i < (int64_t)n; i++) {
-            uint64_t h = (seed + (uint64_t)i + off) * 0x9e3779b97f4a7c15ULL;
+        auto value = [&](uint64_t i) {
+            uint64_t h = (tensor_seed + i) * 0x9e3779b97f4a7c15ULL;
             h ^= h >> 31;
             h *= 0xbf58476d1ce4e5b9ULL;
             h ^= h >> 29;
-            const float v = norm ? 1.0f : ((float)(h >> 40) / (float)(1 << 24) - 0.5f) * 0.1f;
-            if (t == WType::f32) std::memcpy(dst + 4 * i, &v, 4);
-            uint16_t hv = t == WType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
-            if (t != WType::f32) std::memcpy(dst + 2 * i, &hv, 2);
+            return norm ? 1.0f : ((float)(h >> 40) / (float)(1 << 24) - 0.5f) * 0.1f;
+        };
+        uint8_t* dst = (uint8_t*)p + off;
+        const size_t row_bytes = wtype_row_bytes(tt, cols);
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+        for (int64_t r = 0; r < rows; r++) {
+            uint8_t* o = dst + (size_t)r * row_bytes;
+            const uint64_t i0 = (uint64_t)(r * cols);
+            if (tt == WType::q8_0) {
+                std::vector<float> row((size_t)cols);
+                for (int64_t k = 0; k < cols; k++) row[k] = value(i0 + k);
+                quantize_row_q8_0(row.data(), cols, o);
+            } else if (tt == WType::f32) {
+                for (int64_t k = 0; k < cols; k++) {
+                    const float v = value(i0 + k);
+                    std::memcpy(o + 4 * k, &v, 4);
+                }
+            } else {
+                for (int64_t k = 0; k < cols; k++) {
+                    const float v = value(i0 + k);
+                    const uint16_t h = tt == WType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+                    std::memcpy(o + 2 * k, &h, 2);
+                }
+            }
         }
-        off += (n * wtype_size(t) + 63) / 64 * 64;
+        off += (size_of(name, shape) + 63) / 64 * 64;
     }
     return ws;
 }
@@ -158,26 +183,76 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
              "do not match",
              m.path, name, shape_str(got), shape_str(shape));
     WeightView w;
+    w.rows = shape.size() == 1 ? 1 : shape[0];
+    w.cols = shape.back();
+    const uint64_t at = m.data_start + e.begin;
     if (e.dtype == "F32")
         w.type = WType::f32;
     else if (e.dtype == "BF16")
         w.type = WType::bf16;
     else if (e.dtype == "F16")
         w.type = WType::f16;
+    else if (e.dtype == "Q8_0")  // GGML blocks (random weights)
+        w.type = WType::q8_0;
+    else if (e.dtype == "I8")
+        return get_int8(name, shape, m.base + at);
     else
-        fail("{}: tensor {}: dtype {} is not a weight type; moe.cpp reads F32, BF16 and F16", m.path,
-             name, e.dtype);
+        fail("{}: tensor {}: dtype {} is not a weight type; moe.cpp reads F32, BF16, F16 and I8 "
+             "(with scales)",
+             m.path, name, e.dtype);
     // Safetensors does not promise alignment; the kernels read rows with unaligned loads, but a
-    // 2-byte type must at least sit on an even address.
-    const uint64_t at = m.data_start + e.begin;
-    if (at % wtype_size(w.type) != 0)
+    // 2-byte type must at least sit on an even address (a Q8_0 block starts with its fp16 d).
+    const size_t align = w.type == WType::q8_0 ? 2 : wtype_size(w.type);
+    if (at % align != 0)
         fail("{}: tensor {} starts at byte {}, not a multiple of its {}-byte elements; rewrite "
              "the file with a standard writer",
-             m.path, name, at, wtype_size(w.type));
-    w.rows = shape.size() == 1 ? 1 : shape[0];
-    w.cols = shape.back();
+             m.path, name, at, align);
     w.data = m.base + at;
     impl_->used.insert(name);
+    return w;
+}
+
+// An int8 matrix (moe quantize --type int8): I8 values [rows, cols] and F16 scales
+// <name>_scale [rows, cols / 32], one per block of 32 along a row: a q8_0 view in the split
+// layout, pointing into both mappings (docs/formats.md).
+WeightView WeightStore::get_int8(const std::string& name, const std::vector<int64_t>& shape,
+                                 const void* values) {
+    const std::string& path = impl_->maps[impl_->tensors[name].file].path;
+    if (shape.size() != 2)
+        fail("{}: tensor {} is int8 (I8), but it is a vector; only matrices are quantised (norms "
+             "and biases stay float): re-run moe quantize",
+             path, name);
+    if (shape[1] % 32 != 0)
+        fail("{}: tensor {} is int8 (I8) with {} columns, not a multiple of the block size 32; "
+             "keep it in a float type",
+             path, name, shape[1]);
+    const std::string sn = hf_q8_scale_name(name);
+    auto it = impl_->tensors.find(sn);
+    if (it == impl_->tensors.end())
+        fail("{}: tensor {} is int8 (I8) but its scales {} are missing; a quantised checkpoint "
+             "needs both: re-run moe quantize",
+             impl_->dir, name, sn);
+    const Mapping& sm = impl_->maps[it->second.file];
+    const StHeaderEntry& se = it->second.entry;
+    const std::vector<int64_t> want = {shape[0], shape[1] / 32};
+    std::vector<int64_t> got(se.shape.dims.begin(), se.shape.dims.end());
+    if (se.dtype != "F16" || got != want)
+        fail("{}: scales {} of int8 tensor {}: {} {} but F16 {} is needed (one per 32 values of "
+             "a row); re-run moe quantize",
+             sm.path, sn, name, se.dtype, shape_str(got), shape_str(want));
+    const uint64_t at = sm.data_start + se.begin;
+    if (at % 2 != 0)
+        fail("{}: tensor {} starts at byte {}, not a multiple of its 2-byte elements; rewrite "
+             "the file with a standard writer",
+             sm.path, sn, at);
+    WeightView w;
+    w.type = WType::q8_0;
+    w.rows = shape[0];
+    w.cols = shape[1];
+    w.data = values;
+    w.scales = sm.base + at;
+    impl_->used.insert(name);
+    impl_->used.insert(sn);
     return w;
 }
 

@@ -18,6 +18,7 @@ static size_t dtype_size(const std::string& dt) {
     if (dt == "F32" || dt == "I32") return 4;
     if (dt == "F16" || dt == "BF16") return 2;
     if (dt == "I64" || dt == "F64") return 8;
+    if (dt == "I8") return 1;  // int8 weights (moe quantize; scales in a separate F16 tensor)
     return 0;
 }
 
@@ -31,7 +32,8 @@ static StHeaderEntry parse_entry(const std::string& path, const std::string& nam
         !v.contains("data_offsets"))
         fail("{}: header entry lacks dtype, shape or data_offsets; the file is damaged", what);
     StHeaderEntry t;
-    t.dtype = checked_str(v["dtype"], what + ": dtype", Range::one_of("F32|F16|BF16|F64|I32|I64"));
+    t.dtype =
+        checked_str(v["dtype"], what + ": dtype", Range::one_of("F32|F16|BF16|F64|I32|I64|I8"));
     const json& sh = v["shape"];
     if (!sh.is_array() || sh.size() > 8)
         fail("{}: shape must be an array of at most 8 integers, got {}; the file is damaged", what,
@@ -158,6 +160,8 @@ void SafetensorsReader::parse(const std::string& file) {
                 uint16_t h;
                 std::memcpy(&h, src + 2 * i, 2);
                 t.data[i] = f16_to_f32(h);
+            } else if (t.dtype == "I8") {
+                t.data[i] = (float)(int8_t)src[i];
             } else if (t.dtype == "I32") {
                 int32_t x;
                 std::memcpy(&x, src + 4 * i, 4);
@@ -212,8 +216,17 @@ void SafetensorsWriter::add_raw(const std::string& name, const std::string& dtyp
 std::string SafetensorsWriter::serialize() const {
     json header = json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    // Data in order of element size, widest first (as the safetensors library does): with the
+    // data start 8-aligned, every tensor then starts on a multiple of its element size even when
+    // F32, F16 and I8 tensors share a file.
+    std::vector<const Entry*> order;
+    for (auto& e : entries_) order.push_back(&e);
+    std::stable_sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+        return dtype_size(a->dtype) > dtype_size(b->dtype);
+    });
     uint64_t off = 0;
-    for (auto& e : entries_) {
+    for (const Entry* ep : order) {
+        const Entry& e = *ep;
         header[e.name] = {{"dtype", e.dtype},
                           {"shape", e.shape.dims},
                           {"data_offsets", {off, off + e.bytes.size()}}};
@@ -225,7 +238,7 @@ std::string SafetensorsWriter::serialize() const {
     std::string out(8, '\0');
     std::memcpy(&out[0], &hlen, 8);
     out += h;
-    for (auto& e : entries_) out += e.bytes;
+    for (const Entry* e : order) out += e->bytes;
     return out;
 }
 

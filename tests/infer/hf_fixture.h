@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/file_io.h"
 #include "moe/safetensors.h"
@@ -150,10 +151,38 @@ inline std::string temp_model_dir(const std::string& tag) {
     return d;
 }
 
+// A tensor's int8 form as moe.cpp's safetensors hold it (docs/formats.md): int8 values [rows,
+// cols] and fp16 scales [rows, cols / 32], block by block as Q8_0 defines them.
+inline void q8_split(const HfTensor& t, std::vector<int8_t>* q, std::vector<uint16_t>* d) {
+    const size_t n = t.data.size();  // rows * cols, cols % 32 == 0: blocks never span rows
+    q->resize(n);
+    d->resize(n / 32);
+    for (size_t b = 0; b < n / 32; b++)
+        (*d)[b] = quantize_block_q8_0(&t.data[b * 32], q->data() + b * 32);
+}
+
+// The same tensors with every int8-eligible matrix replaced by its dequantised values: an F32
+// folder of these holds exactly the numbers of the int8 folder.
+inline std::vector<HfTensor> q8_rounded(std::vector<HfTensor> ts) {
+    for (auto& t : ts) {
+        if (!hf_q8_eligible(t.name, t.shape)) continue;
+        std::vector<int8_t> q;
+        std::vector<uint16_t> d;
+        q8_split(t, &q, &d);
+        for (size_t i = 0; i < q.size(); i++) t.data[i] = f16_to_f32(d[i / 32]) * (float)q[i];
+    }
+    return ts;
+}
+
 // Writes config j and tensors as `type` into dir: one model.safetensors, or `shards` files with
 // model.safetensors.index.json (tensors dealt round-robin, as shard boundaries fall anywhere).
-inline void write_hf_dir(const std::string& dir, const nlohmann::json& j,
+// Q8_0: the matrices hf_q8_eligible names as I8 + F16 <name>_scale (the scales in the next
+// shard: a view then spans two mappings), the rest F32, and the moe_cpp_quantization block.
+inline void write_hf_dir(const std::string& dir, nlohmann::json j,
                          const std::vector<HfTensor>& ts, WType type, int shards = 1) {
+    if (type == WType::q8_0)
+        j["moe_cpp_quantization"] = {
+            {"type", "int8"}, {"format", "q8_0"}, {"block_size", 32}, {"scale_dtype", "F16"}};
     write_file_atomic(dir + "/config.json", j.dump(2));
     std::vector<SafetensorsWriter> w(shards);
     nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
@@ -164,7 +193,18 @@ inline void write_hf_dir(const std::string& dir, const nlohmann::json& j,
                                              : fmt::format("model-{:05d}-of-{:05d}.safetensors",
                                                            s + 1, shards);
         index["weight_map"][t.name] = file;
-        if (type == WType::f32) {
+        if (type == WType::q8_0 && hf_q8_eligible(t.name, t.shape)) {
+            std::vector<int8_t> q;
+            std::vector<uint16_t> d;
+            q8_split(t, &q, &d);
+            w[s].add_raw(t.name, "I8", Shape(t.shape), q.data(), q.size());
+            const int s2 = (s + 1) % shards;
+            const std::string sn = hf_q8_scale_name(t.name);
+            w[s2].add_raw(sn, "F16", Shape({t.shape[0], t.shape[1] / 32}), d.data(), d.size() * 2);
+            index["weight_map"][sn] =
+                shards == 1 ? "model.safetensors"
+                            : fmt::format("model-{:05d}-of-{:05d}.safetensors", s2 + 1, shards);
+        } else if (type == WType::f32 || type == WType::q8_0) {
             w[s].add(t.name, Shape(t.shape), t.data.data());
         } else {
             std::vector<uint16_t> h(t.data.size());

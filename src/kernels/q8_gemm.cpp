@@ -1,0 +1,251 @@
+#include "kernels/q8_gemm.h"
+
+// GCC 12 warns about the "undefined" register its own AVX-512 intrinsics start from.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <cpuid.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/typed_gemm.h"
+
+namespace moe {
+
+// ---- the format -------------------------------------------------------------------------------
+
+uint16_t quantize_block_q8_0(const float* x, int8_t* q) {
+    float amax = 0;
+    for (int i = 0; i < kQ8Block; i++) amax = std::fmax(amax, std::fabs(x[i]));
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    // |x * id| <= 127 up to rounding, so round() stays in [-127, 127]
+    for (int i = 0; i < kQ8Block; i++) q[i] = (int8_t)std::round(x[i] * id);
+    return f32_to_f16(d);
+}
+
+void quantize_row_q8_0(const float* x, int64_t k, void* out) {
+    uint8_t* o = (uint8_t*)out;
+    for (int64_t b = 0; b < k / kQ8Block; b++, o += kQ8BlockBytes) {
+        const uint16_t d = quantize_block_q8_0(x + b * kQ8Block, (int8_t*)(o + 2));
+        std::memcpy(o, &d, 2);
+    }
+}
+
+void dequantize_row_q8_0(const void* in, int64_t k, float* out) {
+    const uint8_t* p = (const uint8_t*)in;
+    for (int64_t b = 0; b < k / kQ8Block; b++, p += kQ8BlockBytes) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        const float d = f16_to_f32(h);
+        const int8_t* q = (const int8_t*)(p + 2);
+        for (int i = 0; i < kQ8Block; i++) out[b * kQ8Block + i] = d * (float)q[i];
+    }
+}
+
+uint16_t Q8Rows::scale_bits(int64_t r, int64_t b) const {
+    uint16_t h;
+    std::memcpy(&h, d + (size_t)r * d_row + (size_t)b * d_blk, 2);
+    return h;
+}
+
+Q8Rows q8_rows(const WeightView& w) {
+    Q8Rows r;
+    const size_t nb = (size_t)(w.cols / kQ8Block);
+    if (w.scales) {  // split: int8 [rows, cols], fp16 [rows, cols / 32]
+        r.q = (const uint8_t*)w.data;
+        r.q_row = (size_t)w.cols;
+        r.q_blk = kQ8Block;
+        r.d = (const uint8_t*)w.scales;
+        r.d_row = nb * 2;
+        r.d_blk = 2;
+    } else {  // GGML blocks {d, q[32]}
+        r.d = (const uint8_t*)w.data;
+        r.q = r.d + 2;
+        r.q_row = r.d_row = nb * kQ8BlockBytes;
+        r.q_blk = r.d_blk = kQ8BlockBytes;
+    }
+    return r;
+}
+
+void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
+    const Q8Rows R = q8_rows(w);
+    const int64_t nb = w.cols / kQ8Block;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float d = f16_to_f32(R.scale_bits(r0 + r, b));
+            const int8_t* q = R.qs(r0 + r, b);
+            float* o = out + r * w.cols + b * kQ8Block;
+            for (int i = 0; i < kQ8Block; i++) o[i] = d * (float)q[i];
+        }
+}
+
+// ---- the activation side ----------------------------------------------------------------------
+
+// As the weights, but the scale stays fp32 (it never goes to a file).
+void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx) {
+    for (int64_t b = 0; b < k / kQ8Block; b++) {
+        const float* xb = x + b * kQ8Block;
+        float amax = 0;
+        for (int i = 0; i < kQ8Block; i++) amax = std::fmax(amax, std::fabs(xb[i]));
+        const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+        for (int i = 0; i < kQ8Block; i++) qx[b * kQ8Block + i] = (int8_t)std::round(xb[i] * id);
+        dx[b] = d;
+    }
+}
+
+// ---- one row's dot product ------------------------------------------------------------------
+
+// Integer sum per block (exact), then the block's two scales in fp32.
+// Blocks b0 .. b1 - 1.
+static float dot_scalar(const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t b0,
+                        int64_t b1) {
+    float acc = 0;
+    for (int64_t b = b0; b < b1; b++) {
+        const int8_t* q = w.qs(r, b);
+        const int8_t* a = qx + b * kQ8Block;
+        int32_t s = 0;
+        for (int i = 0; i < kQ8Block; i++) s += (int32_t)q[i] * (int32_t)a[i];
+        acc += f16_to_f32(w.scale_bits(r, b)) * dx[b] * (float)s;
+    }
+    return acc;
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 block_avx2(const int8_t* q,
+                                                                         const int8_t* a,
+                                                                         __m256i ones) {
+    const __m256i qw = _mm256_loadu_si256((const __m256i*)q);
+    const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
+    // maddubs multiplies unsigned by signed bytes: move the weight's sign onto the activation.
+    // Pairs sum to at most 2 * 128 * 127 < 32768: no saturation.
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const Q8Rows& w, int64_t r,
+                                                               const int8_t* qx, const float* dx,
+                                                               int64_t nb) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
+        const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
+        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
+                             a0);
+        a1 = _mm256_fmadd_ps(block_avx2(w.qs(r, b + 1), qx + (b + 1) * kQ8Block, ones),
+                             _mm256_set1_ps(s1), a1);
+    }
+    if (b < nb) {
+        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
+        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
+                             a0);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Two blocks per 512-bit step: lanes 0-7 hold block b's partial sums, 8-15 block b + 1's.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c"))) static float dot_vnni(
+    const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m512i qw = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)w.qs(r, b))),
+            _mm256_loadu_si256((const __m256i*)w.qs(r, b + 1)), 1);
+        const __m512i qa = _mm512_loadu_si512((const void*)(qx + b * kQ8Block));
+        // dpbusd multiplies unsigned by signed bytes: |w| and a with w's sign.
+        const __m512i sa =
+            _mm512_mask_sub_epi8(qa, _mm512_movepi8_mask(qw), _mm512_setzero_si512(), qa);
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(qw), sa);
+        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
+        const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
+        const __m512 sc = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc);
+    }
+    float out = _mm512_reduce_add_ps(acc);
+    if (b < nb) out += dot_scalar(w, r, qx, dx, b, nb);  // an odd last block
+    return out;
+}
+
+float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
+                 int64_t k) {
+    const int64_t nb = k / kQ8Block;
+    if (isa == 2) return dot_vnni(w, r, qx, dx, nb);
+    if (isa == 1) return dot_avx2(w, r, qx, dx, nb);
+    return dot_scalar(w, r, qx, dx, 0, nb);
+}
+
+static bool detect_vnni() {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool f = b & (1u << 16), bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
+    if (!(f && bw && vl && vnni)) return false;
+    // and the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7)
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6) == 0xe6;
+}
+
+bool q8_cpu_has_vnni() {
+    static const bool has = detect_vnni();
+    return has;
+}
+
+__attribute__((target("avx2,fma,f16c"))) float q8_dot_row_widen_avx2(const Q8Rows& w, int64_t r,
+                                                                     const float* x, int64_t k) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < k / kQ8Block; b++) {
+        const int8_t* q = w.qs(r, b);
+        const float* xb = x + b * kQ8Block;
+        __m256 s = _mm256_setzero_ps();
+        for (int j = 0; j < kQ8Block; j += 8) {
+            const __m256 wf =
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + j))));
+            s = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xb + j), s);
+        }
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(_cvtsh_ss(w.scale_bits(r, b))), acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// ---- the product ------------------------------------------------------------------------------
+
+void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                    bool accumulate) {
+    const int N = (int)w.rows;
+    const int64_t K = w.cols, nb = K / kQ8Block;
+    if (M <= 0 || N <= 0) return;
+    // The quantised inputs, in scratch that grows once (no allocation per token).
+    static thread_local std::vector<int8_t> qx_buf;
+    static thread_local std::vector<float> dx_buf;
+    if (qx_buf.size() < (size_t)(M * K)) qx_buf.resize((size_t)(M * K));
+    if (dx_buf.size() < (size_t)(M * nb)) dx_buf.resize((size_t)(M * nb));
+    int8_t* qx = qx_buf.data();  // pointers, not the thread_local names, go into the threads
+    float* dx = dx_buf.data();
+    for (int m = 0; m < M; m++)
+        q8_quantize_activation(x + (size_t)m * ldx, K, qx + m * K, dx + m * nb);
+    const WIsa isa = wgemm_isa();
+    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() ? 2 : isa == WIsa::scalar ? 0 : 1;
+    const Q8Rows R = q8_rows(w);
+#pragma omp parallel for schedule(static) if ((int64_t)N * K >= 65536)
+    for (int n = 0; n < N; n++)
+        for (int m = 0; m < M; m++) {
+            const float v = q8_dot_row(kern, R, n, qx + m * K, dx + m * nb, K);
+            float& o = y[(size_t)m * ldy + n];
+            o = accumulate ? o + v : v;
+        }
+}
+
+}  // namespace moe

@@ -1,0 +1,64 @@
+// Int8 weights in GGML's Q8_0 format, and the products the engine runs on them.
+//
+// Q8_0 (written from the format's definition): a row of K values (K % 32 == 0) is K / 32 blocks;
+// block b stores d = max_i |x_i| / 127 as fp16 and q_i = round(x_i / d) as int8 (round half away
+// from zero; all q = 0 when d = 0); it stands for the values d * q_i. In memory a block is either
+// GGML's block_q8_0 (34 bytes: d, then q[32]) or split into an int8 array and an fp16 array
+// (WeightView::scales; docs/formats.md). One kernel family serves both through Q8Rows' strides.
+//
+// Decode (M < 4): threads over output rows. The input row is quantised the same way per 32-block
+// (fp32 scale dx, int8 qx), so a block's dot product is an exact integer sum:
+//   y_n = sum_b d_w[n, b] * dx[b] * sum_i q_w[n, 32b + i] * qx[32b + i]
+// AVX2 (maddubs with the sign trick), AVX-512 VNNI (dpbusd) or scalar, by wgemm_isa(). Quantising
+// the activations costs an error of at most dx / 2 per input value (bounded in the tests); it is
+// what lets the inner loop run on int8 (measured against widening int8 -> fp32 FMAs in
+// bench/q8_dot.cpp: docs/formats.md has the figures).
+// Prefill (M >= 4): typed_gemm's panels (rows widened to fp32, then sgemm): exact weights, fp32
+// activations.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "moe/hf_model.h"
+
+namespace moe {
+
+constexpr int kQ8Block = 32;          // values per block
+constexpr size_t kQ8BlockBytes = 34;  // GGML block_q8_0: fp16 d + 32 int8
+
+// One block: q[32] and the fp16 bits of d (d = max|x| / 127, computed in fp32).
+uint16_t quantize_block_q8_0(const float* x, int8_t* q);
+// A row of k values (k % 32 == 0) into k / 32 GGML blocks (k / 32 * 34 bytes at out).
+void quantize_row_q8_0(const float* x, int64_t k, void* out);
+// The inverse: k / 32 GGML blocks -> k floats (d * q, exact in fp32).
+void dequantize_row_q8_0(const void* in, int64_t k, float* out);
+
+// Where block b of row r of a q8_0 view lives, for either layout (byte strides).
+struct Q8Rows {
+    const uint8_t* q = nullptr;  // int8 values of block (0, 0)
+    const uint8_t* d = nullptr;  // fp16 scale of block (0, 0)
+    size_t q_row = 0, q_blk = 0, d_row = 0, d_blk = 0;
+    const int8_t* qs(int64_t r, int64_t b) const {
+        return (const int8_t*)(q + (size_t)r * q_row + (size_t)b * q_blk);
+    }
+    uint16_t scale_bits(int64_t r, int64_t b) const;
+};
+Q8Rows q8_rows(const WeightView& w);
+
+// Rows r0 .. r0 + n - 1 widened to fp32 into out [n, w.cols] (a plain loop: wgemm_ref's too).
+void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
+
+// y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M small (decode): see above.
+void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                    bool accumulate);
+
+// The activation side, exposed for tests and bench/q8_dot.cpp: x [K] -> qx [K], dx [K / 32]
+// (fp32 scales), and one row's dot product by the kernel of `isa` (0 scalar, 1 AVX2, 2 AVX-512
+// VNNI; the caller checks the CPU has it).
+void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx);
+float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
+bool q8_cpu_has_vnni();  // AVX-512 F, BW, VL and VNNI
+// The alternative measured in bench/q8_dot.cpp: int8 widened to fp32, FMA with fp32 x (AVX2).
+float q8_dot_row_widen_avx2(const Q8Rows& w, int64_t r, const float* x, int64_t k);
+
+}  // namespace moe
