@@ -14,7 +14,8 @@ llama.cpp (llama_peer, F32 KV cache) and moe.cpp (`moe eval X.gguf --prompt-ids 
   (llama.cpp rounds activations to the weight type before each product, moe.cpp keeps fp32);
   files written by llama.cpp's own tools: llama-quantize of our f32 file to F16 and BF16, read by
   moe.cpp (the same bounds), and to Q8_0, whose blocks must equal our own q8_0 export's bit for
-  bit (the same quantiser).
+  bit (the same quantiser) and which moe.cpp runs within 3e-2 of llama.cpp on the same file
+  (llama.cpp quantises the activations to Q8_0 as well, moe.cpp's prefill keeps them fp32).
 """
 import json
 import os
@@ -185,6 +186,12 @@ def main():
             e = float(np.abs(np.array(p["prompt_logits"]) - lf).max()) / scale
             check(e <= tol, "%s %s: llama.cpp on our export vs moe f32 rel %.2e (<= %g)"
                   % (name, t, e, tol))
+            if t == "q8_0":
+                # moe.cpp runs the same Q8_0 blocks: prompt logits by the prefill path (weights
+                # widened, fp32 activations), llama.cpp quantises activations to Q8_0 too.
+                e2 = float(np.abs(moe_logits(g[t], t) - np.array(p["prompt_logits"])).max()) / scale
+                check(e2 <= 3e-2, "%s q8_0: moe.cpp vs llama.cpp on the same file rel %.2e (<= 3e-2)"
+                      % (name, e2))
             if t != "q8_0":
                 # llama.cpp rounds the activations to the weights' type before each product
                 # (ggml's vec_dot_type), moe.cpp keeps them fp32: f16 ~5e-4, bf16 ~4e-3 apart.
@@ -204,6 +211,10 @@ def main():
                     check(len(same) > 0 and not diff,
                           "%s: llama-quantize Q8_0 == moe convert q8_0 on %d tensors (differ: %s)"
                           % (name, len(same), diff[:3]))
+                    p = peer_run(q)
+                    e = float(np.abs(moe_logits(q, "lqQ8_0") - np.array(p["prompt_logits"])).max()) / scale
+                    check(e <= 3e-2, "%s: llama-quantize Q8_0 read by moe.cpp vs llama.cpp rel %.2e "
+                          "(<= 3e-2)" % (name, e))
                     continue
                 p = peer_run(q)
                 e = float(np.abs(moe_logits(q, "lq" + qt) - np.array(p["prompt_logits"])).max()) / scale

@@ -145,9 +145,4 @@ class GgufWriter {
 // ".gguf" (then GgufFile::open says what is wrong with it).
 bool is_gguf_file(const std::string& path);
 
-// Q8_0 as ggml stores it: blocks of 32 along a row, each an fp16 scale d = max|x| / 127 and 32
-// int8 q = round(x / d) (34 bytes). n % 32 == 0. The reference beside any fast twin.
-void quantize_row_q8_0_ref(const float* x, uint8_t* dst, int64_t n);
-void dequantize_row_q8_0_ref(const uint8_t* src, float* y, int64_t n);
-
 }  // namespace moe

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "infer/gguf_model.h"
+#include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/checked.h"
 #include "moe/config.h"
@@ -261,7 +262,7 @@ void fill_tensor(WeightStore& store, const std::vector<const GgufSlot*>& parts, 
                 uint16_t h = type == GgmlType::f16 ? f32_to_f16(row[i]) : f32_to_bf16(row[i]);
                 if (type == GgmlType::f16 || type == GgmlType::bf16) std::memcpy(o + 2 * i, &h, 2);
             }
-            if (type == GgmlType::q8_0) quantize_row_q8_0_ref(row.data(), o, v.cols);
+            if (type == GgmlType::q8_0) quantize_row_q8_0(row.data(), v.cols, o);
         }
         const size_t bytes = rb * (size_t)v.rows;
         if (s->permute_heads > 0) {

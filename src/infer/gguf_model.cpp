@@ -288,10 +288,6 @@ std::unique_ptr<WeightStore> WeightStore::from_gguf(std::shared_ptr<const GgufFi
             fail("{}: tensor {}: ne {} but the metadata implies {}; the metadata and the tensors "
                  "do not match (e.g. expert_count, feed_forward_length)",
                  path, s.gguf, ne_str(t->ne), ne_str(ne));
-        if (t->type == GgmlType::q8_0)
-            fail("{}: tensor {} is Q8_0; this build reads F32, F16 and BF16 GGUF tensors (int8 "
-                 "weights are not in the engine yet); convert from an f16/bf16/f32 GGUF",
-                 path, s.gguf);
         const bool vec = s.hf_shape.size() == 1 || s.gguf.find("_inp_shexp") != std::string::npos;
         if (vec && t->type != GgmlType::f32 && t->type != GgmlType::f16 &&
             t->type != GgmlType::bf16)

@@ -633,30 +633,4 @@ void GgufWriter::write(const std::string& path) const {
     fsync_dir(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
 }
 
-// ---- Q8_0 ----
-
-void quantize_row_q8_0_ref(const float* x, uint8_t* dst, int64_t n) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const float* xb = x + b * 32;
-        float amax = 0;
-        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
-        // As ggml: the int8 values use the fp32 scale, the block stores it rounded to fp16.
-        const float d = amax / 127.f, id = d != 0 ? 1.f / d : 0.f;
-        uint8_t* o = dst + b * 34;
-        const uint16_t h = f32_to_f16(d);
-        std::memcpy(o, &h, 2);
-        for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)std::lround(xb[j] * id);
-    }
-}
-
-void dequantize_row_q8_0_ref(const uint8_t* src, float* y, int64_t n) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t* s = src + b * 34;
-        uint16_t h;
-        std::memcpy(&h, s, 2);
-        const float d = f16_to_f32(h);
-        for (int j = 0; j < 32; j++) y[b * 32 + j] = d * (float)(int8_t)s[2 + j];
-    }
-}
-
 }  // namespace moe
