@@ -5,9 +5,9 @@
 #include <time.h>
 
 #include <algorithm>
-#include <ctime>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -180,8 +180,8 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
             bw_gbs = 4.0 * big * (W - 1) / std::max(1e-9, tb - t1) / 1e9;  // bytes each rank sends
         }
         // Each rank holds its experts only, as the trainer does.
-        const ExpertShard shard = g.ep_size() > 1 ? ExpertShard{g.ep_size(), g.expert->rank()}
-                                                  : ExpertShard{};
+        const ExpertShard shard =
+            g.ep_size() > 1 ? ExpertShard{g.ep_size(), g.expert->rank()} : ExpertShard{};
         MoeLayer layer(cfg, /*own_buffers=*/true, shard);
         layer.set_parallel(g);
         layer.set_overlap(o.overlap);
@@ -242,10 +242,13 @@ static int run_bench_layer_mpi(const BenchLayerOptions& o) {
                             "per rank sent (4 MiB per peer)\n",
                             lat_us, bw_gbs);
             if (o.json) {
-                nlohmann::json j = {{"layout", g.layout()},  {"ranks", W},
-                                    {"tokens", Tg},          {"fwd_bwd_ms", med},
+                nlohmann::json j = {{"layout", g.layout()},
+                                    {"ranks", W},
+                                    {"tokens", Tg},
+                                    {"fwd_bwd_ms", med},
                                     {"fwd_bwd_ms_min", t.front()},
-                                    {"alltoall_ms", mx[0]},  {"router_comm_ms", mx[1]},
+                                    {"alltoall_ms", mx[0]},
+                                    {"router_comm_ms", mx[1]},
                                     {"compute_ms", std::max(0.0, med - mx[0] - mx[1])},
                                     {"alltoall_bytes_per_rank", mx[2]},
                                     {"router_bytes_per_rank", mx[3]},

@@ -7,12 +7,12 @@
 
 #include "moe/checkpoint.h"
 #include "moe/error.h"
-#include "moe/runtime.h"
 #include "moe/hf_model.h"
 #include "moe/process_group.h"
+#include "moe/runtime.h"
 #include "tools/checked_flags.h"
-#include "tools/hf_tools.h"
 #include "tools/command.h"
+#include "tools/hf_tools.h"
 #include "train/generate.h"
 
 namespace moe::tools {
@@ -134,13 +134,15 @@ static int run_generate_ckpt(const GenerateOptions& o, const ParallelGroups& g) 
     if (W > 1) {
         const ModelConfig c = load_model_config(resolve_checkpoint_dir(o.ckpt));
         if (!c.any_moe())
-            fail("{}: a dense model; generate under mpirun splits MoE experts over the ranks: run "
-                 "it in one process",
-                 o.ckpt);
+            fail(
+                "{}: a dense model; generate under mpirun splits MoE experts over the ranks: run "
+                "it in one process",
+                o.ckpt);
         if (c.moe.n_experts % W != 0)
-            fail("mpirun -np {}: the model's {} experts per layer do not split over {} ranks; use "
-                 "a number of ranks dividing {}",
-                 W, c.moe.n_experts, W, c.moe.n_experts);
+            fail(
+                "mpirun -np {}: the model's {} experts per layer do not split over {} ranks; use "
+                "a number of ranks dividing {}",
+                W, c.moe.n_experts, W, c.moe.n_experts);
         shard = {W, g.world_rank()};
     }
     LoadedModel lm = load_model(o.ckpt, shard);
@@ -212,9 +214,10 @@ static int run_generate(const GenerateOptions& o) {
     const bool mpi = launched_by_mpirun();
     if (is_hf_model_dir(o.ckpt)) {
         if (mpi)
-            fail("{}: a Hugging Face folder runs in one process (its engine maps the weights); "
-                 "start moe generate without mpirun",
-                 o.ckpt);
+            fail(
+                "{}: a Hugging Face folder runs in one process (its engine maps the weights); "
+                "start moe generate without mpirun",
+                o.ckpt);
         return run_generate_hf(o);
     }
     if (o.stats) usage_fail("--stats: only for Hugging Face model folders (mapped weights)");

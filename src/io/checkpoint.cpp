@@ -135,9 +135,8 @@ void write_safetensors_streamed(CkptWriter& w, const std::string& path,
     uint64_t off = 0;
     for (auto& t : ts) {
         const uint64_t bytes = 4 * (uint64_t)t.shape.numel();
-        header[t.name] = {{"dtype", "F32"},
-                          {"shape", t.shape.dims},
-                          {"data_offsets", {off, off + bytes}}};
+        header[t.name] = {
+            {"dtype", "F32"}, {"shape", t.shape.dims}, {"data_offsets", {off, off + bytes}}};
         off += bytes;
     }
     std::string h = header.dump();
@@ -236,7 +235,8 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
         for (int l = 0; l < model.config().n_layers; l++)
             if (has_balance_bias(model, l)) {
                 const float* b = model.moe_layer(l)->balance_bias().data();
-                ts.push_back({bias_name(l), Shape{(int64_t)model.moe_layer(l)->balance_bias().size()},
+                ts.push_back({bias_name(l),
+                              Shape{(int64_t)model.moe_layer(l)->balance_bias().size()},
                               [b] { return b; }});
             }
         write_safetensors_streamed(w, tmp + "/model.safetensors", {{"format", "pt"}}, ts,
@@ -246,11 +246,12 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
             const auto& specs = model.params();
             for (const ParamSpec& fs : full) {
                 auto it = held.find(fs.name);
-                if (it == held.end()) {  // another rank's expert
+                if (it == held.end()) {                   // another rank's expert
                     if (!fetch->has_state(fs)) continue;  // frozen
-                    ts.push_back({fs.name + ".exp_avg", fs.shape, [&, fs] { return fetch->get(fs, 1); }});
-                    ts.push_back({fs.name + ".exp_avg_sq", fs.shape,
-                                  [&, fs] { return fetch->get(fs, 2); }});
+                    ts.push_back(
+                        {fs.name + ".exp_avg", fs.shape, [&, fs] { return fetch->get(fs, 1); }});
+                    ts.push_back(
+                        {fs.name + ".exp_avg_sq", fs.shape, [&, fs] { return fetch->get(fs, 2); }});
                     continue;
                 }
                 const size_t i = it->second;
@@ -532,17 +533,20 @@ struct PartialReader {
     void read(const std::string& name, const Shape& shape, float* out) {
         auto it = header.find(name);
         if (it == header.end())
-            fail("{}: missing tensor {}; the checkpoint does not match its config.json", path, name);
+            fail("{}: missing tensor {}; the checkpoint does not match its config.json", path,
+                 name);
         const StHeaderEntry& e = it->second;
         if (e.shape != shape)
-            fail("{}: tensor {}: expected shape {}, got {}", path, name, shape.str(), e.shape.str());
+            fail("{}: tensor {}: expected shape {}, got {}", path, name, shape.str(),
+                 e.shape.str());
         if (e.dtype != "F32" || e.end - e.begin != (uint64_t)shape.numel() * 4)
             fail("{}: tensor {}: dtype {} (moe.cpp checkpoints hold F32); restore the checkpoint",
                  path, name, e.dtype);
         in.seekg((std::streamoff)(base + e.begin));
         in.read(reinterpret_cast<char*>(out), (std::streamsize)(e.end - e.begin));
-        if (!in) fail("{}: tensor {}: cannot read {} bytes; the file is truncated", path, name,
-                      e.end - e.begin);
+        if (!in)
+            fail("{}: tensor {}: cannot read {} bytes; the file is truncated", path, name,
+                 e.end - e.begin);
         check_finite(path, name, out, (size_t)shape.numel());
     }
 };
@@ -618,9 +622,10 @@ void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* 
             int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
             if (o < 0) {
                 if (r.has(s.name + ".exp_avg"))
-                    fail("{}: has optimizer state for {}, which this run freezes (the freeze "
-                         "changed?)",
-                         path, s.name);
+                    fail(
+                        "{}: has optimizer state for {}, which this run freezes (the freeze "
+                        "changed?)",
+                        path, s.name);
                 continue;
             }
             r.read(s.name + ".exp_avg", s.shape, adam_m + o);

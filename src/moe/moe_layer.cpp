@@ -134,9 +134,10 @@ static void check_shard(const MoeConfig& cfg, ExpertShard shard) {
     if (shard.parts < 1 || shard.index < 0 || shard.index >= shard.parts)
         fail("MoeLayer: expert shard {} of {} is not a part", shard.index, shard.parts);
     if (shard.parts > cfg.n_experts)
-        fail("--expert-parallel {}: more expert-parallel ranks than experts (n_experts={}); use at "
-             "most {} ranks per expert group",
-             shard.parts, cfg.n_experts, cfg.n_experts);
+        fail(
+            "--expert-parallel {}: more expert-parallel ranks than experts (n_experts={}); use at "
+            "most {} ranks per expert group",
+            shard.parts, cfg.n_experts, cfg.n_experts);
     if (cfg.n_experts % shard.parts != 0)
         fail("--expert-parallel {}: n_experts={} is not divisible by it; choose a divisor of {}",
              shard.parts, cfg.n_experts, cfg.n_experts);
@@ -292,7 +293,6 @@ static void check_finite(const float* x, int T, int d) {
         }
     }
 }
-
 
 using Impl = MoeLayer::Impl;
 
@@ -500,9 +500,10 @@ void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const Rou
         forward_parallel_(y.data);
     } else {
         if (shard_.sharded())
-            fail("MoeLayer::forward: the layer holds experts part {} of {} only; call "
-                 "set_parallel with its expert group first",
-                 shard_.index, shard_.parts);
+            fail(
+                "MoeLayer::forward: the layer holds experts part {} of {} only; call "
+                "set_parallel with its expert group first",
+                shard_.index, shard_.parts);
         route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
         dispatch(m, cfg_);
         run_experts_(y.data);
@@ -523,8 +524,9 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     check_shape("MoeLayer::backward: dx", dx.shape, Shape{T, d});
     MOE_CHECK(dy.data && dx.data, "null buffer");
     if (m.par_on && m.replicated)
-        fail("MoeLayer::backward: a layer with replicated tokens (set_parallel for inference) "
-             "has no backward; train with the tokens split over the ranks");
+        fail(
+            "MoeLayer::backward: a layer with replicated tokens (set_parallel for inference) "
+            "has no backward; train with the tokens split over the ranks");
     if (m.par_on) return backward_parallel_(dy.data, dx.data);
     const Routing& r = m.routing;
     const int64_t rows = std::max<int64_t>(r.n(), 1);
@@ -632,14 +634,15 @@ void MoeLayer::set_parallel(const ParallelGroups& g, bool mean_grads, bool repli
     m.mean_grads = mean_grads;
     m.replicated = replicated_tokens;
     // Replicated tokens need only the expert group; split tokens the world (the global batch).
-    m.par_on = replicated_tokens ? g.expert && g.expert->size() > 1
-                                 : g.world && g.world->size() > 1;
+    m.par_on =
+        replicated_tokens ? g.expert && g.expert->size() > 1 : g.world && g.world->size() > 1;
     m.have_forward = false;
     if (!m.par_on) {
         if (shard_.sharded())
-            fail("MoeLayer: holds experts {} of {} parts but runs in one process; build it "
-                 "unsharded",
-                 shard_.index, shard_.parts);
+            fail(
+                "MoeLayer: holds experts {} of {} parts but runs in one process; build it "
+                "unsharded",
+                shard_.index, shard_.parts);
         return;
     }
     MOE_CHECK(g.expert && g.data, "set_parallel: expert and data groups are needed");
@@ -911,8 +914,8 @@ static GroupedFfn sub_experts(GroupedFfn g, int j0, int j1) {
 // (set_overlap): every chunk's exchange is posted at once; chunk c's experts run as soon as it
 // has arrived, and its results are posted home before the next chunk is waited for.
 template <class Work>
-static void round_trip(Impl& m, int d, const float* send, float* in, const float* out,
-                       float* back, Work&& work) {
+static void round_trip(Impl& m, int d, const float* send, float* in, const float* out, float* back,
+                       Work&& work) {
     ProcessGroup& eg = *m.par.expert;
     const int P = eg.size(), me = eg.rank(), nc = (int)m.chunk_j.size() - 1;
     const int64_t n_recv = (int64_t)m.recv_pos.size();
@@ -973,8 +976,8 @@ static void round_trip(Impl& m, int d, const float* send, float* in, const float
         work(j0, j1);
         to_send_order(j0, j1);
         t0 = seconds_now();
-        back_h[c] = eg.ialltoallv(rb2, rc[c].data(), rd[c].data(), back, sc[c].data(),
-                                  sd[c].data());
+        back_h[c] =
+            eg.ialltoallv(rb2, rc[c].data(), rd[c].data(), back, sc[c].data(), sd[c].data());
         m.comm.alltoall_s += seconds_now() - t0;
     }
     t0 = seconds_now();
@@ -1000,8 +1003,8 @@ void MoeLayer::forward_parallel_(float* y) {
     GroupedFfn g = grouped_owned(*this, m, params_, grads_);
     m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
     round_trip(m, d, m.sbuf.data(), m.xe.data(), m.oe.data(), m.ret.data(), [&](int j0, int j1) {
-        experts_forward(sub_experts(g, j0, j1), m.xe.data(), m.he.data(), m.ae.data(),
-                        m.oe.data(), m.how);
+        experts_forward(sub_experts(g, j0, j1), m.xe.data(), m.he.data(), m.ae.data(), m.oe.data(),
+                        m.how);
     });
     combine_forward(m.mine, m.routing.weight.data(), m.ret.data(), d, y);
     expert_flops_fwd_ = 2.0 * n_recv * (double)ffn_weight_floats(cfg_.activation, d, g.f);

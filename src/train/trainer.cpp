@@ -5,8 +5,8 @@
 
 #include <unistd.h>
 
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -19,8 +19,8 @@
 #include "kernels/adamw.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
-#include "moe/finetune.h"
 #include "moe/file_io.h"
+#include "moe/finetune.h"
 #include "moe/runtime.h"
 #include "train/metrics.h"
 
@@ -258,11 +258,11 @@ int expert_of(const std::string& name) {
 struct ExpertServer {
     const ParallelGroups* g = nullptr;
     Model* model = nullptr;
-    const float *m = nullptr, *v = nullptr;            // AdamW moments (null: weights only)
+    const float *m = nullptr, *v = nullptr;  // AdamW moments (null: weights only)
     const std::vector<int64_t>* state_offsets = nullptr;
-    std::set<std::string> frozen;                      // full-table names
-    std::map<std::string, size_t> held;                // name -> params() index
-    int per_rank = 1;                                  // experts per expert-group rank
+    std::set<std::string> frozen;        // full-table names
+    std::map<std::string, size_t> held;  // name -> params() index
+    int per_rank = 1;                    // experts per expert-group rank
     Buffer scratch;
 
     const float* serve(const ParamSpec& s, int which) {
@@ -272,10 +272,10 @@ struct ExpertServer {
         float* data;
         if (owner == g->expert->rank()) {
             const size_t i = held.at(s.name);
-            const size_t o = which == 0 ? model->params()[i].offset
-                                        : (size_t)(*state_offsets)[i];
-            data = const_cast<float*>(which == 0 ? model->param_data() + o : which == 1 ? m + o
-                                                                                         : v + o);
+            const size_t o = which == 0 ? model->params()[i].offset : (size_t)(*state_offsets)[i];
+            data = const_cast<float*>(which == 0   ? model->param_data() + o
+                                      : which == 1 ? m + o
+                                                   : v + o);
         } else {
             if ((int64_t)scratch.size() < n) scratch.resize((size_t)n);
             data = scratch.data();
@@ -305,7 +305,8 @@ json expert_checksums(const ParallelGroups& g, Model& model) {
     std::vector<uint64_t> mine;
     for (const ParamSpec& p : model.params())
         if (expert_of(p.name) >= 0)
-            mine.push_back(fnv1a(model.param_data() + p.offset, sizeof(float) * (size_t)p.shape.numel()));
+            mine.push_back(
+                fnv1a(model.param_data() + p.offset, sizeof(float) * (size_t)p.shape.numel()));
     const int P = model.expert_shard().parts;
     std::vector<uint64_t> all(mine.size() * P);
     if (P > 1)
@@ -343,9 +344,10 @@ void verify_expert_checksums(Model& model, const json& state, const std::string&
                  ckpt, name);
         if (!got.contains(name)) continue;  // another rank's expert
         if (!h.is_string())
-            fail("{}/trainer_state.json: expert_checksums[{}] is not a string; the checkpoint is "
-                 "damaged",
-                 ckpt, name);
+            fail(
+                "{}/trainer_state.json: expert_checksums[{}] is not a string; the checkpoint is "
+                "damaged",
+                ckpt, name);
         if (got[name] != h)
             fail("{}/model.safetensors: {} does not match its checksum in trainer_state.json ({} "
                  "vs {}); the checkpoint is damaged, resume from another one",
@@ -385,8 +387,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
     opt.progress = opt_in.progress && writer;
     if (W > 1) {
         std::string what = config_to_json(opt.cfg).dump() + "|" + opt.resume_dir + "|" +
-                           opt.out_dir + "|" + groups.layout() + "|" +
-                           std::to_string(opt.overlap);
+                           opt.out_dir + "|" + groups.layout() + "|" + std::to_string(opt.overlap);
         for (auto& [k, v] : opt.overrides) what += "|" + k + "=" + v;
         check_same_config(groups, what);
     }
@@ -474,9 +475,10 @@ TrainResult run_train(const TrainOptions& opt_in) {
     set_threads(cfg.threads);
     if (W > 1) {
         if (cfg.batch_size % W != 0)
-            fail("batch_size={}: must be divisible by the {} ranks (each rank trains on batch_size "
-                 "/ ranks sequences of every batch); choose a multiple of {}",
-                 cfg.batch_size, W, W);
+            fail(
+                "batch_size={}: must be divisible by the {} ranks (each rank trains on batch_size "
+                "/ ranks sequences of every batch); choose a multiple of {}",
+                cfg.batch_size, W, W);
     }
 
     std::string run_dir = opt.out_dir;
@@ -588,14 +590,18 @@ TrainResult run_train(const TrainOptions& opt_in) {
     ModelConfig mcfg = model_config_for(cfg, model_vocab);
     // Expert parallelism: each rank allocates only the experts it owns (ExpertShard); the
     // checkpoints still hold every expert (gathered on save, each rank reading its own on load).
-    const ExpertShard shard =
-        groups.ep_size() > 1 && mcfg.any_moe()
-            ? ExpertShard{groups.ep_size(), groups.expert->rank()}
-            : ExpertShard{};
+    const ExpertShard shard = groups.ep_size() > 1 && mcfg.any_moe()
+                                  ? ExpertShard{groups.ep_size(), groups.expert->rank()}
+                                  : ExpertShard{};
     if (shard.sharded()) {
         size_t n = 0;
-        MoeLayer::layout([&] { MoeConfig c = mcfg.moe; c.d_model = mcfg.d_model; return c; }(),
-                         &n, shard);  // E divisible by P: a clear error before anything else
+        MoeLayer::layout(
+            [&] {
+                MoeConfig c = mcfg.moe;
+                c.d_model = mcfg.d_model;
+                return c;
+            }(),
+            &n, shard);  // E divisible by P: a clear error before anything else
     }
     if (resuming) {
         ModelConfig saved = load_model_config(resume_ckpt);
@@ -734,8 +740,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
             std::fprintf(stderr,
                          "train: freeze '%s': %zu tensors, %zu of %zu params frozen; AdamW state "
                          "%.2f MiB (saves %.2f MiB)\n",
-                         cfg.freeze.c_str(), names.size(), frozen_all, P_all,
-                         opt_bytes / (1 << 20), opt_saved / (1 << 20));
+                         cfg.freeze.c_str(), names.size(), frozen_all, P_all, opt_bytes / (1 << 20),
+                         opt_saved / (1 << 20));
     }
 
     // Fixed validation batches (same windows at every evaluation, so the curve is smooth).
@@ -867,15 +873,16 @@ TrainResult run_train(const TrainOptions& opt_in) {
         if (std::sscanf(k, "%lld:%lld", (long long*)&kill_rank, (long long*)&kill_step) != 2)
             kill_rank = -1;
     if (opt.progress)
-        std::fprintf(
-            stderr,
-            "train: %s, %zu params (%zu trainable), %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
-            "set-up %.1fs\n",
-            run_dir.c_str(), P_all, trainable_all, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
-            tok->kind().c_str(), (long long)step + 1, (long long)last_step,
-            now_seconds() - t_setup0);
+        std::fprintf(stderr,
+                     "train: %s, %zu params (%zu trainable), %zu train / %zu val tokens, vocab %d "
+                     "(%s), steps %lld..%lld, "
+                     "set-up %.1fs\n",
+                     run_dir.c_str(), P_all, trainable_all, corpus.train.size(), corpus.val.size(),
+                     tok->vocab_size(), tok->kind().c_str(), (long long)step + 1,
+                     (long long)last_step, now_seconds() - t_setup0);
     if (opt.progress && shard.sharded())
-        std::fprintf(stderr, "train: %s: %zu params per rank of %zu (experts split over %d ranks)\n",
+        std::fprintf(stderr,
+                     "train: %s: %zu params per rank of %zu (experts split over %d ranks)\n",
                      groups.layout().c_str(), P, P_all, shard.parts);
 
     // Starting from a checkpoint: evaluate it first (step 0), so the curves start where it was.

@@ -117,8 +117,9 @@ TEST(Dist, ShardedLayerHoldsItsExpertsWithTheSameValues) {
                     << p.name << " part " << index << " of " << parts;
             }
             EXPECT_EQ(experts, per);
-            const size_t per_expert = part.param("experts." + std::to_string(index * per) + ".w1")
-                                          .shape.numel() * 3;  // swiglu: w1, w3, w2
+            const size_t per_expert =
+                part.param("experts." + std::to_string(index * per) + ".w1").shape.numel() *
+                3;  // swiglu: w1, w3, w2
             EXPECT_EQ(part.n_params(), all.n_params() - (size_t)(c.n_experts - per) * per_expert);
         }
     // A part that does not divide the experts, or one out of range: clear errors.
@@ -203,7 +204,8 @@ TEST(Dist, ShardedModelSavesAndLoadsTheWholeCheckpoint) {
 
     Model back(c, false, ExpertShard{2, 1});
     load_params(back, root + "/all");
-    EXPECT_EQ(0, std::memcmp(back.param_data(), part.param_data(), sizeof(float) * part.n_params()));
+    EXPECT_EQ(0,
+              std::memcmp(back.param_data(), part.param_data(), sizeof(float) * part.n_params()));
     std::vector<float> bm(part.n_params()), bv(part.n_params());
     load_optimizer(back, root + "/all", bm.data(), bv.data());
     EXPECT_EQ(bm, pm);
