@@ -3,5 +3,6 @@
 list(APPEND MOE_SOURCES
   src/infer/hf_config.cpp
   src/infer/weights.cpp
+  src/infer/hf_export.cpp
   src/infer/hf_model.cpp
 )
