@@ -528,6 +528,11 @@ def build(a):
     os.makedirs(a.out)
     n_tok, specials = write_tokenizer(a.out, fam, a)
     vocab_size = n_tok if fam == "mixtral" else -(-n_tok // 64) * 64
+    if a.vocab_size:  # a benchmark shape: the embedding padded past the tokenizer
+        if a.vocab_size < vocab_size:
+            raise SystemExit("hf_make_tiny.py: --vocab-size %d is below the tokenizer's %d ids"
+                             % (a.vocab_size, vocab_size))
+        vocab_size = a.vocab_size
     c = make_config(fam, a, vocab_size, specials)
     write_json(os.path.join(a.out, "config.json"), c)
     write_json(os.path.join(a.out, "generation_config.json"), generation_config(c))
@@ -584,6 +589,8 @@ def parse_args(argv=None):
     g.add_argument("--head-std", dest="head_std", type=float, default=0.5,
                    help="LM head (the embedding when tied): logits of std ~4, so that the loss "
                    "depends on which tokens are scored, not only on the vocabulary size")
+    g.add_argument("--vocab-size", dest="vocab_size", type=int, default=None,
+                   help="config.json's vocab_size, padded past the tokenizer (benchmark shapes)")
     g.add_argument("--tokenizer-chars", dest="tokenizer_chars", type=int, default=30000,
                    help="train the tokenizer on this many characters of tinyshakespeare")
     a = ap.parse_args(argv)

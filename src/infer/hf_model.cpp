@@ -62,6 +62,10 @@ struct HfModel::Impl {
     ExpertUsage usage;
     std::vector<std::vector<int32_t>> last_exp;
     std::vector<std::vector<float>> last_w;
+    // Routing scratch (sized once): nothing is allocated per token.
+    std::vector<int> order;
+    std::vector<float> probs, tw;
+    std::vector<int32_t> toks;
 
     void grow(int n);
     void attention(int l, int n);
@@ -268,7 +272,8 @@ void HfModel::Impl::attention(int l, int n) {
     const int total = pos + n;
 #pragma omp parallel
     {
-        std::vector<float> s(total);
+        static thread_local std::vector<float> s;  // the scores of one query row
+        if (s.size() < (size_t)total) s.resize((size_t)total);
 #pragma omp for schedule(static) collapse(2)
         for (int i = 0; i < n; i++)
             for (int hq = 0; hq < H; hq++) {
@@ -320,8 +325,9 @@ void HfModel::Impl::moe_block(const LayerWeights& L, int l, int n) {
     std::vector<float>& wt = last_w[l];
     ex.assign((size_t)n * K, -1);
     wt.assign((size_t)n * K, 0.f);
-    std::vector<int> order(E);
-    std::vector<float> p(E);
+    order.resize(E);
+    probs.resize(E);
+    float* p = probs.data();
     for (int t = 0; t < n; t++) {
         const float* z = &rl[(size_t)t * E];
         float mx = z[0];
@@ -341,8 +347,6 @@ void HfModel::Impl::moe_block(const LayerWeights& L, int l, int n) {
         }
     }
     std::fill(ffn.begin(), ffn.begin() + (size_t)n * d, 0.f);
-    std::vector<int32_t> toks;
-    std::vector<float> tw;
     for (int e = 0; e < E; e++) {
         toks.clear();
         tw.clear();

@@ -206,6 +206,116 @@ static DotFn dot_fn() {
     }
 }
 
+// Four weight rows (row stride rb bytes) against one vector: out[r] = x . w_r. Decode is bound
+// by reading W, and the single-row kernel keeps only two FMA chains in flight and reloads x for
+// every row; four rows at once give eight chains and one x load per four rows. Each row keeps
+// the single-row kernel's association (even and odd blocks of the vector width summed apart),
+// so the result does not depend on which kernel a row went through.
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8_t(const uint8_t* w, int k) {
+    if constexpr (T == WType::f32) return _mm256_loadu_ps((const float*)(w + 4 * k));
+    __m128i h = _mm_loadu_si128((const __m128i*)(w + 2 * k));
+    if constexpr (T == WType::f16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum_avx2(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(const float* x, const uint8_t* w,
+                                                               size_t rb, int K, float* out) {
+    __m256 a[4][2];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    // Rows are short streams (a few KB) that the hardware prefetcher barely learns before they
+    // end; the next four rows follow these in memory, so fetch them at the rate this loop eats
+    // its own (4 x 16 values per step: the next group's bytes are spread over this group's steps).
+    const char* next = (const char*)w + 4 * rb;
+    const size_t step_bytes = 4 * 16 * sizeof(float) * wtype_size(T) / 4;  // 4 rows x 16 values
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        _mm_prefetch(next, _MM_HINT_T0);
+        _mm_prefetch(next + 64, _MM_HINT_T0);
+        if (step_bytes > 128) {
+            _mm_prefetch(next + 128, _MM_HINT_T0);
+            _mm_prefetch(next + 192, _MM_HINT_T0);
+        }
+        next += step_bytes;
+        const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        for (int r = 0; r < 4; r++) {
+            a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(x1, load8_t<T>(w + r * rb, k + 8), a[r][1]);
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + k);
+        for (int r = 0; r < 4; r++) a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = hsum_avx2(_mm256_add_ps(a[r][0], a[r][1]));
+        if (k < K) out[r] += dot_scalar(x + k, w + r * rb + wtype_size(T) * k, T, K - k);
+    }
+}
+
+template <WType T>
+__attribute__((target("avx512f,avx512bw"))) static inline __m512 load16_t(const uint8_t* w, int k) {
+    if constexpr (T == WType::f32) return _mm512_loadu_ps((const float*)(w + 4 * k));
+    __m256i h = _mm256_loadu_si256((const __m256i*)(w + 2 * k));
+    if constexpr (T == WType::f16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <WType T>
+__attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float* x,
+                                                                    const uint8_t* w, size_t rb,
+                                                                    int K, float* out) {
+    __m512 a[4][2];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        for (int r = 0; r < 4; r++) {
+            a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(x1, load16_t<T>(w + r * rb, k + 16), a[r][1]);
+        }
+    }
+    for (; k + 16 <= K; k += 16) {
+        const __m512 x0 = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < 4; r++)
+            a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
+    }
+    for (int r = 0; r < 4; r++) {
+        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+        if (k < K) out[r] += dot_scalar(x + k, w + r * rb + wtype_size(T) * k, T, K - k);
+    }
+}
+
+static void dot4_scalar_f32(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f32, K);
+}
+static void dot4_scalar_f16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f16, K);
+}
+static void dot4_scalar_bf16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+    for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::bf16, K);
+}
+
+using Dot4Fn = void (*)(const float*, const uint8_t*, size_t, int, float*);
+
+static Dot4Fn dot4_fn(WType t) {
+    const int ti = t == WType::f32 ? 0 : t == WType::f16 ? 1 : 2;
+    static const Dot4Fn table[3][3] = {
+        {dot4_scalar_f32, dot4_scalar_f16, dot4_scalar_bf16},
+        {dot4_avx2<WType::f32>, dot4_avx2<WType::f16>, dot4_avx2<WType::bf16>},
+        {dot4_avx512<WType::f32>, dot4_avx512<WType::f16>, dot4_avx512<WType::bf16>},
+    };
+    return table[(int)wgemm_isa()][ti];
+}
+
 // ---- widening rows ----------------------------------------------------------------------------
 
 void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
@@ -233,7 +343,167 @@ void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
     }
 }
 
+// ---- prefill: a packed micro-kernel (AVX2) ---------------------------------------------------
+// y [M, N] (+)= x [M, K] W^T for M >= 4 (prompt chunks, the tokens of one expert). OpenBLAS
+// reaches only 20-45 GFLOP/s per core on these shapes (M a few dozen, measured here) and would
+// need W widened to fp32 first and then packed again by itself. Here W is widened straight into
+// the packed layout the micro-kernel reads: for 16 rows of W and a block of kKC columns,
+// bp[k][16] (transposed, fp32; rows past N are zero). x is not packed: the kernel broadcasts
+// x[m][k] from its rows (a 6 x kKC block stays in L1). Each output keeps 2 x 6 x 8 running sums
+// in registers; blocks of K are added to y in order, so the numbers depend on neither the thread
+// count nor the split of N. Threads take whole chunks of kNC rows of W.
+static const int kMR = 6, kNR = 16, kKC = 256, kNC = 128;
+
+template <WType T>
+static void pack_b_scalar(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
+    const size_t es = wtype_size(T);
+    for (int j = 0; j < kNR; j++) {
+        if (j >= nr) {
+            for (int k = 0; k < kc; k++) bp[k * kNR + j] = 0.f;
+            continue;
+        }
+        const uint8_t* src = w.row(n0 + j) + es * (size_t)k0;
+        for (int k = 0; k < kc; k++) {
+            if constexpr (T == WType::f32) {
+                std::memcpy(&bp[k * kNR + j], src + 4 * k, 4);
+            } else {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * k, 2);
+                bp[k * kNR + j] = T == WType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+            }
+        }
+    }
+}
+
+// Full panels (16 rows, kc a multiple of 8): 8 x 8 blocks widened and transposed in registers,
+// so every store is 8 contiguous floats (the scalar packing's scattered stores cost as much as
+// the arithmetic at a few dozen tokens per expert).
+template <WType T>
+__attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const WeightView& w,
+                                                            int n0, int nr, int k0, int kc) {
+    if (nr != kNR || kc % 8 != 0) return pack_b_scalar<T>(bp, w, n0, nr, k0, kc);
+    const size_t es = wtype_size(T);
+    for (int j0 = 0; j0 < kNR; j0 += 8) {
+        const uint8_t* src[8];
+        for (int r = 0; r < 8; r++) src[r] = w.row(n0 + j0 + r) + es * (size_t)k0;
+        for (int k = 0; k < kc; k += 8) {
+            __m256 r0 = load8_t<T>(src[0], k), r1 = load8_t<T>(src[1], k),
+                   r2 = load8_t<T>(src[2], k), r3 = load8_t<T>(src[3], k),
+                   r4 = load8_t<T>(src[4], k), r5 = load8_t<T>(src[5], k),
+                   r6 = load8_t<T>(src[6], k), r7 = load8_t<T>(src[7], k);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float* o = bp + (size_t)k * kNR + j0;
+            _mm256_storeu_ps(o + 0 * kNR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + 1 * kNR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * kNR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * kNR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * kNR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * kNR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * kNR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * kNR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+}
+
+// Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every
+// step); rows past MR are compiled out.
+template <int MR>
+__attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float* x, int ldx,
+                                                             const float* bp, float* c, int ldc,
+                                                             bool add, int nr) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float* x0 = x;
+    const float* x1 = x + (size_t)ldx;
+    const float* x2 = x + 2 * (size_t)ldx;
+    const float* x3 = x + 3 * (size_t)ldx;
+    const float* x4 = x + 4 * (size_t)ldx;
+    const float* x5 = x + 5 * (size_t)ldx;
+    for (int k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_loadu_ps(bp + k * kNR), b1 = _mm256_loadu_ps(bp + k * kNR + 8);
+        __m256 a;
+#define MOE_UK_ROW(i)                                 \
+    if constexpr (MR > i) {                           \
+        a = _mm256_broadcast_ss(x##i + k);            \
+        c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0);    \
+        c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);    \
+    }
+        MOE_UK_ROW(0) MOE_UK_ROW(1) MOE_UK_ROW(2) MOE_UK_ROW(3) MOE_UK_ROW(4) MOE_UK_ROW(5)
+#undef MOE_UK_ROW
+    }
+    const __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                              {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int i = 0; i < MR; i++) {
+        float* ci = c + (size_t)i * ldc;
+        if (nr == kNR) {
+            __m256 r0 = acc[i][0], r1 = acc[i][1];
+            if (add) {
+                r0 = _mm256_add_ps(_mm256_loadu_ps(ci), r0);
+                r1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r1);
+            }
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        } else {
+            float t[kNR];
+            _mm256_storeu_ps(t, acc[i][0]);
+            _mm256_storeu_ps(t + 8, acc[i][1]);
+            for (int j = 0; j < nr; j++) ci[j] = add ? ci[j] + t[j] : t[j];
+        }
+    }
+}
+
+using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
+using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
+
+static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const WeightView& w,
+                              int M, bool accumulate) {
+    static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
+                                          ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
+                                          ukernel_avx2<6>};
+    const PackFn pack = w.type == WType::f32   ? pack_b<WType::f32>
+                        : w.type == WType::f16 ? pack_b<WType::f16>
+                                               : pack_b<WType::bf16>;
+    const int N = (int)w.rows, K = (int)w.cols;
+    if (K == 0) {  // an empty sum
+        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
+        return;
+    }
+    const int n_chunks = (N + kNC - 1) / kNC;
+#pragma omp parallel if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
+    {
+        static thread_local std::vector<float> bp;
+        if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < n_chunks; ch++) {
+            const int n0 = ch * kNC, nc = std::min(kNC, N - n0), np = (nc + kNR - 1) / kNR;
+            for (int k0 = 0; k0 < K; k0 += kKC) {
+                const int kc = std::min(kKC, K - k0);
+                for (int p = 0; p < np; p++)
+                    pack(&bp[(size_t)p * kKC * kNR], w, n0 + p * kNR, std::min(kNR, nc - p * kNR),
+                         k0, kc);
+                const bool add = accumulate || k0 > 0;
+                for (int m0 = 0; m0 < M; m0 += kMR) {
+                    const int mr = std::min(kMR, M - m0);
+                    for (int p = 0; p < np; p++)
+                        uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
+                               y + (size_t)m0 * ldy + n0 + p * kNR, ldy, add,
+                               std::min(kNR, nc - p * kNR));
+                }
+            }
+        }
+    }
+}
+
 // ---- the product ------------------------------------------------------------------------------
+
+static const int kPanelRows = 128;
 
 void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
            bool accumulate) {
@@ -241,34 +511,61 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
     if (M <= 0 || N <= 0) return;
     if (M < 4 && w.type == WType::q8_0) return q8_gemm_decode(y, ldy, x, ldx, w, M, accumulate);
     if (M < 4) {
-        // Decode: bound by reading W once; rows spread over the threads.
+        // Decode: bound by reading W once; groups of four rows spread over the threads.
         const DotFn dot = dot_fn();
+        const Dot4Fn dot4 = dot4_fn(w.type);
+        const size_t rb = (size_t)K * wtype_size(w.type);
+        const int n_groups = (N + 3) / 4;
 #pragma omp parallel for schedule(static) if ((int64_t)N * K >= 65536)
-        for (int n = 0; n < N; n++) {
-            const uint8_t* wr = w.row(n);
+        for (int g = 0; g < n_groups; g++) {
+            const int n0 = 4 * g;
             for (int m = 0; m < M; m++) {
-                const float v = dot(x + (size_t)m * ldx, wr, w.type, K);
-                float& o = y[(size_t)m * ldy + n];
-                o = accumulate ? o + v : v;
+                float v[4];
+                const float* xm = x + (size_t)m * ldx;
+                if (n0 + 4 <= N) {
+                    dot4(xm, w.row(n0), rb, K, v);
+                } else {
+                    for (int r = 0; n0 + r < N; r++) v[r] = dot(xm, w.row(n0 + r), w.type, K);
+                }
+                for (int r = 0; r < 4 && n0 + r < N; r++) {
+                    float& o = y[(size_t)m * ldy + n0 + r];
+                    o = accumulate ? o + v[r] : v[r];
+                }
             }
         }
         return;
     }
-    const float beta = accumulate ? 1.f : 0.f;
-    if (w.type == WType::f32 && ((uintptr_t)w.data % 4) == 0) {
-        sgemm(false, true, M, N, K, 1.f, x, ldx, (const float*)w.data, K, beta, y, ldy);
+    if (wgemm_isa() == WIsa::avx2) {
+        wgemm_packed_avx2(y, ldy, x, ldx, w, M, accumulate);
         return;
     }
-    // Panels of about 1 MB of widened rows: widen (threads), then one sgemm per panel.
-    const int panel = std::max(16, std::min(N, (int)((1 << 18) / std::max(1, K))));
-    static thread_local std::vector<float> scratch;
-    scratch.resize((size_t)panel * K);
-    for (int n0 = 0; n0 < N; n0 += panel) {
-        const int pn = std::min(panel, N - n0);
-        float* s = scratch.data();
-#pragma omp parallel for schedule(static) if ((int64_t)pn * K >= 65536)
-        for (int r = 0; r < pn; r++) widen_rows(s + (size_t)r * K, w, n0 + r, 1);
-        sgemm(false, true, M, pn, K, 1.f, x, ldx, s, K, beta, y + n0, ldy);
+    // AVX-512 CPUs and the plain path: OpenBLAS (its AVX-512 kernels run at full width).
+    // Prefill and grouped experts: W's rows are cut into panels of kPanelRows (a count that does
+    // not depend on the thread count, so neither do the numbers); each thread takes whole panels,
+    // widens them into its own scratch (BF16/F16; F32 rows are used in place) and multiplies
+    // with one sgemm, which OpenBLAS runs single-threaded inside our parallel region. One
+    // parallel region per product: letting OpenBLAS thread these small products itself (M is a
+    // few dozen tokens per expert) made 2 threads spend most of their time in its spin-waits.
+    const float beta = accumulate ? 1.f : 0.f;
+    const bool in_place = w.type == WType::f32 && ((uintptr_t)w.data % 4) == 0;
+    const int panel = kPanelRows;
+    const int n_panels = (N + panel - 1) / panel;
+#pragma omp parallel if (n_panels > 1 && (int64_t)M * N * K >= (1 << 20))
+    {
+        static thread_local std::vector<float> scratch;
+        if (!in_place && scratch.size() < (size_t)panel * K) scratch.resize((size_t)panel * K);
+#pragma omp for schedule(static)
+        for (int p = 0; p < n_panels; p++) {
+            const int n0 = p * panel, pn = std::min(panel, N - n0);
+            const float* wp;
+            if (in_place) {
+                wp = (const float*)w.row(n0);
+            } else {
+                widen_rows(scratch.data(), w, n0, pn);
+                wp = scratch.data();
+            }
+            sgemm(false, true, M, pn, K, 1.f, x, ldx, wp, K, beta, y + n0, ldy);
+        }
     }
 }
 

@@ -45,7 +45,8 @@ class WgemmTest : public ::testing::TestWithParam<WIsa> {
 TEST_P(WgemmTest, MatchesReferenceOnOddShapes) {
     Rng r(7);
     const int shapes[][3] = {{1, 1, 1},  {1, 17, 33}, {2, 31, 15}, {3, 64, 47},
-                             {4, 9, 100}, {7, 70, 129}, {33, 65, 31}, {1, 300, 1000}};
+                             {4, 9, 100}, {7, 70, 129}, {33, 65, 31}, {1, 300, 1000},
+                             {5, 300, 70}, {9, 257, 64}, {11, 40, 600}};  // several panels, K blocks
     for (WType t : {WType::f32, WType::bf16, WType::f16})
         for (auto& s : shapes)
             for (bool acc : {false, true}) {
