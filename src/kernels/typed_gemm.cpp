@@ -459,6 +459,10 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float
     }
 }
 
+static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
+    q8_pack_panel(bp, kNR, w, n0, nr, k0, kc);  // kKC is a multiple of 32: whole blocks
+}
+
 using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
 using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
 
@@ -467,9 +471,10 @@ static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const 
     static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
                                           ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
                                           ukernel_avx2<6>};
-    const PackFn pack = w.type == WType::f32   ? pack_b<WType::f32>
-                        : w.type == WType::f16 ? pack_b<WType::f16>
-                                               : pack_b<WType::bf16>;
+    const PackFn pack = w.type == WType::f32    ? pack_b<WType::f32>
+                        : w.type == WType::f16  ? pack_b<WType::f16>
+                        : w.type == WType::q8_0 ? pack_b_q8
+                                                : pack_b<WType::bf16>;
     const int N = (int)w.rows, K = (int)w.cols;
     if (K == 0) {  // an empty sum
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
