@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-15}
 shift || true
-ALL=(safetensors train_config hf_config trainer_state token_file trace metrics vocab tokenizer_json hf_index hf_family)
+ALL=(safetensors train_config hf_config trainer_state token_file trace metrics vocab tokenizer_json hf_index hf_family gguf)
 [ $# -gt 0 ] && TARGETS=("$@") || TARGETS=("${ALL[@]}")
 BUILD=${MOE_FUZZ_BUILD:-build-fuzz}
 status=0
@@ -22,9 +22,11 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$BUILD/corpus/$t" "$BUILD/artifacts/$t" "$BUILD/logs"
   cp -n tests/fuzz/corpus/$t/* "$BUILD/corpus/$t/" 2>/dev/null || true
   log=$BUILD/logs/$t.log
+  maxlen=${MOE_FUZZ_MAX_LEN:-16384}
+  [ "$t" = gguf ] && maxlen=${MOE_FUZZ_MAX_LEN:-65536}  # a whole tiny model with its vocabulary
   ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 UBSAN_OPTIONS=print_stacktrace=1 \
     "$bin" "$BUILD/corpus/$t" -dict=tests/fuzz/json.dict -seed=${MOE_FUZZ_SEED:-1} -max_total_time="$SECS" \
-    -max_len=${MOE_FUZZ_MAX_LEN:-16384} -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+    -max_len=$maxlen -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
     -artifact_prefix="$BUILD/artifacts/$t/" -print_final_stats=1 > "$log" 2>&1
   rc=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')

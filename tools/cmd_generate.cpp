@@ -9,6 +9,7 @@
 #include "moe/error.h"
 #include "moe/runtime.h"
 #include "moe/hf_model.h"
+#include "moe/process_group.h"
 #include "tools/checked_flags.h"
 #include "tools/hf_tools.h"
 #include "tools/command.h"
@@ -124,13 +125,29 @@ static int run_generate_hf(const GenerateOptions& o) {
     return 0;
 }
 
-static int run_generate(const GenerateOptions& o) {
-    set_threads(o.threads);
-    if (!o.prompt_ids.empty() && o.prompt_given)
-        usage_fail("--prompt-ids: give either --prompt or --prompt-ids, not both");
-    if (is_hf_model_dir(o.ckpt)) return run_generate_hf(o);
-    if (o.stats) usage_fail("--stats: only for Hugging Face model folders (mapped weights)");
-    LoadedModel lm = load_model(o.ckpt);
+// Under mpirun (docs/distributed.md): every rank loads its share of each MoE layer's experts and
+// runs the same generation on the same tokens; the layers all-gather the expert outputs, so each
+// rank computes the single-process logits and draws the same tokens. Rank 0 prints.
+static int run_generate_ckpt(const GenerateOptions& o, const ParallelGroups& g) {
+    const int W = g.world_size();
+    ExpertShard shard;
+    if (W > 1) {
+        const ModelConfig c = load_model_config(resolve_checkpoint_dir(o.ckpt));
+        if (!c.any_moe())
+            fail("{}: a dense model; generate under mpirun splits MoE experts over the ranks: run "
+                 "it in one process",
+                 o.ckpt);
+        if (c.moe.n_experts % W != 0)
+            fail("mpirun -np {}: the model's {} experts per layer do not split over {} ranks; use "
+                 "a number of ranks dividing {}",
+                 W, c.moe.n_experts, W, c.moe.n_experts);
+        shard = {W, g.world_rank()};
+    }
+    LoadedModel lm = load_model(o.ckpt, shard);
+    if (W > 1)
+        for (int l = 0; l < lm.model->config().n_layers; l++)
+            if (MoeLayer* ml = lm.model->moe_layer(l))
+                ml->set_parallel(g, /*mean_grads=*/false, /*replicated_tokens=*/true);
     std::vector<int32_t> prompt;
     if (!o.prompt_ids.empty()) {
         prompt = parse_prompt_ids(o.prompt_ids, lm.model->config().vocab_size, "--prompt-ids");
@@ -170,8 +187,10 @@ static int run_generate(const GenerateOptions& o) {
     if (tok.kind() != "char") std::fputs(text.c_str(), stdout);
     std::printf("\n");
     std::fflush(stdout);  // the sample before the figures, also when both go to one file
-    std::fprintf(stderr, "generate: %zu prompt + %zu new tokens in %.2f s (%.1f tokens/s)\n",
-                 prompt.size(), out.size(), dt, out.size() / std::max(1e-9, dt));
+    if (g.world_rank() == 0)
+        std::fprintf(stderr, "generate: %zu prompt + %zu new tokens in %.2f s (%.1f tokens/s)%s\n",
+                     prompt.size(), out.size(), dt, out.size() / std::max(1e-9, dt),
+                     W > 1 ? fmt::format(", experts over {} ranks", W).c_str() : "");
     if (o.json) {
         nlohmann::json j = {{"prompt", o.prompt},
                             {"text", text},
@@ -184,6 +203,37 @@ static int run_generate(const GenerateOptions& o) {
                     j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return 0;
+}
+
+static int run_generate(const GenerateOptions& o) {
+    set_threads(o.threads);
+    if (!o.prompt_ids.empty() && o.prompt_given)
+        usage_fail("--prompt-ids: give either --prompt or --prompt-ids, not both");
+    const bool mpi = launched_by_mpirun();
+    if (is_hf_model_dir(o.ckpt)) {
+        if (mpi)
+            fail("{}: a Hugging Face folder runs in one process (its engine maps the weights); "
+                 "start moe generate without mpirun",
+                 o.ckpt);
+        return run_generate_hf(o);
+    }
+    if (o.stats) usage_fail("--stats: only for Hugging Face model folders (mapped weights)");
+    // One expert group of every rank; a rank that fails ends the job (no rank left waiting).
+    ParallelGroups g = init_parallel(mpi, /*expert_parallel=*/0);
+    const int rank = g.world_rank();
+    if (rank != 0 && !std::freopen("/dev/null", "w", stdout))
+        fail("cannot silence stdout of rank {}", rank);
+    int rc = 0;
+    try {
+        GenerateOptions mine = o;
+        if (rank != 0) mine.trace.clear();  // rank 0 writes the trace
+        rc = run_generate_ckpt(mine, g);
+    } catch (const Error& e) {
+        if (g.world_size() > 1) g.world->abort(e.what());
+        throw;
+    }
+    finalize_parallel();
+    return rc;
 }
 
 static void register_generate(CLI::App& app) {

@@ -10,6 +10,7 @@
 #include "moe/checked.h"
 #include "moe/checkpoint.h"
 #include "moe/error.h"
+#include "moe/gguf.h"
 #include "moe/file_io.h"
 #include "moe/tokenizer.h"
 #include "tools/command.h"
@@ -38,6 +39,7 @@ static std::vector<int32_t> parse_ids(const std::string& s) {
 }
 
 static std::unique_ptr<Tokenizer> open_tokenizer(const std::string& dir) {
+    if (is_gguf_file(dir)) return load_tokenizer(dir);  // the vocabulary in its metadata
     if (!dir_exists(dir)) fail("{}: no such folder; give a model or checkpoint folder", dir);
     bool has_files = false;
     for (const char* f :

@@ -17,6 +17,7 @@ struct TrainCmdOptions {
     std::string config, out, resume;
     bool json = false, quiet = false;
     int expert_parallel = 1;  // under mpirun: ranks per expert group (the rest data parallel)
+    int overlap = 1;          // all-to-all chunks (1 = off)
 };
 
 // "--key value" or "--key=value" pairs from the arguments CLI11 did not recognise.
@@ -98,6 +99,7 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
     // Under mpirun every rank runs this; a rank that fails ends the job (MPI_Abort) so no other
     // rank waits forever in a collective.
     t.groups = init_parallel(launched_by_mpirun(), o.expert_parallel);
+    t.overlap = o.overlap;
     TrainResult r;
     try {
         r = run_train(t);
@@ -157,6 +159,9 @@ static void register_train(CLI::App& app) {
     add_checked(sub, "--expert-parallel", opts->expert_parallel, Range::in(1, 1 << 20),
                 "under mpirun: ranks that split each MoE layer's experts; the rest of the ranks "
                 "are data parallel");
+    add_checked(sub, "--overlap", opts->overlap, Range::in(1, 1024),
+                "under mpirun: all-to-all chunks overlapped with the expert GEMMs (1 = off; at "
+                "most the experts per rank)");
     sub->allow_extras();
     sub->footer(config_keys_help() +
                 "Relative paths in a config file (data) are relative to "

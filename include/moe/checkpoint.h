@@ -4,6 +4,7 @@
 // Written atomically: every file goes into a temp folder beside the target, is fsynced, and the
 // folder is then swapped into place, so a crash or a full disk never leaves half a checkpoint.
 #pragma once
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -22,7 +23,8 @@ struct LoadedModel {
 
 // Accepts a checkpoint folder or a run folder (then its best checkpoint). Throws moe::Error on a
 // missing, truncated or mismatched checkpoint (missing tensor, wrong shape, bad header).
-LoadedModel load_model(const std::string& ckpt_or_run_dir);
+// shard: the routed experts to hold (several processes; default all): only those are read.
+LoadedModel load_model(const std::string& ckpt_or_run_dir, ExpertShard shard = {});
 std::string resolve_checkpoint_dir(const std::string& ckpt_or_run_dir);
 // For resuming: a checkpoint folder, or a run folder's latest/ checkpoint.
 std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
@@ -35,9 +37,21 @@ std::string resolve_resume_dir(const std::string& ckpt_or_run_dir);
 // with optimizer state (latest/) when trainer_state.step == S (a test kills -9 the writer there).
 // state_offsets (per params() entry, or null = identity layout): where a tensor's AdamW moments
 // start in adam_m/adam_v; -1 = a frozen tensor without optimizer state (not written).
+//
+// The files are streamed tensor by tensor (no copy of the model in memory). A model holding part
+// of the experts (Model::expert_shard, several processes) is written whole: the tensors it lacks
+// come from fetch.get(spec, which) with their full-table spec, which = 0 for the weights, 1 for
+// exp_avg, 2 for exp_avg_sq, called in file order (every missing tensor's weights, then the two
+// moments of each that has_state(spec), i.e. is not frozen); get returns the floats, valid until
+// the next call.
+struct TensorFetch {
+    std::function<const float*(const ParamSpec& spec, int which)> get;
+    std::function<bool(const ParamSpec& spec)> has_state;
+};
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
                      const float* adam_m, const float* adam_v, const nlohmann::json* trainer_state,
-                     const std::vector<int64_t>* state_offsets = nullptr);
+                     const std::vector<int64_t>* state_offsets = nullptr,
+                     const TensorFetch* fetch = nullptr);
 
 // Cleans up after a writer killed mid-save: removes dir.tmp-* folders; a dir.old-* left between
 // the two renames of the fallback swap is moved back to dir when dir is missing, else removed.

@@ -18,6 +18,8 @@
 
 namespace moe {
 
+class GgufFile;
+
 // How a weight is stored. q8_0 is GGML's Q8_0 (blocks of 32 values along a row, each an fp16
 // scale d and 32 int8 q, value = d * q; src/kernels/q8_gemm.h), in one of two layouts:
 //   GGML's block_q8_0 (scales == nullptr): each row is cols / 32 blocks of 34 bytes {d, q[32]}
@@ -95,6 +97,7 @@ HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
 // a family other than mixtral (model_type qwen2_moe, qwen3_moe, olmoe: a real HF folder plus the
 // moe_cpp block, which the engine ignores). moe.cpp's Mixtral-family checkpoints load through
 // load_model.
+// A .gguf file (GGUF magic) counts too: the engine runs it like a folder.
 bool is_hf_model_dir(const std::string& dir);
 
 // model.safetensors.index.json's text -> {tensor name: shard file name}; `where` names it in
@@ -112,6 +115,12 @@ class WeightStore {
     // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1. With q8_0,
     // the matrices hf_q8_eligible() names are Q8_0 blocks (GGML layout), the rest F32.
     static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
+    // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
+    // name (merged expert tensors sliced per expert), checked against the metadata.
+    static std::unique_ptr<WeightStore> from_gguf(const std::string& path, HfConfig* cfg);
+    // The same on a parsed file (kept alive by the store): fuzzing, tests.
+    static std::unique_ptr<WeightStore> from_gguf(std::shared_ptr<const GgufFile> file,
+                                                  HfConfig* cfg);
     ~WeightStore();
     WeightStore(const WeightStore&) = delete;
     WeightStore& operator=(const WeightStore&) = delete;

@@ -70,11 +70,16 @@ class Model {
    public:
     // trainable = false: an inference model (eval, generate, inspect): no gradient buffers, no
     // random initialisation (the caller loads the weights).
-    explicit Model(const ModelConfig& cfg, bool trainable = true);
+    // shard (expert parallelism, docs/distributed.md): the routed experts this process holds in
+    // every MoE layer; params() then lists only those (under their global names) and the
+    // buffers hold only them. Default: all.
+    explicit Model(const ModelConfig& cfg, bool trainable = true, ExpertShard shard = {});
     // The parameter table of a model with this config, built without allocating anything:
     // names, shapes, offsets; n_params: the total. Sizes are checked against it before a Model
     // is built (checkpoint loading, training set-up).
-    static std::vector<ParamSpec> layout(const ModelConfig& cfg, size_t* n_params);
+    static std::vector<ParamSpec> layout(const ModelConfig& cfg, size_t* n_params,
+                                         ExpertShard shard = {});
+    ExpertShard expert_shard() const { return shard_; }
     bool trainable() const { return trainable_; }
     ~Model();
     const ModelConfig& config() const { return cfg_; }
@@ -121,6 +126,7 @@ class Model {
    private:
     ModelConfig cfg_;
     bool trainable_ = true;
+    ExpertShard shard_;
     std::unique_ptr<Impl> impl_;
 };
 

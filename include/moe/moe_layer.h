@@ -105,15 +105,30 @@ struct ParamSpec {
     size_t offset = 0;  // in floats, within the layer's flat buffer
 };
 
+// Which routed experts a layer's buffers hold (expert parallelism, docs/distributed.md): part
+// `index` of `parts` equal parts, experts [index E/parts, (index+1) E/parts). {1, 0}: all of
+// them. A sharded layer's parameter table lists only its experts (under their global names,
+// experts.J.*), so each rank allocates and keeps only what it owns.
+struct ExpertShard {
+    int parts = 1, index = 0;
+    bool sharded() const { return parts > 1; }
+    bool operator==(const ExpertShard& o) const { return parts == o.parts && index == o.index; }
+};
+
 class MoeLayer {
    public:
     explicit MoeLayer(const MoeConfig& cfg);  // validates cfg
     // own_buffers = false: no parameter or gradient buffer of its own (a model binds views into
     // its flat buffers right after), so a big model is not allocated twice.
-    MoeLayer(const MoeConfig& cfg, bool own_buffers);
+    // shard: the routed experts held (default all); a sharded layer runs only under
+    // set_parallel with a matching expert group.
+    MoeLayer(const MoeConfig& cfg, bool own_buffers, ExpertShard shard = {});
     // The parameter table (names, shapes, offsets) of a layer with this config, without building
     // it: what sizes are checked against before anything is allocated. n_params: their total.
-    static std::vector<ParamSpec> layout(const MoeConfig& cfg, size_t* n_params);
+    // Throws when shard does not divide the experts.
+    static std::vector<ParamSpec> layout(const MoeConfig& cfg, size_t* n_params,
+                                         ExpertShard shard = {});
+    ExpertShard shard() const { return shard_; }
     ~MoeLayer();
     MoeLayer(const MoeLayer&) = delete;
     MoeLayer& operator=(const MoeLayer&) = delete;
@@ -182,13 +197,27 @@ class MoeLayer {
     // averaged over its own tokens (the trainer); the balancing-loss gradient is then scaled by
     // the world size, so the average comes out right. Without groups (or a world of one) the
     // layer runs the single-process code path.
-    void set_parallel(const ParallelGroups& groups, bool mean_grads = false);
+    //
+    // replicated_tokens: inference (moe generate under mpirun): every rank of the expert group
+    // passes the same tokens; the layer routes them as one process does, runs the rows of its
+    // own experts and all-gathers the expert outputs over the expert group, so every rank gets
+    // the single-process bits. Forward only.
+    //
+    // overlap (1 = off): the all-to-alls are split into that many chunks by local expert
+    // (Tutel's overlap degree; chunk c holds experts [c El/n, (c+1) El/n) of every owner), all
+    // posted at once without blocking, so a chunk's expert GEMMs run while later chunks are in
+    // flight and earlier outputs travel back. Every expert sees the same rows in the same order
+    // as without chunks: the same bits. Clamped to the experts per rank.
+    void set_parallel(const ParallelGroups& groups, bool mean_grads = false,
+                      bool replicated_tokens = false);
+    void set_overlap(int chunks);
     bool parallel() const;
     struct ExpertRange {
         int first = 0, count = 0;       // routed experts [first, first + count) on this rank
         size_t offset = 0;              // of experts.<first>.w1 in the layer's buffer
         size_t floats_per_expert = 0;   // w1 (+ w3) + w2
-        size_t all_offset = 0, all_floats = 0;  // every routed expert's block
+        // The routed experts this buffer holds: all of them, or (sharded) the owned ones.
+        size_t all_offset = 0, all_floats = 0;
     };
     ExpertRange owned_experts() const;
     // Sums this rank's gradient shares (see set_parallel): router and shared experts over the
@@ -203,10 +232,12 @@ class MoeLayer {
     void run_experts_(float* y);  // steps 5-6 and shared experts (src/moe/moe_layer.cpp)
     void run_shared_(float* y);
     void forward_parallel_(float* y);   // expert parallelism: route globally, exchange, experts
+    void run_experts_replicated_(float* y);  // inference: own experts, outputs all-gathered
     void backward_parallel_(const float* dy, float* dx);
     void shared_backward_(const float* dy, float* dx);
     void compute_stats_();
     MoeConfig cfg_;
+    ExpertShard shard_;
     std::vector<ParamSpec> specs_;
     bool router_frozen_ = false;
     std::vector<uint8_t> frozen13_, frozen2_, shared13_, shared2_;  // per expert (set_frozen)

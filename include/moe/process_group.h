@@ -25,6 +25,13 @@ class ProcessGroup {
     // floats from rank q into recv (packed in rank order). Counts must agree pairwise.
     virtual void alltoallv(const float* send, const int64_t* send_counts, float* recv,
                            const int64_t* recv_counts) = 0;
+    // Nonblocking all-to-all of float rows, with displacements (in floats) into send and recv:
+    // returns a handle for wait(). The buffers must stay untouched until wait() returns (the
+    // count arrays are copied). Several may be in flight; each is waited for exactly once.
+    virtual int ialltoallv(const float* send, const int64_t* send_counts,
+                           const int64_t* send_displs, float* recv, const int64_t* recv_counts,
+                           const int64_t* recv_displs) = 0;
+    virtual void wait(int handle) = 0;
     // Every rank's n floats, concatenated in rank order into out (counts[q] floats from rank q).
     virtual void allgatherv(const float* send, int64_t n, float* out, const int64_t* counts) = 0;
     // One value per rank, gathered in rank order (out: size() values).
@@ -63,8 +70,8 @@ bool mpi_available();
 // variables), so `moe train` under mpirun joins the job without a flag.
 bool launched_by_mpirun();
 // Initialises MPI once (when `use_mpi`, else single-process groups) and splits the world into the
-// EP x DP grid. Throws moe::Error when expert_parallel does not divide the world size, or when MPI
-// is asked for in a build without it.
+// EP x DP grid (expert_parallel 0: every rank in one expert group). Throws moe::Error when
+// expert_parallel does not divide the world size, or when MPI is asked for in a build without it.
 ParallelGroups init_parallel(bool use_mpi, int expert_parallel);
 // MPI_Finalize when init_parallel started MPI (idempotent; tools call it before returning).
 void finalize_parallel();

@@ -77,7 +77,14 @@ size_t utf8_complete_prefix(const std::string& s);
 // tokenizer.model alone (SentencePiece, moe's settings). A folder with tokenizer.json or
 // tokenizer_config.json, or with none of these files, goes to load_hf_tokenizer (our checkpoints
 // never write those two files).
+// A .gguf file instead of a folder: the tokenizer in its metadata (gguf_tokenizer).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
+
+// The tokenizer in a GGUF file's metadata (src/data/gguf_tokenizer.cpp): tokenizer.ggml.model
+// gpt2 -> byte-level BPE, llama -> SentencePiece, moe.cpp's char / SentencePiece checkpoints
+// exactly; bos/eos/eot ids, add_bos_token (llama.cpp's defaults), the chat template.
+class GgufFile;
+std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f);
 
 // A Hugging Face model folder: tokenizer.json whose model is byte-level BPE (Qwen2, Qwen3, OLMoE)
 // -> kind "bpe"; else tokenizer.model -> SentencePiece as HF uses it (Mixtral: the whole text to

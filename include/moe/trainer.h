@@ -28,6 +28,9 @@ struct TrainOptions {
     // writes metrics (each line with "layout") and checkpoints (the same files whatever the
     // layout). Every rank must call run_train with the same options.
     ParallelGroups groups;
+    // All-to-all chunks overlapped with the expert GEMMs (MoeLayer::set_overlap; 1 = off). The
+    // same numbers whatever it is.
+    int overlap = 1;
 };
 
 struct TrainResult {

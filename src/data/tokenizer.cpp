@@ -13,6 +13,7 @@
 #include "data/added_tokens.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/gguf.h"
 
 namespace moe {
 
@@ -354,6 +355,7 @@ std::unique_ptr<Tokenizer> char_tokenizer_from_json(const std::string& text,
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+    if (is_gguf_file(dir)) return gguf_tokenizer(GgufFile::open(dir));
     std::string vocab = dir + "/vocab.json", spm = dir + "/tokenizer.model";
     if (file_exists(vocab)) return char_tokenizer_from_json(read_file(vocab), vocab);
     // moe.cpp's checkpoints never write these two: their presence means a Hugging Face folder.

@@ -21,6 +21,14 @@ class LocalGroup : public ProcessGroup {
         if (send_counts[0] > 0 && send != recv)
             std::memmove(recv, send, sizeof(float) * (size_t)send_counts[0]);
     }
+    int ialltoallv(const float* send, const int64_t* sc, const int64_t* sd, float* recv,
+                   const int64_t* rc, const int64_t* rd) override {
+        MOE_CHECK(sc[0] == rc[0], "ialltoallv: {} floats sent, {} expected", sc[0], rc[0]);
+        if (sc[0] > 0 && send + sd[0] != recv + rd[0])
+            std::memmove(recv + rd[0], send + sd[0], sizeof(float) * (size_t)sc[0]);
+        return 0;
+    }
+    void wait(int) override {}
     void allgatherv(const float* send, int64_t n, float* out, const int64_t* counts) override {
         MOE_CHECK(counts[0] == n, "allgatherv: {} floats given, {} expected", n, counts[0]);
         if (n > 0 && send != out) std::memmove(out, send, sizeof(float) * (size_t)n);

@@ -49,6 +49,34 @@ class MpiGroup : public ProcessGroup {
         MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT,
                       comm_);
     }
+    // The count arrays live with the request until it completes (MPI reads them until then).
+    int ialltoallv(const float* send, const int64_t* scount, const int64_t* sdispl, float* recv,
+                   const int64_t* rcount, const int64_t* rdispl) override {
+        Pending p;
+        p.a.resize(4 * (size_t)size_);
+        int* sc = p.a.data();
+        int *sd = sc + size_, *rc = sd + size_, *rd = rc + size_;
+        for (int q = 0; q < size_; q++) {
+            sc[q] = as_count(scount[q], "ialltoallv");
+            sd[q] = as_count(sdispl[q], "ialltoallv");
+            rc[q] = as_count(rcount[q], "ialltoallv");
+            rd[q] = as_count(rdispl[q], "ialltoallv");
+        }
+        int h = 0;
+        while (h < (int)pending_.size() && pending_[h].live) h++;
+        if (h == (int)pending_.size()) pending_.emplace_back();
+        pending_[h] = std::move(p);
+        Pending& q = pending_[h];
+        q.live = true;
+        MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, comm_, &q.req);
+        return h;
+    }
+    void wait(int h) override {
+        MOE_CHECK(h >= 0 && h < (int)pending_.size() && pending_[h].live,
+                  "wait: no request {} in flight", h);
+        MPI_Wait(&pending_[h].req, MPI_STATUS_IGNORE);
+        pending_[h].live = false;
+    }
     void allgatherv(const float* send, int64_t n, float* out, const int64_t* counts) override {
         std::vector<int> rc(size_), rd(size_);
         int64_t o = 0;
@@ -93,6 +121,13 @@ class MpiGroup : public ProcessGroup {
 
    private:
     static constexpr int64_t kChunk = 1 << 28;
+    struct Pending {
+        MPI_Request req = MPI_REQUEST_NULL;
+        std::vector<int> a;  // counts and displacements, alive until the wait
+        bool live = false;
+    };
+    std::vector<Pending> pending_;  // slots reused; a handle is an index (std::vector<int>
+                                    // buffers do not move when the vector of slots grows)
     MPI_Comm comm_;
     int rank_ = 0, size_ = 1;
 };
@@ -121,6 +156,7 @@ ParallelGroups mpi_parallel_groups(int expert_parallel) {
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (expert_parallel == 0) expert_parallel = size;  // one expert group of every rank
     if (expert_parallel < 1 || size % expert_parallel != 0)
         fail("--expert-parallel {}: must divide the number of ranks {} (ranks = expert-parallel x "
              "data-parallel)",

@@ -29,7 +29,7 @@ bool launched_by_mpirun() {
 
 ParallelGroups init_parallel(bool use_mpi, int expert_parallel) {
     if (!use_mpi) {
-        if (expert_parallel != 1)
+        if (expert_parallel > 1)
             fail("--expert-parallel {}: needs {} ranks or a multiple; start the command under "
                  "mpirun (mpirun -np {} build/moe ...)",
                  expert_parallel, expert_parallel, expert_parallel);

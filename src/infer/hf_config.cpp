@@ -7,6 +7,7 @@
 #include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/gguf.h"
 #include "moe/hf_model.h"
 
 namespace moe {
@@ -279,6 +280,7 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
 }
 
 bool is_hf_model_dir(const std::string& dir) {
+    if (is_gguf_file(dir)) return true;
     const std::string p = dir + "/config.json";
     if (!file_exists(p)) return false;
     json j;

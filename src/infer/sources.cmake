@@ -5,4 +5,6 @@ list(APPEND MOE_SOURCES
   src/infer/weights.cpp
   src/infer/hf_export.cpp
   src/infer/hf_model.cpp
+  src/infer/gguf_model.cpp
+  src/infer/gguf_export.cpp
 )

@@ -20,67 +20,11 @@
 #include "moe/file_io.h"
 #include "moe/hf_model.h"
 #include "moe/safetensors.h"
+#include "infer/weight_store_impl.h"
 
 namespace moe {
 
 using json = nlohmann::json;
-
-namespace {
-
-struct Mapping {
-    std::string path;
-    const uint8_t* base = nullptr;
-    size_t size = 0;
-    uint64_t data_start = 0;  // 8 + header length
-};
-
-struct TensorLoc {
-    int file = 0;
-    StHeaderEntry entry;
-};
-
-}  // namespace
-
-struct WeightStore::Impl {
-    std::string dir;
-    std::vector<Mapping> maps;
-    std::map<std::string, TensorLoc> tensors;
-    std::set<std::string> used;
-
-    ~Impl() {
-        for (auto& m : maps)
-            if (m.base) munmap((void*)m.base, m.size);
-    }
-
-    void map_file(const std::string& path) {
-        std::map<std::string, StHeaderEntry> header = read_safetensors_header(path);
-        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
-        struct stat st;
-        if (fstat(fd, &st) != 0 || st.st_size < 8) {
-            ::close(fd);
-            fail("{}: cannot read its size; check the file", path);
-        }
-        Mapping m;
-        m.path = path;
-        m.size = (size_t)st.st_size;
-        void* p = mmap(nullptr, m.size, PROT_READ, MAP_SHARED, fd, 0);
-        ::close(fd);
-        if (p == MAP_FAILED) fail("{}: cannot map: {}; check the file", path, std::strerror(errno));
-        m.base = (const uint8_t*)p;
-        uint64_t hlen;
-        std::memcpy(&hlen, m.base, 8);
-        m.data_start = 8 + hlen;
-        const int idx = (int)maps.size();
-        maps.push_back(m);
-        for (auto& [name, e] : header) {
-            if (tensors.count(name))
-                fail("{}: tensor {} is also in {}; a tensor must be in one shard only", path, name,
-                     maps[tensors[name].file].path);
-            tensors[name] = {idx, e};
-        }
-    }
-};
 
 std::map<std::string, std::string> parse_safetensors_index(const std::string& text,
                                                            const std::string& where) {

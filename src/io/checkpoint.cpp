@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -47,51 +49,107 @@ struct CkptWriter {
         if (const char* s = getenv("MOE_TEST_CKPT_PAUSE_AT_STEP")) pause_at = atoll(s);
     }
 
-    void write(const std::string& path, const std::string& data, bool may_pause = false) {
-        int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0) fail("cannot create {}: {}", path, std::strerror(errno));
-        size_t off = 0;
-        const size_t half = data.size() / 2;
-        bool paused = false;
-        while (off < data.size()) {
-            size_t chunk = std::min<size_t>(data.size() - off, 1 << 20);
-            if (may_pause && !paused && pause_at >= 0 && step == pause_at && off + chunk > half) {
-                chunk = half - off;
+    // A file written in pieces: open, append..., finish (streamed tensors). `total` is its final
+    // size (the pause hook stops half-way through it).
+    struct File {
+        int fd = -1;
+        std::string path;
+        size_t total = 0, off = 0;
+        bool may_pause = false, paused = false;
+    };
+    File open(const std::string& path, size_t total, bool may_pause) {
+        File f;
+        f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (f.fd < 0) fail("cannot create {}: {}", path, std::strerror(errno));
+        f.path = path;
+        f.total = total;
+        f.may_pause = may_pause;
+        return f;
+    }
+    void append(File& f, const char* data, size_t n) {
+        size_t i = 0;
+        const size_t half = f.total / 2;
+        while (i < n) {
+            size_t chunk = std::min<size_t>(n - i, 1 << 20);
+            if (f.may_pause && !f.paused && pause_at >= 0 && step == pause_at &&
+                f.off + chunk > half && f.off <= half) {
+                chunk = half - f.off;
                 if (chunk == 0) {
-                    paused = true;
-                    std::fprintf(stderr, "checkpoint: test pause in %s\n", path.c_str());
+                    f.paused = true;
+                    std::fprintf(stderr, "checkpoint: test pause in %s\n", f.path.c_str());
                     std::this_thread::sleep_for(std::chrono::seconds(30));
                     continue;
                 }
             }
             int e = 0;
-            ssize_t n;
+            ssize_t k;
             if (fail_after >= 0 && written + (int64_t)chunk > fail_after) {
                 chunk = (size_t)std::max<int64_t>(0, fail_after - written);
-                n = chunk ? ::write(fd, data.data() + off, chunk) : 0;
-                if (n >= 0) written += n;
+                k = chunk ? ::write(f.fd, data + i, chunk) : 0;
+                if (k >= 0) written += k;
                 e = ENOSPC;  // simulated full disk
-                n = -1;
+                k = -1;
             } else {
-                n = ::write(fd, data.data() + off, chunk);
-                if (n < 0) e = errno;
+                k = ::write(f.fd, data + i, chunk);
+                if (k < 0) e = errno;
             }
-            if (n < 0) {
+            if (k < 0) {
                 if (e == EINTR) continue;
-                ::close(fd);
-                fail("cannot write {}: {}", path, std::strerror(e));
+                ::close(f.fd);
+                fail("cannot write {}: {}", f.path, std::strerror(e));
             }
-            off += (size_t)n;
-            written += n;
+            i += (size_t)k;
+            f.off += (size_t)k;
+            written += k;
         }
-        if (::fsync(fd) != 0) {
+    }
+    void finish(File& f) {
+        if (::fsync(f.fd) != 0) {
             int e = errno;
-            ::close(fd);
-            fail("cannot flush {}: {}", path, std::strerror(e));
+            ::close(f.fd);
+            fail("cannot flush {}: {}", f.path, std::strerror(e));
         }
-        if (::close(fd) != 0) fail("cannot close {}: {}", path, std::strerror(errno));
+        if (::close(f.fd) != 0) fail("cannot close {}: {}", f.path, std::strerror(errno));
+    }
+    void write(const std::string& path, const std::string& data, bool may_pause = false) {
+        File f = open(path, data.size(), may_pause);
+        append(f, data.data(), data.size());
+        finish(f);
     }
 };
+
+// A safetensors file of F32 tensors written tensor by tensor, each tensor's floats asked for
+// when its turn comes: the bytes SafetensorsWriter::serialize makes, without a copy of the whole
+// model in memory (a rank of an expert-parallel job writes experts it receives one at a time).
+struct StreamTensor {
+    std::string name;
+    Shape shape;
+    std::function<const float*()> data;
+};
+
+void write_safetensors_streamed(CkptWriter& w, const std::string& path,
+                                const std::map<std::string, std::string>& metadata,
+                                const std::vector<StreamTensor>& ts, bool may_pause) {
+    json header = json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    uint64_t off = 0;
+    for (auto& t : ts) {
+        const uint64_t bytes = 4 * (uint64_t)t.shape.numel();
+        header[t.name] = {{"dtype", "F32"},
+                          {"shape", t.shape.dims},
+                          {"data_offsets", {off, off + bytes}}};
+        off += bytes;
+    }
+    std::string h = header.dump();
+    while ((8 + h.size()) % 8) h += ' ';  // the data starts 8-byte aligned
+    const uint64_t hlen = h.size();
+    CkptWriter::File f = w.open(path, 8 + h.size() + off, may_pause);
+    w.append(f, reinterpret_cast<const char*>(&hlen), 8);
+    w.append(f, h.data(), h.size());
+    for (auto& t : ts)
+        w.append(f, reinterpret_cast<const char*>(t.data()), 4 * (size_t)t.shape.numel());
+    w.finish(f);
+}
 }  // namespace
 
 static std::string parent_of(const std::string& p) {
@@ -145,7 +203,7 @@ static void swap_into_place(const std::string& tmp, const std::string& dir) {
 
 void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& tokenizer,
                      const float* adam_m, const float* adam_v, const json* trainer_state,
-                     const std::vector<int64_t>* state_offsets) {
+                     const std::vector<int64_t>* state_offsets, const TensorFetch* fetch) {
     make_dirs(parent_of(dir));
     recover_checkpoint_dir(dir);
     const std::string tmp = dir + ".tmp-" + std::to_string(::getpid());
@@ -157,26 +215,53 @@ void save_checkpoint(const std::string& dir, Model& model, const Tokenizer& toke
         w.step = (*trainer_state)["step"].get<int64_t>();
     try {
         const float* p = model.param_data();
-        SafetensorsWriter st;
-        st.set_metadata("format", "pt");
-        for (auto& s : model.params()) st.add(s.name, s.shape, p + s.offset);
+        // A sharded model (expert parallelism) writes the full table, the experts it lacks
+        // fetched from their owners: the file does not depend on the layout.
+        const bool sharded = model.expert_shard().sharded();
+        MOE_CHECK(!sharded || fetch, "save_checkpoint: a sharded model needs a fetch");
+        const std::vector<ParamSpec> full =
+            sharded ? Model::layout(model.config(), nullptr) : model.params();
+        std::map<std::string, size_t> held;  // name -> index in model.params()
+        for (size_t i = 0; i < model.params().size(); i++) held[model.params()[i].name] = i;
+        std::vector<StreamTensor> ts;
+        for (const ParamSpec& s : full) {
+            auto it = held.find(s.name);
+            if (it != held.end()) {
+                const float* at = p + model.params()[it->second].offset;
+                ts.push_back({s.name, s.shape, [at] { return at; }});
+            } else {
+                ts.push_back({s.name, s.shape, [&, s] { return fetch->get(s, 0); }});
+            }
+        }
         for (int l = 0; l < model.config().n_layers; l++)
             if (has_balance_bias(model, l)) {
-                auto& b = model.moe_layer(l)->balance_bias();
-                st.add(bias_name(l), Shape{(int64_t)b.size()}, b.data());
+                const float* b = model.moe_layer(l)->balance_bias().data();
+                ts.push_back({bias_name(l), Shape{(int64_t)model.moe_layer(l)->balance_bias().size()},
+                              [b] { return b; }});
             }
-        w.write(tmp + "/model.safetensors", st.serialize(), /*may_pause=*/adam_m != nullptr);
+        write_safetensors_streamed(w, tmp + "/model.safetensors", {{"format", "pt"}}, ts,
+                                   /*may_pause=*/adam_m != nullptr);
         if (adam_m && adam_v) {
-            SafetensorsWriter opt;
+            ts.clear();
             const auto& specs = model.params();
-            for (size_t i = 0; i < specs.size(); i++) {
+            for (const ParamSpec& fs : full) {
+                auto it = held.find(fs.name);
+                if (it == held.end()) {  // another rank's expert
+                    if (!fetch->has_state(fs)) continue;  // frozen
+                    ts.push_back({fs.name + ".exp_avg", fs.shape, [&, fs] { return fetch->get(fs, 1); }});
+                    ts.push_back({fs.name + ".exp_avg_sq", fs.shape,
+                                  [&, fs] { return fetch->get(fs, 2); }});
+                    continue;
+                }
+                const size_t i = it->second;
                 const ParamSpec& s = specs[i];
                 int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
                 if (o < 0) continue;  // frozen: no optimizer state
-                opt.add(s.name + ".exp_avg", s.shape, adam_m + o);
-                opt.add(s.name + ".exp_avg_sq", s.shape, adam_v + o);
+                const float *m = adam_m + o, *v = adam_v + o;
+                ts.push_back({s.name + ".exp_avg", s.shape, [m] { return m; }});
+                ts.push_back({s.name + ".exp_avg_sq", s.shape, [v] { return v; }});
             }
-            w.write(tmp + "/optimizer.safetensors", opt.serialize());
+            write_safetensors_streamed(w, tmp + "/optimizer.safetensors", {}, ts, false);
         }
         w.write(tmp + "/config.json", model_config_to_hf(model.config()).dump(2) + "\n");
         tokenizer.save(tmp);  // vocab.json or tokenizer.model
@@ -413,18 +498,83 @@ static void load_hf_params(Model& model, const std::string& dir) {
     }
     if (c.tie_embeddings && store.has("lm_head.weight"))
         store.get("lm_head.weight", {c.vocab_size, c.d_model});
+    std::set<std::string> others;  // a sharded model's: the experts other ranks read
+    if (model.expert_shard().sharded())
+        for (const ParamSpec& s : Model::layout(c, nullptr)) others.insert(s.name);
     for (const std::string& name : store.unused()) {
         if (name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0)
             continue;
+        if (others.count(name)) continue;
         fail("{}: unexpected tensor {}: the weights do not match config.json; restore the "
              "folder",
              dir, name);
     }
 }
 
+// A model holding part of the experts (several processes) reads only its tensors from a
+// safetensors file: the header, then each tensor's bytes at its offset, so no rank holds the
+// whole file (moe.cpp writes F32).
+namespace {
+struct PartialReader {
+    std::string path;
+    std::map<std::string, StHeaderEntry> header;
+    std::ifstream in;
+    uint64_t base = 0;
+    explicit PartialReader(const std::string& p) : path(p) {
+        header = read_safetensors_header(path);
+        in.open(path, std::ios::binary);
+        uint64_t hlen = 0;
+        in.read(reinterpret_cast<char*>(&hlen), 8);
+        if (!in) fail("{}: cannot read", path);
+        base = 8 + hlen;
+    }
+    bool has(const std::string& name) const { return header.count(name) != 0; }
+    void read(const std::string& name, const Shape& shape, float* out) {
+        auto it = header.find(name);
+        if (it == header.end())
+            fail("{}: missing tensor {}; the checkpoint does not match its config.json", path, name);
+        const StHeaderEntry& e = it->second;
+        if (e.shape != shape)
+            fail("{}: tensor {}: expected shape {}, got {}", path, name, shape.str(), e.shape.str());
+        if (e.dtype != "F32" || e.end - e.begin != (uint64_t)shape.numel() * 4)
+            fail("{}: tensor {}: dtype {} (moe.cpp checkpoints hold F32); restore the checkpoint",
+                 path, name, e.dtype);
+        in.seekg((std::streamoff)(base + e.begin));
+        in.read(reinterpret_cast<char*>(out), (std::streamsize)(e.end - e.begin));
+        if (!in) fail("{}: tensor {}: cannot read {} bytes; the file is truncated", path, name,
+                      e.end - e.begin);
+        check_finite(path, name, out, (size_t)shape.numel());
+    }
+};
+}  // namespace
+
+static void load_params_partial(Model& model, const std::string& path) {
+    PartialReader r(path);
+    float* p = model.param_data();
+    for (auto& s : model.params()) r.read(s.name, s.shape, p + s.offset);
+    std::set<std::string> known;
+    for (auto& s : Model::layout(model.config(), nullptr)) known.insert(s.name);
+    for (int l = 0; l < model.config().n_layers; l++) {
+        if (!model.config().is_moe_layer(l)) continue;
+        std::string bn = bias_name(l);
+        known.insert(bn);
+        if (r.has(bn)) {
+            auto& b = model.moe_layer(l)->balance_bias();
+            r.read(bn, Shape{(int64_t)b.size()}, b.data());
+        }
+    }
+    for (auto& [n, e] : r.header)
+        if (!known.count(n))
+            fail(
+                "{}: unexpected tensor {}: the checkpoint does not match its config.json; restore "
+                "the checkpoint",
+                path, n);
+}
+
 void load_params(Model& model, const std::string& dir) {
     if (hf_weights(dir)) return load_hf_params(model, dir);
     const std::string path = dir + "/model.safetensors";
+    if (model.expert_shard().sharded()) return load_params_partial(model, path);
     SafetensorsReader r(path);
     float* p = model.param_data();
     for (auto& s : model.params()) {
@@ -432,8 +582,9 @@ void load_params(Model& model, const std::string& dir) {
         check_finite(path, s.name, t.data.data(), t.data.size());
         std::memcpy(p + s.offset, t.data.data(), t.data.size() * 4);
     }
-    std::set<std::string> known;
-    for (auto& s : model.params()) known.insert(s.name);
+    std::set<std::string> known;  // a sharded model reads its experts; the others are known
+    size_t n_full = 0;
+    for (auto& s : Model::layout(model.config(), &n_full)) known.insert(s.name);
     for (int l = 0; l < model.config().n_layers; l++) {
         if (!model.config().is_moe_layer(l)) continue;
         std::string bn = bias_name(l);
@@ -459,8 +610,25 @@ void load_optimizer(Model& model, const std::string& dir, float* adam_m, float* 
     if (!file_exists(path))
         fail("{}: missing (this checkpoint cannot be resumed); resume from the run's latest/",
              path);
-    SafetensorsReader r(path);
     const auto& specs = model.params();
+    if (model.expert_shard().sharded()) {  // this rank's tensors only
+        PartialReader r(path);
+        for (size_t i = 0; i < specs.size(); i++) {
+            const ParamSpec& s = specs[i];
+            int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
+            if (o < 0) {
+                if (r.has(s.name + ".exp_avg"))
+                    fail("{}: has optimizer state for {}, which this run freezes (the freeze "
+                         "changed?)",
+                         path, s.name);
+                continue;
+            }
+            r.read(s.name + ".exp_avg", s.shape, adam_m + o);
+            r.read(s.name + ".exp_avg_sq", s.shape, adam_v + o);
+        }
+        return;
+    }
+    SafetensorsReader r(path);
     for (size_t i = 0; i < specs.size(); i++) {
         const ParamSpec& s = specs[i];
         int64_t o = state_offsets ? (*state_offsets)[i] : (int64_t)s.offset;
@@ -509,7 +677,7 @@ json parse_trainer_state(const std::string& text, const std::string& path) {
     return j;
 }
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, ExpertShard shard) {
     LoadedModel out;
     out.dir = resolve_checkpoint_dir(path);
     ModelConfig cfg = load_model_config(out.dir);
@@ -524,7 +692,7 @@ LoadedModel load_model(const std::string& path) {
             "the checkpoint's config.json or tokenizer",
             out.dir, cfg.vocab_size, out.tokenizer->vocab_size());
     check_checkpoint_sizes(cfg, out.dir, /*training=*/false);
-    out.model = std::make_unique<Model>(cfg, /*trainable=*/false);
+    out.model = std::make_unique<Model>(cfg, /*trainable=*/false, shard);
     load_params(*out.model, out.dir);
     return out;
 }

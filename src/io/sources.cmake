@@ -1,5 +1,6 @@
 list(APPEND MOE_SOURCES
   src/io/safetensors.cpp
+  src/io/gguf.cpp
 )
 # Training config and checkpoints (train helper).
 list(APPEND MOE_SOURCES src/io/config.cpp src/io/checkpoint.cpp)

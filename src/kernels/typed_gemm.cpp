@@ -412,6 +412,13 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const Wei
     }
 }
 
+// Q8_0 (either layout): each 32-block is d * q widened exactly as q8_widen_rows does; kc and k0
+// are multiples of 32 (K % 32 == 0 for q8_0, kKC = 256).
+// (q8_pack_panel, src/kernels/q8_gemm.cpp: 8 x 8 blocks widened and transposed in registers.)
+static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
+    q8_pack_panel(bp, kNR, w, n0, nr, k0, kc);
+}
+
 // Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every
 // step); rows past MR are compiled out.
 template <int MR>
@@ -459,10 +466,6 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float
     }
 }
 
-static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
-    q8_pack_panel(bp, kNR, w, n0, nr, k0, kc);  // kKC is a multiple of 32: whole blocks
-}
-
 using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
 using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
 
@@ -473,8 +476,8 @@ static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const 
                                           ukernel_avx2<6>};
     const PackFn pack = w.type == WType::f32    ? pack_b<WType::f32>
                         : w.type == WType::f16  ? pack_b<WType::f16>
-                        : w.type == WType::q8_0 ? pack_b_q8
-                                                : pack_b<WType::bf16>;
+                        : w.type == WType::bf16 ? pack_b<WType::bf16>
+                                                : pack_b_q8;
     const int N = (int)w.rows, K = (int)w.cols;
     if (K == 0) {  // an empty sum
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);

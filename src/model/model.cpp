@@ -485,7 +485,8 @@ void Model::Impl::alloc_cache(int block) {
 // The one table every offset, name and shape derives from (MoE layers' tensors from
 // MoeLayer::layout, under their HF names). Within a layer, what one GEMM reads is contiguous:
 // q, k, v weights; their biases; an expert's gate and up; the shared expert's gate and up.
-std::vector<ParamSpec> Model::layout(const ModelConfig& cfg_in, size_t* n_params) {
+std::vector<ParamSpec> Model::layout(const ModelConfig& cfg_in, size_t* n_params,
+                                     ExpertShard shard) {
     ModelConfig cfg = cfg_in;
     cfg.validate();
     cfg.moe.d_model = cfg.d_model;
@@ -523,7 +524,7 @@ std::vector<ParamSpec> Model::layout(const ModelConfig& cfg_in, size_t* n_params
         add(pre + "post_attention_layernorm.weight", {d});
         if (cfg.is_moe_layer(l)) {
             size_t n = 0, base = off;
-            for (const ParamSpec& p : MoeLayer::layout(cfg.moe, &n))
+            for (const ParamSpec& p : MoeLayer::layout(cfg.moe, &n, shard))
                 specs.push_back({moe_param_name(cfg, l, p.name), p.shape, base + p.offset});
             off = base + n;
             if (fs > 0) {
@@ -545,8 +546,8 @@ std::vector<ParamSpec> Model::layout(const ModelConfig& cfg_in, size_t* n_params
     return specs;
 }
 
-Model::Model(const ModelConfig& cfg, bool trainable)
-    : cfg_(cfg), trainable_(trainable), impl_(new Impl) {
+Model::Model(const ModelConfig& cfg, bool trainable, ExpertShard shard)
+    : cfg_(cfg), trainable_(trainable), shard_(shard), impl_(new Impl) {
     cfg_.validate();
     impl_->trainable = trainable;
     cfg_.moe.d_model = cfg_.d_model;
@@ -562,7 +563,7 @@ Model::Model(const ModelConfig& cfg, bool trainable)
     if (!cfg_.any_dense()) m.f = 0;
     m.fs = cfg_.any_moe() ? cfg_.shared_ff : 0;
 
-    m.specs = layout(cfg_, &m.n_params);
+    m.specs = layout(cfg_, &m.n_params, shard_);
     std::map<std::string, size_t> by_name;
     for (auto& s : m.specs) by_name[s.name] = s.offset;
     auto offset_of = [&](const std::string& name) {
@@ -598,7 +599,7 @@ Model::Model(const ModelConfig& cfg, bool trainable)
             // the same router noise (noisy-topk, jitter, GShard's u, gate dropout).
             MoeConfig lc = cfg_.moe;
             lc.seed = cfg_.moe.seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(l + 1);
-            m.moe[l] = std::make_unique<MoeLayer>(lc, /*own_buffers=*/false);
+            m.moe[l] = std::make_unique<MoeLayer>(lc, /*own_buffers=*/false, shard_);
         } else {
             o.w13 = offset_of(pre + "mlp.gate_proj.weight");
             o.w2 = offset_of(pre + "mlp.down_proj.weight");
@@ -686,13 +687,24 @@ static bool ends_with(const std::string& s, const std::string& e) {
 // RMSNorm weights 1 (q_norm and k_norm too), biases 0; every matrix N(0, init_std); projections
 // that write into the residual stream (o_proj, down_proj, experts' w2) scaled by 1/sqrt(2L), as
 // GPT-2 does, so the residual stream's variance does not grow with depth. Drawn serially in table
-// order from one Rng (norms and biases draw nothing).
+// order from one Rng (norms and biases draw nothing). The order is the full table's: a model
+// holding part of the experts (ExpertShard) draws the others' values into a scratch buffer, so
+// its tensors equal the unsharded model's.
 void Model::init_params(uint64_t seed) {
     Rng rng(seed);
     float* P = impl_->params.data();
     const float res_std = cfg_.init_std / std::sqrt(2.f * cfg_.n_layers);
-    for (const ParamSpec& p : impl_->specs) {
-        float* w = P + p.offset;
+    const std::vector<ParamSpec>& held = impl_->specs;
+    size_t next = 0;
+    Buffer scratch;
+    for (const ParamSpec& p : shard_.sharded() ? layout(cfg_, nullptr) : held) {
+        float* w;
+        if (next < held.size() && held[next].name == p.name) {
+            w = P + held[next++].offset;
+        } else {
+            if ((int64_t)scratch.size() < p.shape.numel()) scratch.resize((size_t)p.shape.numel());
+            w = scratch.data();
+        }
         int64_t n = p.shape.numel();
         if (ends_with(p.name, "norm.weight")) {
             for (int64_t i = 0; i < n; i++) w[i] = 1.f;

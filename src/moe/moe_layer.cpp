@@ -119,16 +119,36 @@ struct MoeLayer::Impl {
     std::vector<int64_t> send_rows, recv_rows;  // per expert-group rank
     std::vector<int32_t> recv_pos;       // expert-major local row -> position in the receive buffer
     std::vector<int32_t> local_off;      // [E/P + 1] owned experts' rows, expert-major
-    Buffer sbuf, rbuf;                   // rows in send / receive order
+    Buffer sbuf, rbuf, rbuf2;            // rows in send / receive order (rbuf2: going home)
+    bool replicated = false;             // inference: every rank has the same tokens
+    int overlap = 1;                     // all-to-all chunks (set_overlap)
+    std::vector<int> chunk_j;            // [chunks + 1] local expert boundaries
+    std::vector<int64_t> csend_n, csend_at, crecv_n, crecv_at;  // [chunk][peer] rows
     Buffer ret;                          // [n_send, d] expert outputs back, in send order
     Buffer xe, he, ae, oe;               // owned experts' rows, expert-major
     Buffer doe, dxe, dae, dhe, dxr_loc, dl_loc;
     MoeCommStats comm;
 };
 
-std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_params) {
+static void check_shard(const MoeConfig& cfg, ExpertShard shard) {
+    if (shard.parts < 1 || shard.index < 0 || shard.index >= shard.parts)
+        fail("MoeLayer: expert shard {} of {} is not a part", shard.index, shard.parts);
+    if (shard.parts > cfg.n_experts)
+        fail("--expert-parallel {}: more expert-parallel ranks than experts (n_experts={}); use at "
+             "most {} ranks per expert group",
+             shard.parts, cfg.n_experts, cfg.n_experts);
+    if (cfg.n_experts % shard.parts != 0)
+        fail("--expert-parallel {}: n_experts={} is not divisible by it; choose a divisor of {}",
+             shard.parts, cfg.n_experts, cfg.n_experts);
+}
+
+std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_params,
+                                        ExpertShard shard) {
     MoeConfig cfg = cfg_in;
     cfg.validate();
+    check_shard(cfg, shard);
+    const int e_lo = shard.index * (cfg.n_experts / shard.parts),
+              e_hi = e_lo + cfg.n_experts / shard.parts;
     if (cfg.d_ff_shared == 0) cfg.d_ff_shared = cfg.d_ff;
     const int64_t d = cfg.d_model, f = cfg.d_ff, fs = cfg.d_ff_shared;
     const bool glu = cfg.activation == Activation::swiglu;
@@ -139,7 +159,7 @@ std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_param
         off += (size_t)s.numel();
     };
     for (auto& m : make_router(cfg)->logit_matrices(cfg)) add(m.first, {m.second, d});
-    for (int e = 0; e < cfg.n_experts; e++) {
+    for (int e = e_lo; e < e_hi; e++) {
         std::string p = "experts." + std::to_string(e) + ".";
         add(p + "w1", {f, d});
         if (glu) add(p + "w3", {f, d});
@@ -157,13 +177,14 @@ std::vector<ParamSpec> MoeLayer::layout(const MoeConfig& cfg_in, size_t* n_param
 
 MoeLayer::MoeLayer(const MoeConfig& cfg) : MoeLayer(cfg, /*own_buffers=*/true) {}
 
-MoeLayer::MoeLayer(const MoeConfig& cfg, bool own_buffers) : cfg_(cfg), impl_(new Impl) {
+MoeLayer::MoeLayer(const MoeConfig& cfg, bool own_buffers, ExpertShard shard)
+    : cfg_(cfg), shard_(shard), impl_(new Impl) {
     cfg_.validate();
     if (cfg_.d_ff_shared == 0) cfg_.d_ff_shared = cfg_.d_ff;
     impl_->router = make_router(cfg_);
     impl_->rng.seed_with(cfg_.seed);
     impl_->want = expert_threads_from_env();
-    specs_ = layout(cfg_, &n_params_);
+    specs_ = layout(cfg_, &n_params_, shard_);
     for (auto& m : impl_->router->logit_matrices(cfg_)) impl_->ld += m.second;
     balance_bias_.assign(cfg_.n_experts, 0.f);
     if (!own_buffers) return;
@@ -221,10 +242,24 @@ void MoeLayer::zero_grad() {
     if (grads_) std::memset(grads_, 0, sizeof(float) * n_params_);
 }
 
+static void ensure(Buffer& b, int64_t n) {
+    if ((int64_t)b.size() < n) b.resize((size_t)n);
+}
+
+// Draws in the order of the full table, so a sharded layer holds exactly the values the
+// unsharded one has for its experts (the others' draws go to a scratch buffer).
 void MoeLayer::init_params(uint64_t seed, float router_std) {
     Rng r(seed);
-    for (auto& s : specs_) {
-        float* p = params_ + s.offset;
+    size_t held = 0;
+    Buffer scratch;
+    for (auto& s : layout(cfg_, nullptr)) {
+        float* p;
+        if (held < specs_.size() && specs_[held].name == s.name) {
+            p = params_ + specs_[held++].offset;
+        } else {
+            ensure(scratch, s.shape.numel());
+            p = scratch.data();
+        }
         if (s.name.rfind("router.", 0) == 0) {
             r.fill_normal(p, s.shape.numel(), 0.f, router_std);
         } else {
@@ -258,9 +293,6 @@ static void check_finite(const float* x, int T, int d) {
     }
 }
 
-static void ensure(Buffer& b, int64_t n) {
-    if ((int64_t)b.size() < n) b.resize((size_t)n);
-}
 
 using Impl = MoeLayer::Impl;
 
@@ -459,10 +491,18 @@ void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const Rou
     ensure(m.x, (int64_t)T * d);
     std::memcpy(m.x.data(), x.data, sizeof(float) * T * d);
 
-    if (m.par_on) {
+    if (m.par_on && m.replicated) {
+        route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
+        dispatch(m, cfg_);
+        run_experts_replicated_(y.data);
+    } else if (m.par_on) {
         m.noise = noise;
         forward_parallel_(y.data);
     } else {
+        if (shard_.sharded())
+            fail("MoeLayer::forward: the layer holds experts part {} of {} only; call "
+                 "set_parallel with its expert group first",
+                 shard_.index, shard_.parts);
         route(m, cfg_, params_, balance_bias_.data(), noise, aux_);
         dispatch(m, cfg_);
         run_experts_(y.data);
@@ -482,6 +522,9 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     check_shape("MoeLayer::backward: dy", dy.shape, Shape{T, d});
     check_shape("MoeLayer::backward: dx", dx.shape, Shape{T, d});
     MOE_CHECK(dy.data && dx.data, "null buffer");
+    if (m.par_on && m.replicated)
+        fail("MoeLayer::backward: a layer with replicated tokens (set_parallel for inference) "
+             "has no backward; train with the tokens split over the ranks");
     if (m.par_on) return backward_parallel_(dy.data, dx.data);
     const Routing& r = m.routing;
     const int64_t rows = std::max<int64_t>(r.n(), 1);
@@ -583,23 +626,31 @@ Rng& MoeLayer::rng() { return impl_->rng; }
 
 static double seconds_now() { return omp_get_wtime(); }
 
-void MoeLayer::set_parallel(const ParallelGroups& g, bool mean_grads) {
+void MoeLayer::set_parallel(const ParallelGroups& g, bool mean_grads, bool replicated_tokens) {
     Impl& m = *impl_;
     m.par = g;
     m.mean_grads = mean_grads;
-    m.par_on = g.world && g.world->size() > 1;
+    m.replicated = replicated_tokens;
+    // Replicated tokens need only the expert group; split tokens the world (the global batch).
+    m.par_on = replicated_tokens ? g.expert && g.expert->size() > 1
+                                 : g.world && g.world->size() > 1;
     m.have_forward = false;
-    if (!m.par_on) return;
+    if (!m.par_on) {
+        if (shard_.sharded())
+            fail("MoeLayer: holds experts {} of {} parts but runs in one process; build it "
+                 "unsharded",
+                 shard_.index, shard_.parts);
+        return;
+    }
     MOE_CHECK(g.expert && g.data, "set_parallel: expert and data groups are needed");
-    const int P = g.expert->size(), E = cfg_.n_experts;
-    if (P > E)
-        fail("--expert-parallel {}: more expert-parallel ranks than experts (n_experts={}); use at "
-             "most {} ranks per expert group",
-             P, E, E);
-    if (E % P != 0)
-        fail("--expert-parallel {}: n_experts={} is not divisible by it; choose a divisor of {}", P,
-             E, E);
+    const ExpertShard want{g.expert->size(), g.expert->rank()};
+    check_shard(cfg_, want);
+    if (shard_.sharded() && !(shard_ == want))
+        fail("MoeLayer: holds expert part {} of {} but is rank {} of an expert group of {}",
+             shard_.index, shard_.parts, want.index, want.parts);
 }
+
+void MoeLayer::set_overlap(int chunks) { impl_->overlap = std::max(1, chunks); }
 
 bool MoeLayer::parallel() const { return impl_->par_on; }
 MoeCommStats& MoeLayer::comm_stats() { return impl_->comm; }
@@ -607,13 +658,16 @@ MoeCommStats& MoeLayer::comm_stats() { return impl_->comm; }
 MoeLayer::ExpertRange MoeLayer::owned_experts() const {
     const Impl& m = *impl_;
     ExpertRange r;
-    const int P = m.par_on ? m.par.expert->size() : 1, p = m.par_on ? m.par.expert->rank() : 0;
+    // A sharded layer owns what it holds (set_parallel checks the group agrees).
+    const int P = shard_.sharded() ? shard_.parts : m.par_on ? m.par.expert->size() : 1;
+    const int p = shard_.sharded() ? shard_.index : m.par_on ? m.par.expert->rank() : 0;
     r.count = cfg_.n_experts / P;
     r.first = p * r.count;
     r.floats_per_expert = (size_t)ffn_weight_floats(cfg_.activation, cfg_.d_model, cfg_.d_ff);
-    r.all_offset = param("experts.0.w1").offset;
-    r.all_floats = r.floats_per_expert * cfg_.n_experts;
-    r.offset = r.all_offset + r.floats_per_expert * r.first;
+    const int held_first = shard_.index * (cfg_.n_experts / shard_.parts);
+    r.all_offset = param("experts." + std::to_string(held_first) + ".w1").offset;
+    r.all_floats = r.floats_per_expert * (cfg_.n_experts / shard_.parts);
+    r.offset = r.all_offset + r.floats_per_expert * (r.first - held_first);
     return r;
 }
 
@@ -707,6 +761,41 @@ static void route_parallel(Impl& m, const MoeConfig& cfg, const float* params, f
     m.comm.router_s += seconds_now() - t0;
 }
 
+// The all-to-all in chunks (set_overlap): chunk c carries the local experts [j0(c), j0(c+1))
+// of every owner. Counts and displacements (rows) per chunk and peer, on both sides:
+//   send: this rank's rows are expert-major over all E, so the rows for owner q's chunk-c
+//     experts are one contiguous run of m.mine;
+//   receive: the receive buffer is chunk-major, then sender-major, then expert-major, so a
+//     chunk arrives as one region; recv_pos maps each expert-major local row to its place.
+static void plan_chunks(Impl& m, int El, int P, const std::vector<int64_t>& cnt,
+                        const std::vector<int32_t>& sender) {
+    const int nc = std::min(m.overlap, std::max(El, 1));
+    m.chunk_j.assign(nc + 1, 0);
+    for (int c = 0; c <= nc; c++) m.chunk_j[c] = (int)((int64_t)c * El / nc);
+    m.csend_n.assign((size_t)nc * P, 0);
+    m.csend_at.assign((size_t)nc * P, 0);
+    m.crecv_n.assign((size_t)nc * P, 0);
+    m.crecv_at.assign((size_t)nc * P, 0);
+    std::vector<int64_t> start((size_t)El * P, 0);
+    int64_t pos = 0;
+    for (int c = 0; c < nc; c++)
+        for (int q = 0; q < P; q++) {
+            const int e_lo = q * El + m.chunk_j[c], e_hi = q * El + m.chunk_j[c + 1];
+            m.csend_at[(size_t)c * P + q] = m.mine.offsets[e_lo];
+            m.csend_n[(size_t)c * P + q] = m.mine.offsets[e_hi] - m.mine.offsets[e_lo];
+            m.crecv_at[(size_t)c * P + q] = pos;
+            for (int j = m.chunk_j[c]; j < m.chunk_j[c + 1]; j++) {
+                start[(size_t)j * P + q] = pos;
+                pos += cnt[(size_t)j * P + q];
+            }
+            m.crecv_n[(size_t)c * P + q] = pos - m.crecv_at[(size_t)c * P + q];
+        }
+    m.recv_pos.resize(sender.size());
+    for (int j = 0; j < El; j++)
+        for (int L = m.local_off[j]; L < m.local_off[j + 1]; L++)
+            m.recv_pos[L] = (int32_t)start[(size_t)j * P + sender[L]]++;
+}
+
 // Steps 3-4: capacity on the global routing, then who sends which rows where.
 //   send side: this rank's kept rows in global row order (expert-major), in m.mine, whose
 //     tok_off/tok_rows index them per local token for combine and the dx scatter.
@@ -763,6 +852,7 @@ static void plan_exchange(Impl& m, const MoeConfig& cfg) {
     m.recv_rows.assign(P, 0);
     m.local_off.assign(El + 1, 0);
     std::vector<int32_t> sender;
+    std::vector<int64_t> cnt((size_t)El * P, 0);  // rows of local expert j from sender q
     for (int e = e0; e < e0 + El; e++) {
         for (int i = g.offsets[e]; i < g.offsets[e + 1]; i++) {
             const int64_t t = g.row_token[i];
@@ -771,14 +861,11 @@ static void plan_exchange(Impl& m, const MoeConfig& cfg) {
             int q = (int)(std::upper_bound(first, first + P + 1, t) - first) - 1;
             sender.push_back(q);
             m.recv_rows[q]++;
+            cnt[(size_t)(e - e0) * P + q]++;
         }
         m.local_off[e - e0 + 1] = (int32_t)sender.size();
     }
-    std::vector<int32_t> fill(P, 0);
-    for (int q = 1; q < P; q++) fill[q] = fill[q - 1] + (int32_t)m.recv_rows[q - 1];
-    m.recv_pos.resize(sender.size());
-    for (size_t L = 0; L < sender.size(); L++) m.recv_pos[L] = fill[sender[L]]++;
-
+    plan_chunks(m, El, P, cnt, sender);
     // The ranks must agree on the plan (they routed the same gathered logits): what each sends
     // must be what its receiver expects.
     std::vector<int64_t> told(P);
@@ -788,45 +875,6 @@ static void plan_exchange(Impl& m, const MoeConfig& cfg) {
                   "expert-parallel rank {} expects {} rows from rank {} but is sent {}: the ranks "
                   "routed differently (different builds or configs?)",
                   p, m.recv_rows[q], q, told[q]);
-}
-
-// Rows in send order (sender side, n_send x d) -> owners, expert-major (n_recv x d); and back.
-static void exchange_rows(Impl& m, int d, const float* send, float* expert_major) {
-    const int P = m.par.expert->size();
-    const int64_t n_recv = (int64_t)m.recv_pos.size();
-    std::vector<int64_t> sc(P), rc(P);
-    for (int q = 0; q < P; q++) {
-        sc[q] = m.send_rows[q] * d;
-        rc[q] = m.recv_rows[q] * d;
-    }
-    ensure(m.rbuf, std::max<int64_t>(n_recv, 1) * d);
-    const double t0 = seconds_now();
-    m.par.expert->alltoallv(send, sc.data(), m.rbuf.data(), rc.data());
-    m.comm.alltoall_s += seconds_now() - t0;
-    m.comm.alltoall_bytes +=
-        (int64_t)sizeof(float) * d * (m.mine.n_rows - m.send_rows[m.par.expert->rank()]);
-    const float* rb = m.rbuf.data();
-    for (int64_t L = 0; L < n_recv; L++)
-        std::memcpy(expert_major + L * d, rb + (int64_t)m.recv_pos[L] * d, sizeof(float) * d);
-}
-
-static void return_rows(Impl& m, int d, const float* expert_major, float* back) {
-    const int P = m.par.expert->size();
-    const int64_t n_recv = (int64_t)m.recv_pos.size();
-    ensure(m.rbuf, std::max<int64_t>(n_recv, 1) * d);
-    float* rb = m.rbuf.data();
-    for (int64_t L = 0; L < n_recv; L++)
-        std::memcpy(rb + (int64_t)m.recv_pos[L] * d, expert_major + L * d, sizeof(float) * d);
-    std::vector<int64_t> sc(P), rc(P);
-    for (int q = 0; q < P; q++) {
-        sc[q] = m.recv_rows[q] * d;
-        rc[q] = m.send_rows[q] * d;
-    }
-    const double t0 = seconds_now();
-    m.par.expert->alltoallv(rb, sc.data(), back, rc.data());
-    m.comm.alltoall_s += seconds_now() - t0;
-    m.comm.alltoall_bytes +=
-        (int64_t)sizeof(float) * d * (n_recv - m.recv_rows[m.par.expert->rank()]);
 }
 
 static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* params,
@@ -845,6 +893,95 @@ static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* p
     return g;
 }
 
+// The local experts [j0, j1) of a grouped FFN (row offsets stay absolute).
+static GroupedFfn sub_experts(GroupedFfn g, int j0, int j1) {
+    g.E = j1 - j0;
+    g.offsets += j0;
+    g.weights += (int64_t)j0 * g.stride;
+    if (g.grads) g.grads += (int64_t)j0 * g.stride;
+    if (g.frozen13) g.frozen13 += j0;
+    if (g.frozen2) g.frozen2 += j0;
+    return g;
+}
+
+// One round trip of rows through the owners (forward: x out, expert outputs back; backward: dY
+// out, dX back). send: this rank's rows in send order; in / out: the owned experts' rows,
+// expert-major (n_recv x d); back: what returns, in send order. work(j0, j1) computes out from
+// in for the local experts [j0, j1). One chunk: blocking all-to-alls around all the work. More
+// (set_overlap): every chunk's exchange is posted at once; chunk c's experts run as soon as it
+// has arrived, and its results are posted home before the next chunk is waited for.
+template <class Work>
+static void round_trip(Impl& m, int d, const float* send, float* in, const float* out,
+                       float* back, Work&& work) {
+    ProcessGroup& eg = *m.par.expert;
+    const int P = eg.size(), me = eg.rank(), nc = (int)m.chunk_j.size() - 1;
+    const int64_t n_recv = (int64_t)m.recv_pos.size();
+    ensure(m.rbuf, std::max<int64_t>(n_recv, 1) * d);
+    ensure(m.rbuf2, std::max<int64_t>(n_recv, 1) * d);
+    float* rb = m.rbuf.data();
+    float* rb2 = m.rbuf2.data();
+    const int64_t* si = m.csend_n.data();
+    auto scaled = [&](const std::vector<int64_t>& v, int c) {
+        std::vector<int64_t> r(P);
+        for (int q = 0; q < P; q++) r[q] = v[(size_t)c * P + q] * d;
+        return r;
+    };
+    auto to_expert_major = [&](int j0, int j1) {
+        for (int64_t L = m.local_off[j0]; L < m.local_off[j1]; L++)
+            std::memcpy(in + L * d, rb + (int64_t)m.recv_pos[L] * d, sizeof(float) * d);
+    };
+    auto to_send_order = [&](int j0, int j1) {
+        for (int64_t L = m.local_off[j0]; L < m.local_off[j1]; L++)
+            std::memcpy(rb2 + (int64_t)m.recv_pos[L] * d, out + L * d, sizeof(float) * d);
+    };
+    int64_t sent = 0, returned = 0;
+    for (int c = 0; c < nc; c++)
+        for (int q = 0; q < P; q++)
+            if (q != me) {
+                sent += si[(size_t)c * P + q];
+                returned += m.crecv_n[(size_t)c * P + q];
+            }
+    m.comm.alltoall_bytes += (int64_t)sizeof(float) * d * (sent + returned);
+    const int El = m.chunk_j[nc];
+    double t0 = seconds_now();
+    if (nc == 1) {
+        std::vector<int64_t> sc = scaled(m.csend_n, 0), rc = scaled(m.crecv_n, 0);
+        eg.alltoallv(send, sc.data(), rb, rc.data());
+        m.comm.alltoall_s += seconds_now() - t0;
+        to_expert_major(0, El);
+        work(0, El);
+        to_send_order(0, El);
+        t0 = seconds_now();
+        eg.alltoallv(rb2, rc.data(), back, sc.data());
+        m.comm.alltoall_s += seconds_now() - t0;
+        return;
+    }
+    std::vector<int> out_h(nc), back_h(nc);
+    std::vector<std::vector<int64_t>> sc(nc), sd(nc), rc(nc), rd(nc);
+    for (int c = 0; c < nc; c++) {
+        sc[c] = scaled(m.csend_n, c), sd[c] = scaled(m.csend_at, c);
+        rc[c] = scaled(m.crecv_n, c), rd[c] = scaled(m.crecv_at, c);
+        out_h[c] = eg.ialltoallv(send, sc[c].data(), sd[c].data(), rb, rc[c].data(), rd[c].data());
+    }
+    m.comm.alltoall_s += seconds_now() - t0;
+    for (int c = 0; c < nc; c++) {
+        t0 = seconds_now();
+        eg.wait(out_h[c]);
+        m.comm.alltoall_s += seconds_now() - t0;
+        const int j0 = m.chunk_j[c], j1 = m.chunk_j[c + 1];
+        to_expert_major(j0, j1);
+        work(j0, j1);
+        to_send_order(j0, j1);
+        t0 = seconds_now();
+        back_h[c] = eg.ialltoallv(rb2, rc[c].data(), rd[c].data(), back, sc[c].data(),
+                                  sd[c].data());
+        m.comm.alltoall_s += seconds_now() - t0;
+    }
+    t0 = seconds_now();
+    for (int c = 0; c < nc; c++) eg.wait(back_h[c]);
+    m.comm.alltoall_s += seconds_now() - t0;
+}
+
 void MoeLayer::forward_parallel_(float* y) {
     Impl& m = *impl_;
     const int d = cfg_.d_model;
@@ -860,11 +997,12 @@ void MoeLayer::forward_parallel_(float* y) {
     ensure(m.ae, nr * cfg_.d_ff);
     ensure(m.oe, nr * d);
     gather_rows(m.mine, m.x.data(), d, m.sbuf.data());
-    exchange_rows(m, d, m.sbuf.data(), m.xe.data());
     GroupedFfn g = grouped_owned(*this, m, params_, grads_);
     m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
-    experts_forward(g, m.xe.data(), m.he.data(), m.ae.data(), m.oe.data(), m.how);
-    return_rows(m, d, m.oe.data(), m.ret.data());
+    round_trip(m, d, m.sbuf.data(), m.xe.data(), m.oe.data(), m.ret.data(), [&](int j0, int j1) {
+        experts_forward(sub_experts(g, j0, j1), m.xe.data(), m.he.data(), m.ae.data(),
+                        m.oe.data(), m.how);
+    });
     combine_forward(m.mine, m.routing.weight.data(), m.ret.data(), d, y);
     expert_flops_fwd_ = 2.0 * n_recv * (double)ffn_weight_floats(cfg_.activation, d, g.f);
     run_shared_(y);
@@ -887,16 +1025,16 @@ void MoeLayer::backward_parallel_(const float* dy, float* dx) {
     ensure(m.dxe, nr * d);
     ensure(m.dae, nr * cfg_.d_ff);
     ensure(m.dhe, nr * hf);
-    exchange_rows(m, d, m.dout.data(), m.doe.data());
     GroupedFfn g = grouped_owned(*this, m, params_, grads_);
     if (!frozen13_.empty()) {
         g.frozen13 = frozen13_.data() + owned_experts().first;
         g.frozen2 = frozen2_.data() + owned_experts().first;
     }
-    experts_backward(g, m.xe.data(), m.he.data(), m.ae.data(), m.doe.data(), m.dxe.data(),
-                     m.dae.data(), m.dhe.data(), m.how);
     ensure(m.dxp, ns * d);
-    return_rows(m, d, m.dxe.data(), m.dxp.data());
+    round_trip(m, d, m.dout.data(), m.doe.data(), m.dxe.data(), m.dxp.data(), [&](int j0, int j1) {
+        experts_backward(sub_experts(g, j0, j1), m.xe.data(), m.he.data(), m.ae.data(),
+                         m.doe.data(), m.dxe.data(), m.dae.data(), m.dhe.data(), m.how);
+    });
     scatter_rows(m.mine, m.dxp.data(), d, dx, false);
 
     // Router on the global batch, from this rank's dweights only (the others' are 0): a router's
@@ -933,6 +1071,42 @@ void MoeLayer::backward_parallel_(const float* dy, float* dx) {
         for (int64_t i = 0; i < (int64_t)T * d; i++) dx[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
     }
     shared_backward_(dy, dx);
+}
+
+// Inference with the same tokens on every rank (set_parallel with replicated_tokens): the routing
+// and the dispatch are the single-process ones; this rank runs its experts' rows (contiguous in
+// the expert-major buffer: the owners' experts are consecutive) and the expert group all-gathers
+// them in rank order, which rebuilds the whole expert-major output; combine then sums each
+// token's rows in slot order, as one process does.
+void MoeLayer::run_experts_replicated_(float* y) {
+    Impl& m = *impl_;
+    const int d = cfg_.d_model;
+    ProcessGroup& eg = *m.par.expert;
+    const int P = eg.size(), me = eg.rank();
+    const ExpertRange o = owned_experts();
+    GroupedFfn g;
+    g.act = cfg_.activation;
+    g.E = o.count;
+    g.d = d;
+    g.f = cfg_.d_ff;
+    g.offsets = m.disp.offsets.data() + o.first;
+    g.weights = params_ + o.offset;
+    g.stride = (int64_t)o.floats_per_expert;
+    m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
+    experts_forward(g, m.xp.data(), m.h.data(), m.a.data(), m.out.data(), m.how);
+    std::vector<int64_t> counts(P);
+    for (int q = 0; q < P; q++)
+        counts[q] = (int64_t)(m.disp.offsets[(q + 1) * o.count] - m.disp.offsets[q * o.count]) * d;
+    ensure(m.ret, std::max<int64_t>(m.disp.n_rows, 1) * d);
+    const double t0 = seconds_now();
+    eg.allgatherv(m.out.data() + (int64_t)m.disp.offsets[o.first] * d, counts[me], m.ret.data(),
+                  counts.data());
+    m.comm.alltoall_s += seconds_now() - t0;
+    m.comm.alltoall_bytes += (int64_t)sizeof(float) * counts[me] * (P - 1);
+    combine_forward(m.disp, m.routing.weight.data(), m.ret.data(), d, y);
+    expert_flops_fwd_ = 2.0 * (m.disp.offsets[o.first + o.count] - m.disp.offsets[o.first]) *
+                        (double)ffn_weight_floats(cfg_.activation, d, g.f);
+    run_shared_(y);
 }
 
 }  // namespace moe

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -219,57 +220,131 @@ void reduce_gradients(const ParallelGroups& g, const ExpertBlocks& eb, float* gr
 
 // Global-norm clipping when the expert gradients are split over the expert group: the squares
 // of this rank's experts are summed over the group; the replicated rest is the same everywhere.
-double clip_grad_norm_parallel(const ParallelGroups& g, const ExpertBlocks& eb, float* grad,
-                               size_t n, double max_norm) {
-    double all = l2_norm(grad, n), own = 0;
-    all *= all;
-    for (auto& L : eb.layers) {
-        double v = l2_norm(grad + L.own_offset, L.per_expert * L.count);
-        own += v * v;
-    }
+// Only the trainable ranges count (frozen tensors have no defined gradient), as in one process.
+double clip_grad_norm_parallel(const ParallelGroups& g, const ExpertBlocks& eb,
+                               const std::vector<DecayRun>& runs, float* grad, double max_norm) {
+    // Squares over [lo, hi) intersected with the runs.
+    auto squares = [&](size_t lo, size_t hi) {
+        double ss = 0;
+        for (auto& r : runs) {
+            const size_t a = std::max(lo, r.offset), b = std::min(hi, r.offset + r.n);
+            if (a < b) {
+                double v = l2_norm(grad + a, b - a);
+                ss += v * v;
+            }
+        }
+        return ss;
+    };
+    double all = squares(0, SIZE_MAX), own = 0;
+    for (auto& L : eb.layers) own += squares(L.own_offset, L.own_offset + L.per_expert * L.count);
     double own_sum = own;
     g.expert->allreduce_sum(&own_sum, 1);
     const double norm = std::sqrt(std::max(0.0, all - own + own_sum));
     if (max_norm > 0 && std::isfinite(norm) && norm > max_norm)
-        scale_inplace(grad, n, (float)(max_norm / (norm + 1e-6)));
+        for (auto& r : runs) scale_inplace(grad + r.offset, r.n, (float)(max_norm / (norm + 1e-6)));
     return norm;
 }
 
-// Before a checkpoint: every rank receives every expert's current weights and AdamW moments from
-// its owner (a broadcast in the expert group), so rank 0 writes the full model and the files do
-// not depend on the layout.
-void gather_experts(const ParallelGroups& g, const ExpertBlocks& eb, float* params, float* m,
-                    float* v) {
-    if (g.ep_size() <= 1) return;
-    for (auto& L : eb.layers)
-        for (int q = 0; q < g.ep_size(); q++) {
-            const size_t o = L.all_offset + (size_t)q * L.count * L.per_expert;
-            const int64_t n = (int64_t)(L.count * L.per_expert);
-            g.expert->bcast(params + o, n, q);
-            if (m) g.expert->bcast(m + o, n, q);
-            if (v) g.expert->bcast(v + o, n, q);
-        }
+// The expert index J of a routed expert tensor ("...experts.J.w1.weight"), or -1.
+int expert_of(const std::string& name) {
+    const size_t at = name.find(".experts.");
+    return at == std::string::npos ? -1 : std::atoi(name.c_str() + at + 9);
 }
 
+// Saving a sharded model (each rank holds its experts only): rank 0 writes the whole table, the
+// experts of the other ranks of its expert group broadcast by their owners one tensor at a time,
+// in file order (checkpoint.h, TensorFetch). The other ranks of expert group 0 run the same
+// sequence (serve_checkpoint); the data-parallel replicas hold copies and take no part.
+struct ExpertServer {
+    const ParallelGroups* g = nullptr;
+    Model* model = nullptr;
+    const float *m = nullptr, *v = nullptr;            // AdamW moments (null: weights only)
+    const std::vector<int64_t>* state_offsets = nullptr;
+    std::set<std::string> frozen;                      // full-table names
+    std::map<std::string, size_t> held;                // name -> params() index
+    int per_rank = 1;                                  // experts per expert-group rank
+    Buffer scratch;
+
+    const float* serve(const ParamSpec& s, int which) {
+        if (which > 0 && (frozen.count(s.name) || !m)) return nullptr;
+        const int owner = expert_of(s.name) / per_rank;
+        const int64_t n = s.shape.numel();
+        float* data;
+        if (owner == g->expert->rank()) {
+            const size_t i = held.at(s.name);
+            const size_t o = which == 0 ? model->params()[i].offset
+                                        : (size_t)(*state_offsets)[i];
+            data = const_cast<float*>(which == 0 ? model->param_data() + o : which == 1 ? m + o
+                                                                                         : v + o);
+        } else {
+            if ((int64_t)scratch.size() < n) scratch.resize((size_t)n);
+            data = scratch.data();
+        }
+        g->expert->bcast(data, n, owner);
+        return data;
+    }
+    // The sequence save_checkpoint asks for, on a rank that does not write.
+    void serve_all(int writer_rank_in_group) {
+        const std::vector<ParamSpec> full = Model::layout(model->config(), nullptr);
+        auto lacks = [&](const ParamSpec& s) {
+            const int e = expert_of(s.name);
+            return e >= 0 && e / per_rank != writer_rank_in_group;
+        };
+        for (auto& s : full)
+            if (lacks(s)) serve(s, 0);
+        if (m)
+            for (auto& s : full)
+                if (lacks(s) && serve(s, 1)) serve(s, 2);
+    }
+};
+
 // A checksum per expert tensor (trainer_state.json "expert_checksums"), verified on load: a
-// checkpoint assembled from several ranks must hold what each owner had.
-json expert_checksums(Model& model) {
-    json j = json::object();
+// checkpoint assembled from several ranks must hold what each owner had. Each rank hashes the
+// experts it holds; the expert group gathers them (each rank the same number: E/P experts).
+json expert_checksums(const ParallelGroups& g, Model& model) {
+    std::vector<uint64_t> mine;
     for (const ParamSpec& p : model.params())
-        if (p.name.find(".experts.") != std::string::npos)
-            j[p.name] = fmt::format("{:016x}", fnv1a(model.param_data() + p.offset,
-                                                     sizeof(float) * (size_t)p.shape.numel()));
+        if (expert_of(p.name) >= 0)
+            mine.push_back(fnv1a(model.param_data() + p.offset, sizeof(float) * (size_t)p.shape.numel()));
+    const int P = model.expert_shard().parts;
+    std::vector<uint64_t> all(mine.size() * P);
+    if (P > 1)
+        g.expert->allgather_bytes(mine.data(), (int64_t)(mine.size() * sizeof(uint64_t)),
+                                  all.data());
+    else
+        all = mine;
+    json j = json::object();
+    const int per_rank = model.config().moe.n_experts / P;
+    std::vector<size_t> next(P, 0);
+    for (const ParamSpec& p : Model::layout(model.config(), nullptr)) {
+        const int e = expert_of(p.name);
+        if (e < 0) continue;
+        const int q = e / per_rank;
+        j[p.name] = fmt::format("{:016x}", all[(size_t)q * mine.size() + next[q]++]);
+    }
     return j;
 }
 
+// Each rank checks the experts it holds (every expert is held by some rank).
 void verify_expert_checksums(Model& model, const json& state, const std::string& ckpt) {
     if (!state.contains("expert_checksums")) return;  // written before issue 10
     const json want = state["expert_checksums"];
-    const json got = expert_checksums(model);
+    json got = json::object();
+    for (const ParamSpec& p : model.params())
+        if (expert_of(p.name) >= 0)
+            got[p.name] = fmt::format("{:016x}", fnv1a(model.param_data() + p.offset,
+                                                       sizeof(float) * (size_t)p.shape.numel()));
+    std::set<std::string> names;
+    for (const ParamSpec& p : Model::layout(model.config(), nullptr)) names.insert(p.name);
     for (auto& [name, h] : want.items()) {
-        if (!got.contains(name))
+        if (!names.count(name))
             fail("{}/trainer_state.json: expert_checksums names {}, which the model does not have; "
                  "the checkpoint is damaged",
+                 ckpt, name);
+        if (!got.contains(name)) continue;  // another rank's expert
+        if (!h.is_string())
+            fail("{}/trainer_state.json: expert_checksums[{}] is not a string; the checkpoint is "
+                 "damaged",
                  ckpt, name);
         if (got[name] != h)
             fail("{}/model.safetensors: {} does not match its checksum in trainer_state.json ({} "
@@ -310,7 +385,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
     opt.progress = opt_in.progress && writer;
     if (W > 1) {
         std::string what = config_to_json(opt.cfg).dump() + "|" + opt.resume_dir + "|" +
-                           opt.out_dir + "|" + groups.layout();
+                           opt.out_dir + "|" + groups.layout() + "|" +
+                           std::to_string(opt.overlap);
         for (auto& [k, v] : opt.overrides) what += "|" + k + "=" + v;
         check_same_config(groups, what);
     }
@@ -401,10 +477,6 @@ TrainResult run_train(const TrainOptions& opt_in) {
             fail("batch_size={}: must be divisible by the {} ranks (each rank trains on batch_size "
                  "/ ranks sequences of every batch); choose a multiple of {}",
                  cfg.batch_size, W, W);
-        if (!cfg.freeze.empty())
-            fail("freeze: '{}' is not supported under several processes yet; train it in one "
-                 "process",
-                 cfg.freeze);
     }
 
     std::string run_dir = opt.out_dir;
@@ -514,6 +586,17 @@ TrainResult run_train(const TrainOptions& opt_in) {
 
     // ---- model and optimizer ----
     ModelConfig mcfg = model_config_for(cfg, model_vocab);
+    // Expert parallelism: each rank allocates only the experts it owns (ExpertShard); the
+    // checkpoints still hold every expert (gathered on save, each rank reading its own on load).
+    const ExpertShard shard =
+        groups.ep_size() > 1 && mcfg.any_moe()
+            ? ExpertShard{groups.ep_size(), groups.expert->rank()}
+            : ExpertShard{};
+    if (shard.sharded()) {
+        size_t n = 0;
+        MoeLayer::layout([&] { MoeConfig c = mcfg.moe; c.d_model = mcfg.d_model; return c; }(),
+                         &n, shard);  // E divisible by P: a clear error before anything else
+    }
     if (resuming) {
         ModelConfig saved = load_model_config(resume_ckpt);
         if (model_config_to_hf(saved).dump() != model_config_to_hf(mcfg).dump())
@@ -528,8 +611,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
         // about 12 d + 3 f + heads x S floats per token, plus the logits): refused before
         // anything is allocated when the machine cannot hold them.
         size_t n = 0;
-        Model::layout(mcfg, &n);
-        const double T = (double)cfg.batch_size * mcfg.block_size;
+        Model::layout(mcfg, &n, shard);  // this rank's share of the experts
+        const double T = (double)cfg.batch_size / W * mcfg.block_size;
         const double f = std::max(mcfg.d_ff, mcfg.moe.d_ff * std::max(1, mcfg.moe.top_k));
         const double act = T * (mcfg.n_layers * (12.0 * mcfg.d_model + 3 * f +
                                                  (double)mcfg.n_heads * mcfg.block_size) +
@@ -540,13 +623,26 @@ TrainResult run_train(const TrainOptions& opt_in) {
                                          (double)n, cfg.batch_size, mcfg.block_size),
                              "lower d_model, n_layers, n_experts, batch_size or block_size");
     }
-    Model model(mcfg);
-    const size_t P = model.n_params();
+    Model model(mcfg, /*trainable=*/true, shard);
+    const size_t P = model.n_params();  // this rank's
+    size_t P_all = P;
+    const std::vector<ParamSpec> full_specs = Model::layout(mcfg, &P_all);
     for (int l = 0; l < mcfg.n_layers; l++)
-        if (MoeLayer* ml = model.moe_layer(l)) ml->set_parallel(groups, /*mean_grads=*/true);
+        if (MoeLayer* ml = model.moe_layer(l)) {
+            ml->set_parallel(groups, /*mean_grads=*/true);
+            ml->set_overlap(opt.overlap);
+        }
     const ExpertBlocks eblocks = expert_blocks(model);
-    std::vector<uint8_t> frozen;
-    if (!cfg.freeze.empty()) frozen = resolve_freeze(model.params(), cfg.freeze, "freeze");
+    // The freeze is resolved on the full table (the same tensors whatever the layout), then
+    // mapped onto the tensors this rank holds.
+    std::vector<uint8_t> frozen, frozen_full;
+    std::set<std::string> frozen_names;
+    if (!cfg.freeze.empty()) {
+        frozen_full = resolve_freeze(full_specs, cfg.freeze, "freeze");
+        for (size_t i = 0; i < full_specs.size(); i++)
+            if (frozen_full[i]) frozen_names.insert(full_specs[i].name);
+        for (const ParamSpec& p : model.params()) frozen.push_back(frozen_names.count(p.name));
+    }
     model.set_frozen(frozen);
     const std::vector<DecayRun> runs = decay_runs(model, frozen);
     size_t n_trainable = 0;
@@ -613,27 +709,32 @@ TrainResult run_train(const TrainOptions& opt_in) {
     if (writer)
         write_file_atomic(run_dir + "/train_config.json", config_to_json(cfg).dump(2) + "\n");
     // What is frozen, for the record (and `moe report`).
-    const double opt_bytes = 2.0 * sizeof(float) * (double)n_trainable,
-                 opt_saved = 2.0 * sizeof(float) * (double)(P - n_trainable);
+    // The whole model's figures (every rank's experts), whatever the layout.
+    size_t frozen_all = 0;
+    for (size_t i = 0; i < frozen_full.size(); i++)
+        if (frozen_full[i]) frozen_all += (size_t)full_specs[i].shape.numel();
+    const size_t trainable_all = P_all - frozen_all;
+    const double opt_bytes = 2.0 * sizeof(float) * (double)trainable_all,
+                 opt_saved = 2.0 * sizeof(float) * (double)frozen_all;
     {
         json fz = {{"freeze", cfg.freeze},
                    {"init_from", init_ckpt},
                    {"upcycle_from", upcycle_ckpt},
-                   {"n_params", P},
-                   {"trainable_params", n_trainable},
-                   {"frozen_params", P - n_trainable},
+                   {"n_params", P_all},
+                   {"trainable_params", trainable_all},
+                   {"frozen_params", frozen_all},
                    {"optimizer_state_bytes", (int64_t)opt_bytes},
                    {"optimizer_state_bytes_saved", (int64_t)opt_saved}};
         json names = json::array();
-        for (size_t i = 0; i < frozen.size(); i++)
-            if (frozen[i]) names.push_back(model.params()[i].name);
+        for (size_t i = 0; i < frozen_full.size(); i++)
+            if (frozen_full[i]) names.push_back(full_specs[i].name);
         fz["frozen_tensors"] = names;
         if (writer) write_file_atomic(run_dir + "/frozen.json", fz.dump(2) + "\n");
         if (opt.progress && !cfg.freeze.empty())
             std::fprintf(stderr,
                          "train: freeze '%s': %zu tensors, %zu of %zu params frozen; AdamW state "
                          "%.2f MiB (saves %.2f MiB)\n",
-                         cfg.freeze.c_str(), names.size(), P - n_trainable, P,
+                         cfg.freeze.c_str(), names.size(), frozen_all, P_all,
                          opt_bytes / (1 << 20), opt_saved / (1 << 20));
     }
 
@@ -678,6 +779,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
     const int64_t last_step =
         cfg.stop_after > 0 ? std::min<int64_t>(cfg.stop_after, cfg.max_steps) : cfg.max_steps;
     const int save_every = cfg.save_every > 0 ? cfg.save_every : cfg.eval_every;
+    json checksums;  // of every expert tensor, gathered before each save (make_state)
     auto make_state = [&](bool with_loader) {
         json s = {{"format_version", 1},
                   {"step", step},
@@ -695,24 +797,38 @@ TrainResult run_train(const TrainOptions& opt_in) {
         for (int l = 0; l < mcfg.n_layers; l++)
             if (MoeLayer* ml = model.moe_layer(l)) layer_rngs[std::to_string(l)] = rng_to_json(ml->rng());
         s["moe_layer_rngs"] = layer_rngs;
-        s["expert_checksums"] = expert_checksums(model);
+        s["expert_checksums"] = checksums;
         s["layout"] = groups.layout();
         return s;
     };
-    // Under expert parallelism the owners' experts reach every rank first (the AdamW moments
-    // too: no freeze under MPI, so state offsets are parameter offsets); rank 0 writes.
-    auto save_latest = [&]() {
-        gather_experts(groups, eblocks, model.param_data(), adam_m.data(), adam_v.data());
-        if (!writer) return;
-        json s = make_state(true);
-        save_checkpoint(latest_dir, model, *tok, adam_m.data(), adam_v.data(), &s, &state_offsets);
+    // Under expert parallelism each rank holds its experts only: rank 0 writes the whole model,
+    // the other experts broadcast by their owners in expert group 0 tensor by tensor while it
+    // writes (ExpertServer); the data-parallel replicas (other expert groups) wait.
+    ExpertServer server;
+    server.g = &groups;
+    server.model = &model;
+    server.state_offsets = &state_offsets;
+    server.frozen = frozen_names;
+    server.per_rank = mcfg.moe.n_experts / shard.parts;
+    for (size_t i = 0; i < model.params().size(); i++) server.held[model.params()[i].name] = i;
+    auto save = [&](const std::string& dir, bool with_optimizer) {
+        checksums = expert_checksums(groups, model);
+        server.m = with_optimizer ? adam_m.data() : nullptr;
+        server.v = with_optimizer ? adam_v.data() : nullptr;
+        if (writer) {
+            json s = make_state(true);
+            TensorFetch fetch;
+            fetch.get = [&](const ParamSpec& sp, int which) { return server.serve(sp, which); };
+            fetch.has_state = [&](const ParamSpec& sp) { return !server.frozen.count(sp.name); };
+            save_checkpoint(dir, model, *tok, server.m, server.v, &s,
+                            with_optimizer ? &state_offsets : nullptr,
+                            shard.sharded() ? &fetch : nullptr);
+        } else if (shard.sharded() && groups.data->rank() == 0) {
+            server.serve_all(0);
+        }
     };
-    auto save_best = [&]() {
-        gather_experts(groups, eblocks, model.param_data(), nullptr, nullptr);
-        if (!writer) return;
-        json s = make_state(true);
-        save_checkpoint(best_dir, model, *tok, nullptr, nullptr, &s);
-    };
+    auto save_latest = [&]() { save(latest_dir, true); };
+    auto save_best = [&]() { save(best_dir, false); };
 
     MetricsWriter metrics(writer ? metrics_path : std::string("/dev/null"), mcfg);
     // Time and bytes in collectives since the last metrics line (several processes).
@@ -755,9 +871,12 @@ TrainResult run_train(const TrainOptions& opt_in) {
             stderr,
             "train: %s, %zu params (%zu trainable), %zu train / %zu val tokens, vocab %d (%s), steps %lld..%lld, "
             "set-up %.1fs\n",
-            run_dir.c_str(), P, n_trainable, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
+            run_dir.c_str(), P_all, trainable_all, corpus.train.size(), corpus.val.size(), tok->vocab_size(),
             tok->kind().c_str(), (long long)step + 1, (long long)last_step,
             now_seconds() - t_setup0);
+    if (opt.progress && shard.sharded())
+        std::fprintf(stderr, "train: %s: %zu params per rank of %zu (experts split over %d ranks)\n",
+                     groups.layout().c_str(), P, P_all, shard.parts);
 
     // Starting from a checkpoint: evaluate it first (step 0), so the curves start where it was.
     if (!resuming && (!init_ckpt.empty() || !upcycle_ckpt.empty())) {
@@ -820,7 +939,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
             const double ta = now_seconds();
             reduce_gradients(groups, eblocks, g, P);
             allreduce_s += now_seconds() - ta;
-            gnorm = clip_grad_norm_parallel(groups, eblocks, g, P, cfg.grad_clip);
+            gnorm = clip_grad_norm_parallel(groups, eblocks, runs, g, cfg.grad_clip);
         } else {
             gnorm = frozen.empty() ? clip_grad_norm(g, P, cfg.grad_clip)
                                    : clip_grad_norm_runs(g, runs, cfg.grad_clip);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,16 @@ static void check_close(const std::string& what, const float* a, const float* b,
                      g_rank, what.c_str(), md, at, a[at], b[at], mx);
         g_fail++;
     }
+}
+
+static void check_bits(const std::string& what, const float* a, const float* b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (std::memcmp(a + i, b + i, sizeof(float)) != 0) {
+            std::fprintf(stderr, "rank %d: FAIL %s: [%zu] %.9g vs %.9g (bits differ)\n", g_rank,
+                         what.c_str(), i, a[i], b[i]);
+            g_fail++;
+            return;
+        }
 }
 
 static void check_eq(const std::string& what, double a, double b, double tol) {
@@ -119,8 +130,14 @@ static void run_case(const Case& cs, const ParallelGroups& g) {
     std::vector<int64_t> start(W + 1, 0);
     for (int q = 0; q < W; q++) start[q + 1] = start[q] + 11 + 3 * q;  // unequal slices
     const int Tg = (int)start[W], T = (int)(start[r + 1] - start[r]);
-    MoeLayer ref(cfg), par(cfg);
+    // par holds only its experts (as the trainer's layers do); ovl too, with the all-to-all in
+    // chunks (as many as its experts): the same bits as par. full keeps every expert's buffer.
+    const ExpertShard shard{g.ep_size(), g.ep_size() > 1 ? g.expert->rank() : 0};
+    MoeLayer ref(cfg), par(cfg, true, shard), ovl(cfg, true, shard), full(cfg);
     par.set_parallel(g);
+    ovl.set_parallel(g);
+    ovl.set_overlap(cfg.n_experts / shard.parts);
+    full.set_parallel(g);
     Rng data(4242);
     for (int step = 0; step < 2; step++) {
         std::vector<float> x((size_t)Tg * d), dy((size_t)Tg * d);
@@ -134,11 +151,22 @@ static void run_case(const Case& cs, const ParallelGroups& g) {
         const float* xs = x.data() + start[r] * d;
         const float* dys = dy.data() + start[r] * d;
         std::vector<float> y((size_t)T * d), dx((size_t)T * d);
-        par.zero_grad();
-        par.forward(ConstTensorView(xs, {T, d}), TensorView(y.data(), {T, d}), true);
-        par.backward(ConstTensorView(dys, {T, d}), TensorView(dx.data(), {T, d}));
-        par.allreduce_grads();
+        std::vector<float> yo(y.size()), dxo(dx.size()), yf(y.size()), dxf(dx.size());
+        for (MoeLayer* l : {&par, &ovl, &full}) {
+            float* yy = l == &par ? y.data() : l == &ovl ? yo.data() : yf.data();
+            float* dd = l == &par ? dx.data() : l == &ovl ? dxo.data() : dxf.data();
+            l->zero_grad();
+            l->forward(ConstTensorView(xs, {T, d}), TensorView(yy, {T, d}), true);
+            l->backward(ConstTensorView(dys, {T, d}), TensorView(dd, {T, d}));
+            l->allreduce_grads();
+        }
         const std::string at = cs.name + " step " + std::to_string(step);
+        // Overlapped chunks and the full buffer: bit for bit the sharded layer's numbers.
+        check_bits(at + " overlap y", yo.data(), y.data(), y.size());
+        check_bits(at + " overlap dx", dxo.data(), dx.data(), dx.size());
+        check_bits(at + " overlap grads", ovl.grad_data(), par.grad_data(), par.n_params());
+        check_bits(at + " full-buffer y", yf.data(), y.data(), y.size());
+        check_bits(at + " full-buffer dx", dxf.data(), dx.data(), dx.size());
         check_close(at + " y", y.data(), y_ref.data() + start[r] * d, (size_t)T * d, 1e-5);
         check_close(at + " dx", dx.data(), dx_ref.data() + start[r] * d, (size_t)T * d, 1e-5);
         check_eq(at + " aux", par.aux().weighted_total, ref.aux().weighted_total, 1e-6);
@@ -155,12 +183,31 @@ static void run_case(const Case& cs, const ParallelGroups& g) {
                 int e = std::atoi(p.name.c_str() + 8);
                 if (e < o.first || e >= o.first + o.count) continue;
             }
-            check_close(at + " grad " + p.name, par.grad_data() + p.offset,
+            check_close(at + " grad " + p.name, par.grad_data() + par.param(p.name).offset,
                         ref.grad_data() + p.offset, (size_t)p.shape.numel(), 2e-5);
+            check_bits(at + " full-buffer grad " + p.name,
+                       full.grad_data() + full.param(p.name).offset,
+                       par.grad_data() + par.param(p.name).offset, (size_t)p.shape.numel());
         }
         ref.update_balance_bias();
         par.update_balance_bias();
+        ovl.update_balance_bias();
+        full.update_balance_bias();
     }
+    if (cfg.router == "expert-choice") return;  // not causal: no generation
+    // Inference (moe generate under mpirun): every rank of an expert group passes the whole
+    // batch; the sharded layer must give the single-process bits.
+    MoeLayer inf(cfg, false, shard);
+    inf.bind(par.param_data(), nullptr);
+    inf.balance_bias() = par.balance_bias();
+    inf.set_parallel(g, false, /*replicated_tokens=*/true);
+    ref.balance_bias() = par.balance_bias();
+    std::vector<float> x((size_t)Tg * d), y_ref(x.size()), y_inf(x.size());
+    data.fill_normal(x.data(), (int64_t)x.size());
+    // ref's weights at this point equal par's (neither was updated): the same model.
+    ref.forward(ConstTensorView(x.data(), {Tg, d}), TensorView(y_ref.data(), {Tg, d}), false);
+    inf.forward(ConstTensorView(x.data(), {Tg, d}), TensorView(y_inf.data(), {Tg, d}), false);
+    check_bits(cs.name + " inference (replicated tokens) y", y_inf.data(), y_ref.data(), x.size());
 }
 
 // E not divisible by the expert-parallel size, and more expert ranks than experts: clear errors.

@@ -30,6 +30,7 @@ void vocab(const std::string& input);          // a char tokenizer's vocab.json
 void hf_index(const std::string& input);       // an HF folder's model.safetensors.index.json
 void hf_family(const std::string& input);      // an HF folder's config.json (model families)
 void tokenizer_json(const std::string& input); // a Hugging Face tokenizer.json (byte-level BPE)
+void gguf(const std::string& input);           // a whole .gguf file (container, model, tokenizer)
 
 // A result the parser returned must hold what its type promises; a broken promise is a finding.
 #define MOE_FUZZ_ASSERT(cond)                                                                 \

@@ -30,6 +30,7 @@ const Target kTargets[] = {
     {"metrics", moe::fuzz::metrics},
     {"vocab", moe::fuzz::vocab},
     {"hf_index", moe::fuzz::hf_index},
+    {"gguf", moe::fuzz::gguf},
     {"hf_family", moe::fuzz::hf_family},
     {"tokenizer_json", moe::fuzz::tokenizer_json},
 };

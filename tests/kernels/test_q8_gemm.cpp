@@ -206,7 +206,7 @@ TEST_P(Q8Isa, AgreesWithTheScalarKernel) {
 // M >= 4: the weights widened exactly and fp32 sgemm, so only fp32 rounding separates it from
 // the double-accumulating reference.
 TEST_P(Q8Isa, PrefillMatchesReference) {
-    const int shapes[][3] = {{4, 9, 32}, {7, 70, 128}, {33, 65, 96}};
+    const int shapes[][3] = {{4, 9, 32}, {7, 70, 128}, {33, 65, 96}, {9, 150, 608}};
     for (auto& s : shapes) {
         const int M = s[0], N = s[1], K = s[2];
         Q8Matrix m = make_q8(N, K, 50 + N);

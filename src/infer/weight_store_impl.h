@@ -1,0 +1,78 @@
+// WeightStore's insides, shared by the safetensors loader (weights.cpp) and the GGUF loader
+// (gguf_model.cpp): mappings of files (or anonymous memory) and the tensors by HF name in them.
+#pragma once
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "moe/error.h"
+#include "moe/hf_model.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+
+struct Mapping {
+    std::string path;
+    const uint8_t* base = nullptr;
+    size_t size = 0;
+    uint64_t data_start = 0;  // 8 + header length
+    bool owned = true;        // unmapped by the store (false: kept alive by `keep`)
+};
+
+struct TensorLoc {
+    int file = 0;
+    StHeaderEntry entry;
+};
+
+struct WeightStore::Impl {
+    std::string dir;
+    std::vector<Mapping> maps;
+    std::map<std::string, TensorLoc> tensors;
+    std::set<std::string> used;
+    std::vector<std::shared_ptr<const void>> keep;  // what non-owned mappings belong to (a GgufFile)
+
+    ~Impl() {
+        for (auto& m : maps)
+            if (m.base && m.owned) munmap((void*)m.base, m.size);
+    }
+
+    void map_file(const std::string& path) {
+        std::map<std::string, StHeaderEntry> header = read_safetensors_header(path);
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) != 0 || st.st_size < 8) {
+            ::close(fd);
+            fail("{}: cannot read its size; check the file", path);
+        }
+        Mapping m;
+        m.path = path;
+        m.size = (size_t)st.st_size;
+        void* p = mmap(nullptr, m.size, PROT_READ, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (p == MAP_FAILED) fail("{}: cannot map: {}; check the file", path, std::strerror(errno));
+        m.base = (const uint8_t*)p;
+        uint64_t hlen;
+        std::memcpy(&hlen, m.base, 8);
+        m.data_start = 8 + hlen;
+        const int idx = (int)maps.size();
+        maps.push_back(m);
+        for (auto& [name, e] : header) {
+            if (tensors.count(name))
+                fail("{}: tensor {} is also in {}; a tensor must be in one shard only", path, name,
+                     maps[tensors[name].file].path);
+            tensors[name] = {idx, e};
+        }
+    }
+};
+
+}  // namespace moe

@@ -1,0 +1,254 @@
+// GGUF (src/io/gguf.cpp, src/infer/gguf_model.cpp, gguf_export.cpp): the writer and reader round
+// trip every metadata type and tensor type bit for bit; every truncation and corruption of a file
+// is refused with moe::Error (never a crash); the Q8_0 reference quantiser's error bound; llama.cpp's
+// q/k row order and its inverse; and each family's folder exported to GGUF runs in the engine
+// with exactly the folder's logits. llama.cpp itself: ctest gguf_vs_llamacpp (bench/peers/).
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "hf_fixture.h"
+#include "infer/gguf_model.h"
+#include "moe/error.h"
+#include "moe/gguf.h"
+#include "moe/hf_model.h"
+#include "moe/tokenizer.h"
+
+namespace moe {
+namespace {
+
+using json = nlohmann::json;
+
+// The call throws moe::Error whose message contains `frag`.
+#define EXPECT_THROW_MSG(call, frag)                                              \
+    do {                                                                          \
+        try {                                                                     \
+            call;                                                                 \
+            ADD_FAILURE() << "no error from " #call;                              \
+        } catch (const Error& e) {                                                \
+            EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << e.what(); \
+        }                                                                         \
+    } while (0)
+
+std::string slurp(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A file with every value type, arrays of each kind, and tensors of the four types (odd shapes).
+GgufWriter sample_writer(std::vector<std::vector<uint8_t>>* datas) {
+    GgufWriter w;
+    GgufValue v;
+    for (uint32_t t : {0u, 1u, 2u, 3u, 4u, 5u, 6u, 10u, 11u, 12u}) {
+        v = GgufValue();
+        v.type = (GgufType)t;
+        v.bits = 0x8123456789abcdefULL >> (64 - 8 * (t == 0 || t == 1 ? 1 : t <= 3 ? 2 : t <= 6 ? 4 : 8));
+        w.set("k.scalar." + std::to_string(t), v);
+    }
+    w.set("k.bool", GgufValue::boolean(true));
+    w.set("k.str", GgufValue::string(std::string("h\xc3\xa9llo\0x", 8)));
+    w.set("k.strs", GgufValue::strings({"a", "", "\xe2\x96\x81b"}));
+    w.set("k.f32s", GgufValue::f32s({1.5f, -0.f, 3e38f}));
+    w.set("k.i32s", GgufValue::i32s({-1, 0, 7}));
+    GgufValue u8s;
+    u8s.type = GgufType::arr;
+    u8s.arr_type = GgufType::u8;
+    u8s.arr = {0, 255, 17};
+    w.set("k.u8s", u8s);
+    struct T {
+        const char* name;
+        std::vector<int64_t> ne;
+        GgmlType type;
+    };
+    const T ts[] = {{"a", {3, 5}, GgmlType::f32},
+                    {"b", {7}, GgmlType::f16},
+                    {"c", {5, 3, 2}, GgmlType::bf16},
+                    {"d", {64, 3}, GgmlType::q8_0}};
+    uint64_t seed = 1;
+    for (const T& t : ts) {
+        uint64_t rows = 1;
+        for (size_t i = 1; i < t.ne.size(); i++) rows *= (uint64_t)t.ne[i];
+        std::vector<uint8_t> d((size_t)(ggml_row_bytes(t.type, (uint64_t)t.ne[0]) * rows));
+        for (auto& b : d) b = (uint8_t)(test::randn(1, ++seed)[0] * 100);
+        datas->push_back(d);
+        const std::vector<uint8_t>* dp = &datas->back();
+        w.add_tensor(t.name, t.ne, t.type, [dp](uint8_t* dst) { std::memcpy(dst, dp->data(), dp->size()); });
+    }
+    return w;
+}
+
+TEST(Gguf, WriteReadRoundTripsEveryTypeBitForBit) {
+    const std::string dir = test::temp_model_dir("gguf_rt");
+    std::vector<std::vector<uint8_t>> datas;
+    datas.reserve(8);
+    GgufWriter w = sample_writer(&datas);
+    w.write(dir + "/a.gguf");
+    const GgufFile f = GgufFile::open(dir + "/a.gguf");
+    EXPECT_EQ(f.version(), 3u);
+    ASSERT_EQ(f.tensors().size(), 4u);
+    for (size_t i = 0; i < 4; i++) {
+        const GgufTensor& t = f.tensors()[i];
+        ASSERT_EQ(t.bytes, datas[i].size()) << t.name;
+        EXPECT_EQ(std::memcmp(t.data, datas[i].data(), t.bytes), 0) << t.name;
+        EXPECT_EQ(t.offset % f.alignment(), 0u);
+    }
+    EXPECT_EQ(f.get_str("k.str"), std::string("h\xc3\xa9llo\0x", 8));
+    EXPECT_EQ(f.find("k.scalar.5")->as_int(), (int32_t)0x81234567);
+    EXPECT_EQ(f.find("k.f32s")->arr_double(2), (double)3e38f);
+    EXPECT_EQ(f.find("k.i32s")->arr_int(0), -1);
+    // Everything read, written again: the same bytes.
+    GgufWriter w2;
+    for (auto& [k, v] : f.kv()) w2.set(k, v);
+    for (const GgufTensor& t : f.tensors()) {
+        const GgufTensor* tp = &t;
+        w2.add_tensor(t.name, t.ne, t.type,
+                      [tp](uint8_t* dst) { std::memcpy(dst, tp->data, tp->bytes); });
+    }
+    w2.write(dir + "/b.gguf");
+    EXPECT_EQ(slurp(dir + "/a.gguf"), slurp(dir + "/b.gguf"));
+    const GgufFile g = GgufFile::open(dir + "/b.gguf");
+    ASSERT_EQ(g.kv().size(), f.kv().size());
+    for (size_t i = 0; i < f.kv().size(); i++) {
+        EXPECT_EQ(g.kv()[i].first, f.kv()[i].first);
+        EXPECT_TRUE(g.kv()[i].second == f.kv()[i].second) << f.kv()[i].first;
+    }
+    std::filesystem::remove_all(dir);
+}
+
+TEST(Gguf, EveryTruncationAndCorruptionIsAnErrorNotACrash) {
+    const std::string dir = test::temp_model_dir("gguf_bad");
+    std::vector<std::vector<uint8_t>> datas;
+    datas.reserve(8);
+    sample_writer(&datas).write(dir + "/a.gguf");
+    const std::string good = slurp(dir + "/a.gguf");
+    size_t refused = 0;
+    for (size_t n = 0; n < good.size(); n++) {  // every prefix
+        try {
+            GgufFile::parse((const uint8_t*)good.data(), n, "cut");
+        } catch (const Error&) {
+            refused++;
+        }
+    }
+    // Only the cut at the very end of the last tensor's padding could still parse.
+    EXPECT_GE(refused, good.size() - 32);
+    // Every byte of the header flipped: parsed or refused, never anything else.
+    const GgufFile f = GgufFile::parse((const uint8_t*)good.data(), good.size(), "ok");
+    for (size_t i = 0; i < f.data_offset(); i++)
+        for (uint8_t x : {0x01, 0x80, 0xff}) {
+            std::string bad = good;
+            bad[i] = (char)(bad[i] ^ x);
+            try {
+                GgufFile::parse((const uint8_t*)bad.data(), bad.size(), "flip");
+            } catch (const Error&) {
+            }
+        }
+    // The messages name what is wrong.
+    std::string bad = good;
+    bad[0] = 'X';
+    EXPECT_THROW_MSG(GgufFile::parse((const uint8_t*)bad.data(), bad.size(), "m"), "GGUF magic");
+    bad = good;
+    bad[4] = 9;
+    EXPECT_THROW_MSG(GgufFile::parse((const uint8_t*)bad.data(), bad.size(), "v"),
+                     "GGUF version 9 is not supported");
+    std::filesystem::remove_all(dir);
+}
+
+TEST(Gguf, Q8ZeroReferenceIsWithinHalfAStep) {
+    for (int64_t n : {32, 96, 32 * 17}) {
+        std::vector<float> x = test::randn((size_t)n, (uint64_t)n, 2.f), y((size_t)n);
+        if (n == 96) std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero block
+        std::vector<uint8_t> q((size_t)n / 32 * 34);
+        quantize_row_q8_0_ref(x.data(), q.data(), n);
+        dequantize_row_q8_0_ref(q.data(), y.data(), n);
+        for (int64_t b = 0; b < n / 32; b++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+            const float d = amax / 127.f;
+            // half a step, plus the fp16 rounding of the scale times the largest code
+            const float tol = 0.5f * d + 127.f * d * 1e-3f + 1e-12f;
+            for (int j = 0; j < 32; j++)
+                ASSERT_LE(std::fabs(y[b * 32 + j] - x[b * 32 + j]), tol)
+                    << "n " << n << " block " << b << " j " << j;
+        }
+    }
+}
+
+TEST(Gguf, QkRowOrderIsLlamaCppsAndInverts) {
+    // One head of 8 rows: GGUF row 2i + s holds HF row s * 4 + i.
+    std::vector<uint8_t> hf(16), g(16), back(16);
+    for (int r = 0; r < 8; r++) hf[2 * r] = (uint8_t)r, hf[2 * r + 1] = 0xaa;
+    gguf_permute_rows(hf.data(), g.data(), 8, 2, 1, true);
+    const int expect[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    for (int r = 0; r < 8; r++) EXPECT_EQ(g[2 * r], expect[r]) << r;
+    for (int heads : {1, 2, 3}) {
+        const int rows = heads * 6;
+        std::vector<uint8_t> a(rows * 3), b(rows * 3), c(rows * 3);
+        for (size_t i = 0; i < a.size(); i++) a[i] = (uint8_t)i;
+        gguf_permute_rows(a.data(), b.data(), rows, 3, heads, true);
+        gguf_permute_rows(b.data(), c.data(), rows, 3, heads, false);
+        EXPECT_EQ(a, c) << heads;
+    }
+}
+
+// A char vocabulary of V symbols (printable ASCII from the space on, then U+0100...).
+void write_char_vocab(const std::string& dir, int V) {
+    json vocab = json::array();
+    for (int i = 0; i < V; i++) {
+        const int cp = i < 95 ? 32 + i : 0x100 + i;
+        std::string s = cp < 0x80 ? std::string(1, (char)cp)
+                                  : std::string{(char)(0xc0 | (cp >> 6)), (char)(0x80 | (cp & 0x3f))};
+        vocab.push_back(s);
+    }
+    write_file_atomic(dir + "/vocab.json", vocab.dump());
+}
+
+class GgufFamily : public ::testing::TestWithParam<std::string> {};
+
+// Each family's folder exported to GGUF: the engine on the file gives exactly the folder's logits
+// (the same stored values, the same kernels), for F32 and BF16 files.
+TEST_P(GgufFamily, ExportedFileHasTheFoldersLogits) {
+    const std::string fam = GetParam();
+    const json j = test::tiny_hf_config(fam);
+    const auto ts = test::tiny_hf_tensors(j, 11);
+    for (WType wt : {WType::f32, WType::bf16}) {
+        const std::string dir = test::temp_model_dir("gguf_" + fam);
+        test::write_hf_dir(dir, j, ts, wt);
+        write_char_vocab(dir, (int)j["vocab_size"]);
+        const std::string out = dir + "/m.gguf";
+        write_gguf_model(dir, wt == WType::f32 ? GgmlType::f32 : GgmlType::bf16, out);
+        HfModel a(dir), b(out);
+        EXPECT_EQ(b.config().model_type, fam);
+        EXPECT_EQ(b.config().moe_layer, a.config().moe_layer);
+        std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44, 96, 0};
+        const int V = a.config().vocab_size;
+        const float* pa = a.cache_feed(ids.data(), 8, true);
+        std::vector<float> va(pa, pa + 8 * V);
+        const float* pb = b.cache_feed(ids.data(), 8, true);
+        std::vector<float> vb(pb, pb + 8 * V);
+        for (size_t i = 0; i < va.size(); i++)
+            ASSERT_NEAR(vb[i], va[i], 1e-6 * std::max(1.f, std::fabs(va[i])))
+                << fam << " " << wtype_name(wt) << " at " << i;
+        // And the tokenizer travels: the char vocabulary back from the metadata.
+        auto tok = load_tokenizer(out);
+        EXPECT_EQ(tok->kind(), "char");
+        EXPECT_EQ(tok->decode(tok->encode("a b")), "a b");
+        std::filesystem::remove_all(dir);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Gguf, GgufFamily,
+                         ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
+
+TEST(Gguf, RefusesWhatItCannotHoldOrRead) {
+    const json j = test::tiny_hf_config("mixtral");  // expert width 24: not whole Q8_0 blocks
+    const std::string dir = test::temp_model_dir("gguf_refuse");
+    test::write_hf_dir(dir, j, test::tiny_hf_tensors(j, 3), WType::f32);
+    write_char_vocab(dir, (int)j["vocab_size"]);
+    EXPECT_THROW_MSG(write_gguf_model(dir, GgmlType::q8_0, dir + "/q.gguf"),
+                     "not a multiple of 32");
+    EXPECT_FALSE(file_exists(dir + "/q.gguf"));
+    std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace moe
