@@ -127,7 +127,10 @@ static int run_bench_generate(const BenchGenOptions& o) {
         usage_fail("moe bench generate: give a model folder or --random SHAPE (one of them)");
     std::unique_ptr<HfModel> model;
     std::string label;
-    WType t = o.type == "f32" ? WType::f32 : o.type == "f16" ? WType::f16 : WType::bf16;
+    WType t = o.type == "f32"                       ? WType::f32
+              : o.type == "f16"                     ? WType::f16
+              : o.type == "q8_0" || o.type == "int8" ? WType::q8_0
+                                                    : WType::bf16;
     if (!o.random.empty()) {
         HfConfig c = random_shape(o.random);
         model = std::make_unique<HfModel>(c, WeightStore::random(c, t, 1), "random " + o.random);
@@ -145,7 +148,7 @@ static int run_bench_generate(const BenchGenOptions& o) {
     const WeightView probe = model->weights().get(
         c.moe_layer[0] ? c.expert_name(0, 0, 0) : c.ffn_prefix(0) + "gate_proj.weight",
         {c.moe_layer[0] ? c.expert_ff : c.dense_ff, c.hidden_size});
-    const double esize = (double)wtype_size(probe.type);
+    const double esize = (double)wtype_row_bytes(probe.type, 32) / 32;  // q8_0: 34 / 32
     std::vector<int32_t> ids(o.prefill + o.decode);
     for (size_t i = 0; i < ids.size(); i++) ids[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
     std::vector<double> pp, tg;
@@ -201,7 +204,8 @@ static void register_bench_generate(CLI::App& bench) {
         "Example: moe bench generate --random mixtral-795m --type bf16 --threads 2");
     sub->add_option("model", o->model, "Hugging Face model folder");
     add_choice(sub, "--random", o->random, "mixtral-795m|tiny", "random weights of this shape");
-    add_choice(sub, "--type", o->type, "f32|bf16|f16", "with --random: the stored weight type");
+    add_choice(sub, "--type", o->type, "f32|bf16|f16|q8_0|int8",
+               "with --random: the stored weight type (int8 = q8_0; router and norms f32)");
     add_checked(sub, "--prefill", o->prefill, Range::in(1, 1 << 16), "prompt tokens (pp)");
     add_checked(sub, "--decode", o->decode, Range::in(1, 1 << 16), "decoded tokens (tg)");
     add_checked(sub, "--reps", o->reps, Range::in(1, 1000), "measured passes (median)");

@@ -1,15 +1,19 @@
 // moe convert: a model into another format.
 //   moe convert SRC --to gguf --type f32|f16|bf16|q8_0 --out X.gguf
+//   moe convert SRC --to hf --out DIR [--dtype f32|bf16|f16] [--shard-size 2GB]
 // SRC: a Hugging Face folder of the four families, a moe.cpp checkpoint (Mixtral family, char or
 // SentencePiece tokenizer), or a .gguf (retyped). The GGUF is what llama.cpp reads for the family:
 // docs/formats.md, "GGUF" (names, the q/k row order of arch llama, the vocabulary). Each target
-// format is its own function (convert_to_gguf; `--to hf` is another's), the command only routes.
+// format is its own function (convert_to_gguf, convert_to_hf), the command only routes.
+// --to hf: config.json, model.safetensors or shards with model.safetensors.index.json, the
+// tokenizer (export_hf_folder, include/moe/hf_export.h; docs/formats.md).
 #include <cstdio>
 #include <memory>
 
 #include "infer/gguf_model.h"
 #include "moe/error.h"
 #include "moe/gguf.h"
+#include "moe/hf_export.h"
 #include "tools/checked_flags.h"
 #include "tools/command.h"
 
@@ -17,6 +21,7 @@ namespace moe::tools {
 
 struct ConvertOptions {
     std::string src, to = "gguf", type, out;
+    std::string dtype, shard_size;  // --to hf
 };
 
 static GgmlType parse_type(const std::string& t) {
@@ -28,6 +33,8 @@ static GgmlType parse_type(const std::string& t) {
 }
 
 static void convert_to_gguf(const ConvertOptions& o) {
+    if (!o.dtype.empty() || !o.shard_size.empty())
+        usage_fail("--dtype/--shard-size: for --to hf; a GGUF's type is --type");
     if (o.out.empty()) usage_fail("--out: give the .gguf file to write");
     if (o.type.empty()) usage_fail("--type: give f32, f16, bf16 or q8_0");
     const GgmlType type = parse_type(o.type);
@@ -40,9 +47,22 @@ static void convert_to_gguf(const ConvertOptions& o) {
                      c.c_str());
 }
 
+static void convert_to_hf(const ConvertOptions& o) {
+    if (!o.type.empty()) usage_fail("--type: for --to gguf; the folder's type is --dtype");
+    if (o.out.empty()) usage_fail("--out: give the folder to write");
+    HfExportOptions e;
+    e.type = o.dtype.empty() ? "f32" : o.dtype;
+    if (!o.shard_size.empty()) e.shard_bytes = parse_byte_size(o.shard_size, "--shard-size");
+    const HfExportResult r = export_hf_folder(o.src, o.out, e);
+    std::fprintf(stderr, "moe convert: %s -> %s (%s, %d tensors, %d file%s, %.2f MB)\n",
+                 o.src.c_str(), o.out.c_str(), e.type.c_str(), r.n_tensors, r.n_files,
+                 r.n_files == 1 ? "" : "s", r.bytes_out / 1e6);
+}
+
 static void run_convert(const ConvertOptions& o) {
     if (o.to == "gguf") return convert_to_gguf(o);
-    usage_fail("--to: '{}' is not supported (expected: gguf)", o.to);
+    if (o.to == "hf") return convert_to_hf(o);
+    usage_fail("--to: '{}' is not supported (expected: gguf | hf)", o.to);
 }
 
 static void register_convert(CLI::App& app) {
@@ -50,14 +70,21 @@ static void register_convert(CLI::App& app) {
     CLI::App* c = app.add_subcommand(
         "convert",
         "Convert a model: an HF folder (mixtral, qwen2_moe, qwen3_moe, olmoe), a moe.cpp "
-        "checkpoint (Mixtral family) or a .gguf into a GGUF file llama.cpp runs.\n"
+        "checkpoint (Mixtral family) or a .gguf into a GGUF file llama.cpp runs, or a folder or\n"
+        "checkpoint into a Hugging Face folder (--to hf; shards with an index by --shard-size).\n"
         "Examples: moe convert models/OLMoE-1B-7B-0924 --to gguf --type bf16 --out olmoe.gguf\n"
-        "          moe convert runs/shakespeare/best --to gguf --type f32 --out shakespeare.gguf");
+        "          moe convert runs/shakespeare/best --to gguf --type f32 --out shakespeare.gguf\n"
+        "          moe convert runs/shakespeare --to hf --out hf-shakespeare --dtype bf16");
     c->add_option("src", o->src, "model folder, moe.cpp checkpoint or .gguf")->required();
-    add_choice(c, "--to", o->to, "gguf", "target format");
+    add_choice(c, "--to", o->to, "gguf|hf", "target format");
     add_choice(c, "--type", o->type, "f32|f16|bf16|q8_0",
                "weight type of the matrices (vectors, routers stay f32)");
-    c->add_option("--out", o->out, "the file to write (atomically)");
+    c->add_option("--out", o->out, "the file (gguf) or folder (hf, must not exist) to write");
+    add_choice(c, "--dtype", o->dtype, "f32|bf16|f16",
+               "--to hf: the matrices' type (vectors, routers stay as stored; default f32)");
+    c->add_option("--shard-size", o->shard_size,
+                  "--to hf: shards of at most this size (2GB, 500MB, 1.5GiB) with an index; "
+                  "default one model.safetensors");
     c->callback([o]() { run_convert(*o); });
 }
 

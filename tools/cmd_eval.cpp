@@ -83,8 +83,8 @@ static int run_eval_hf(const EvalOptions& o) {
         fail("{}: {}", o.data, e.what());
     }
     const int block = o.block > 0 ? o.block : std::min(c.max_positions - 1, 512);
-    if (block >= c.max_positions)
-        usage_fail("--block: {} + 1 tokens exceed the model's context of {}", block,
+    if (block > c.max_positions)  // a window feeds `block` tokens (its last is only a target)
+        usage_fail("--block: {} positions exceed the model's context of {}", block,
                    c.max_positions);
     if (ids.size() < (size_t)block + 1)
         fail("{}: {} tokens, fewer than one window of --block + 1 = {}; give a longer text or a "

@@ -12,5 +12,6 @@ set(MOE_TOOL_SOURCES
   tools/cmd_bench_generate.cpp
   tools/cmd_tokenize.cpp
   tools/cmd_chat.cpp
+  tools/cmd_quantize.cpp
   tools/cmd_convert.cpp
 )

@@ -268,7 +268,8 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
     if (j.contains("moe_cpp_quantization")) {
         const json& q = j["moe_cpp_quantization"];
         const std::string w = where + ": moe_cpp_quantization";
-        if (!q.is_object()) fail("{}: must be an object (written by moe quantize)", w);
+        if (!q.is_object())
+            fail("{}: must be an object; restore the config.json moe quantize wrote", w);
         auto key = [&](const char* k) { return q.contains(k) ? q[k] : json(); };
         c.quantization = checked_str(key("type"), w + ": key 'type'", Range::one_of("int8"));
         checked_str(key("format"), w + ": key 'format'", Range::one_of("q8_0"));

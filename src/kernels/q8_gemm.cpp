@@ -83,6 +83,59 @@ void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
         }
 }
 
+// The prefill micro-kernel's packed panel (typed_gemm.cpp): rows n0 .. n0 + nr - 1, columns
+// k0 .. k0 + kc - 1 (whole blocks) widened into bp[k * ldb + j]; rows nr .. ldb - 1 zero. Eight
+// rows x eight columns are widened and transposed in registers (every store 8 contiguous floats).
+__attribute__((target("avx2,fma,f16c"))) static void pack_avx2(float* bp, int ldb,
+                                                               const Q8Rows& R, int n0, int k0,
+                                                               int kc, int j0) {
+    for (int k = 0; k < kc; k += 8) {
+        const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
+        __m256 r[8];
+        for (int j = 0; j < 8; j++) {
+            const __m128i q8 = _mm_loadl_epi64((const __m128i*)(R.qs(n0 + j0 + j, b) + i));
+            r[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)),
+                                 _mm256_set1_ps(_cvtsh_ss(R.scale_bits(n0 + j0 + j, b))));
+        }
+        const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]),
+                     t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]),
+                     t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]),
+                     t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                     u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                     u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                     u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        float* o = bp + (size_t)k * ldb + j0;
+        _mm256_storeu_ps(o + 0 * ldb, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(o + 1 * ldb, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(o + 2 * ldb, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(o + 3 * ldb, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(o + 4 * ldb, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(o + 5 * ldb, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(o + 6 * ldb, _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_storeu_ps(o + 7 * ldb, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+}
+
+void q8_pack_panel(float* bp, int ldb, const WeightView& w, int n0, int nr, int k0, int kc) {
+    const Q8Rows R = q8_rows(w);
+    int j0 = 0;
+    if (kc % 8 == 0)  // groups of eight whole rows by the transposing kernel
+        for (; j0 + 8 <= nr; j0 += 8) pack_avx2(bp, ldb, R, n0, k0, kc, j0);
+    for (int j = 0; j < ldb; j++) {
+        if (j < j0) continue;
+        for (int k = 0; k < kc; k++) {
+            if (j >= nr) {
+                bp[(size_t)k * ldb + j] = 0.f;
+                continue;
+            }
+            const int64_t b = (k0 + k) / kQ8Block;
+            bp[(size_t)k * ldb + j] = f16_to_f32(R.scale_bits(n0 + j, b)) *
+                                      (float)R.qs(n0 + j, b)[(k0 + k) % kQ8Block];
+        }
+    }
+}
+
 // ---- the activation side ----------------------------------------------------------------------
 
 // As the weights, but the scale stays fp32 (it never goes to a file).

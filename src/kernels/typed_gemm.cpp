@@ -414,20 +414,9 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const Wei
 
 // Q8_0 (either layout): each 32-block is d * q widened exactly as q8_widen_rows does; kc and k0
 // are multiples of 32 (K % 32 == 0 for q8_0, kKC = 256).
+// (q8_pack_panel, src/kernels/q8_gemm.cpp: 8 x 8 blocks widened and transposed in registers.)
 static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
-    const Q8Rows R = q8_rows(w);
-    for (int j = 0; j < kNR; j++) {
-        if (j >= nr) {
-            for (int k = 0; k < kc; k++) bp[k * kNR + j] = 0.f;
-            continue;
-        }
-        for (int b = k0 / kQ8Block; b < (k0 + kc) / kQ8Block; b++) {
-            const float d = f16_to_f32(R.scale_bits(n0 + j, b));
-            const int8_t* q = R.qs(n0 + j, b);
-            float* o = bp + (size_t)(b * kQ8Block - k0) * kNR + j;
-            for (int i = 0; i < kQ8Block; i++) o[i * kNR] = d * (float)q[i];
-        }
-    }
+    q8_pack_panel(bp, kNR, w, n0, nr, k0, kc);
 }
 
 // Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every

@@ -946,3 +946,85 @@ if HF_FIXTURE:
         case("hf/" + kind, HF_EV, 1, frag, hf_kind(kind))
     for kind in ("truncated-shard", "shard-missing", "wrong-shape", "nan-router", "rope-scaling"):
         case("hf/" + kind + " (generate)", HF_GEN, 1, hf_bad_dirs.KINDS[kind][1], hf_kind(kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. int8 checkpoints (the fixture hfq8/ is `moe quantize hfmodel hfq8 --type int8`), moe
+# quantize and moe convert --to hf (issue 9).
+
+if HF_FIXTURE:
+    Q8 = "hfq8/model.safetensors"
+    Q8_EV = ["eval", "hfq8", "--prompt-ids", "1,2,3", "--dump-logits", "logits.safetensors",
+             "--threads", "1"]
+
+    def first_scale(h):
+        return sorted(k for k in h if k.endswith("_scale"))[0]
+
+    def drop_scale(h):
+        del h[first_scale(h)]
+
+    def swap_scale_dims(h):  # same bytes, wrong shape: [rows, cols/32] -> [cols/32, rows]
+        k = next(k for k in sorted(h) if k.endswith("_scale") and h[k]["shape"][0] != h[k]["shape"][1])
+        h[k]["shape"] = h[k]["shape"][::-1]
+
+    def scale_dtype(h):  # same bytes, another 2-byte type
+        h[first_scale(h)]["dtype"] = "BF16"
+
+    def int8_partial_block(d):
+        """A matrix whose rows are not whole 32-blocks (kept F32 by quantize) stored as I8."""
+        p = os.path.join(d, Q8)
+        h, data = read_safetensors(p)
+        meta = h.pop("__metadata__", None)
+        target = next(k for k in sorted(h) if h[k]["dtype"] == "F32" and len(h[k]["shape"]) == 2
+                      and h[k]["shape"][1] % 32 != 0 and not k.endswith("gate.weight"))
+        ts = []
+        for k in sorted(h, key=lambda k: h[k]["data_offsets"][0]):
+            a, b = h[k]["data_offsets"]
+            raw, dt = data[a:b], h[k]["dtype"]
+            if k == target:
+                n = h[k]["shape"][0] * h[k]["shape"][1]
+                raw, dt = bytes([1]) * n, "I8"
+            ts.append((k, dt, h[k]["shape"], raw))
+        size = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1}
+        ts.sort(key=lambda t: -size[t[1]])  # widest first: every tensor stays aligned
+        write_safetensors(p, ts, meta)
+
+    case("q8/missing scales", Q8_EV, 1, "are missing", st_edit(Q8, st_header(drop_scale)))
+    case("q8/scales of the wrong shape", Q8_EV, 1, "is needed", st_edit(Q8, st_header(swap_scale_dims)))
+    case("q8/scales of the wrong dtype", Q8_EV, 1, "BF16", st_edit(Q8, st_header(scale_dtype)))
+    case("q8/int8 rows not whole blocks", Q8_EV, 1, "not a multiple of the block size 32",
+         int8_partial_block)
+    case("q8/no moe_cpp_quantization", Q8_EV, 1, "moe_cpp_quantization",
+         del_key("hfq8/config.json", ["moe_cpp_quantization"]))
+    case("q8/quantization type int4", Q8_EV, 1, "type",
+         raw_key("hfq8/config.json", ["moe_cpp_quantization", "type"], '"int4"'))
+    case("q8/quantization block 64", Q8_EV, 1, "block_size",
+         raw_key("hfq8/config.json", ["moe_cpp_quantization", "block_size"], "64"))
+    case("q8/quantization not an object", Q8_EV, 1, "moe_cpp_quantization",
+         raw_key("hfq8/config.json", ["moe_cpp_quantization"], "[1]"))
+    case("q8/generate with missing scales", ["generate", "hfq8", "--prompt-ids", "1,2",
+         "--max-tokens", "2", "--threads", "1"], 1, "are missing", st_edit(Q8, st_header(drop_scale)))
+
+    QZ = ["quantize", "hfmodel", "q8out", "--type", "int8", "--threads", "1"]
+    for kind in ("truncated-shard", "shard-missing", "wrong-shape", "nan-router"):
+        case("quantize/" + kind, QZ, 1, hf_bad_dirs.KINDS[kind][1], hf_kind(kind))
+    case("quantize/--type int4", ["quantize", "hfmodel", "q8out", "--type", "int4"], 2, "--type")
+    case("quantize/no --type", ["quantize", "hfmodel", "q8out"], 2, "--type")
+    case("quantize/out exists", ["quantize", "hfmodel", "hfq8", "--type", "int8"], 1,
+         "already exists")
+    case("quantize/no such input", ["quantize", "nope", "q8out", "--type", "int8"], 1, "nope")
+    case("quantize/moe.cpp router not topk", ["quantize", "run", "q8out", "--type", "int8"], 1,
+         "moe_cpp 'router'", raw_key("run/best/config.json", ["moe_cpp", "router"], '"switch"'))
+
+    CV = ["convert", "hfmodel", "--to", "hf", "--out", "hfout"]
+    case("convert/--dtype int8", CV + ["--dtype", "int8"], 2, "--dtype")
+    case("convert/--dtype q4", CV + ["--dtype", "q4"], 2, "--dtype")
+    for bad in ("2XB", "0", "-1GB", "1e400", "2 GB", "nan"):
+        case("convert/--shard-size " + bad, CV + ["--shard-size", bad], 2, "--shard-size")
+    case("convert/--shard-size 20TB", CV + ["--shard-size", "20TB"], 2, "outside")
+    case("convert/no --out", ["convert", "hfmodel", "--to", "hf"], 2, "--out")
+    case("convert/--to xyz", ["convert", "hfmodel", "--to", "xyz", "--out", "hfout"], 2, "--to")
+    case("convert/out exists", ["convert", "hfmodel", "--to", "hf", "--out", "run"], 1,
+         "already exists")
+    case("convert/truncated shard", CV, 1, hf_bad_dirs.KINDS["truncated-shard"][1],
+         hf_kind("truncated-shard"))

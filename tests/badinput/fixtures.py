@@ -114,6 +114,8 @@ def make(moe, src_dir, root):
         sys.path.insert(0, os.path.join(src_dir, "bench", "peers"))
         import hf_make_tiny
         hf_make_tiny.make(os.path.join(fx, "hfmodel"), "qwen2_moe", shards=3, tokenizer_chars=4000)
+        # its int8 form (issue 9): I8 matrices + F16 <name>_scale, one model.safetensors
+        run("quantize", "hfmodel", "hfq8", "--type", "int8", "--threads", "1")
     return fx
 
 
