@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/transpose_avx2.h"
 #include "kernels/q8_gemm.h"
 #include "moe/runtime.h"
 
@@ -387,27 +388,9 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const Wei
         const uint8_t* src[8];
         for (int r = 0; r < 8; r++) src[r] = w.row(n0 + j0 + r) + es * (size_t)k0;
         for (int k = 0; k < kc; k += 8) {
-            __m256 r0 = load8_t<T>(src[0], k), r1 = load8_t<T>(src[1], k),
-                   r2 = load8_t<T>(src[2], k), r3 = load8_t<T>(src[3], k),
-                   r4 = load8_t<T>(src[4], k), r5 = load8_t<T>(src[5], k),
-                   r6 = load8_t<T>(src[6], k), r7 = load8_t<T>(src[7], k);
-            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
-                         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
-                         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-                         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
-                         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
-                         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
-                         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float* o = bp + (size_t)k * kNR + j0;
-            _mm256_storeu_ps(o + 0 * kNR, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(o + 1 * kNR, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(o + 2 * kNR, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(o + 3 * kNR, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(o + 4 * kNR, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(o + 5 * kNR, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(o + 6 * kNR, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(o + 7 * kNR, _mm256_permute2f128_ps(u3, u7, 0x31));
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = load8_t<T>(src[i], k);
+            transpose8_store_avx2(r, bp + (size_t)k * kNR + j0, kNR);
         }
     }
 }
