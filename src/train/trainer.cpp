@@ -1054,6 +1054,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
     }
 
     res.run_dir = run_dir;
+    res.precision = cfg.precision;
+    res.router_precision = cfg.router_precision;
     res.best_dir = dir_exists(best_dir) ? best_dir : latest_dir;
     res.latest_dir = latest_dir;
     res.step = step;
