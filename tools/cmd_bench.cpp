@@ -114,7 +114,11 @@ static nlohmann::json run_torch_peer(const BenchLayerOptions& o, const MoeConfig
         preload = std::string("LD_PRELOAD=") + jemalloc +
                   " MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 ";
     }
-    std::string cmd = "env OPENBLAS_CORETYPE=SKYLAKEX OMP_NUM_THREADS=" + std::to_string(threads) +
+    // OpenBLAS's AVX-512 kernels where the CPU (and OS) have AVX-512; on an AVX2 CPU that
+    // setting dies with "illegal instruction", and OpenBLAS's own choice is already right.
+    const CpuFeatures& cf = cpu_features();
+    const char* coretype = cf.avx512f && cf.avx512bw ? "OPENBLAS_CORETYPE=SKYLAKEX " : "";
+    std::string cmd = std::string("env ") + coretype + "OMP_NUM_THREADS=" + std::to_string(threads) +
                       " " + preload + "/usr/bin/python3 " + script +
                       fmt::format(" --tokens {} --d {} --ffn {} --experts {} --topk {} "
                                   "--activation {} --reps {} --warmup {} --threads {}{} 2>&1",
