@@ -232,21 +232,36 @@ MOE_ATTN_CLONES void head_backward(float* dq, int ldq, float* dk, int ldk, float
 }
 
 
-// Specialised for a compile-time head width HD (16, 32, 64, 128), with GCC vector types of 16
-// floats (one zmm under AVX-512, split into narrower registers by the other clones): per-query
-// and per-key accumulators of HD floats stay in registers, and scores are computed 16 keys at a
-// time against kT padded to Skp (a multiple of 16, zero-filled), so no loop has a ragged tail.
-// (Plain loops over float acc[16] came out as 16 scalar FMAs.)
+// Specialised for a compile-time head width HD (16, 32, 64, 128), with blocks of 16 floats held
+// as two 8-float GCC vectors (one ymm each under AVX2 and AVX-512): per-query and per-key
+// accumulators of HD floats stay in registers, and scores are computed 16 keys at a time against
+// kT padded to Skp (a multiple of 16, zero-filled), so no loop has a ragged tail. (Plain loops
+// over float acc[16] came out as 16 scalar FMAs; a single 64-byte vector type was kept in
+// registers only by the AVX-512 clone: the AVX2 clone moved it through the stack in 16-byte
+// pieces, 3-5x slower, measured with perf on an AVX2 machine.)
 constexpr int KB = 16;
-typedef float v16f __attribute__((vector_size(64)));
-
+typedef float v8f __attribute__((vector_size(32)));
+struct v16f {
+    v8f lo, hi;
+};
+__attribute__((always_inline)) inline v16f& operator+=(v16f& a, const v16f& b) {
+    a.lo += b.lo;
+    a.hi += b.hi;
+    return a;
+}
+__attribute__((always_inline)) inline v16f operator+(v16f a, const v16f& b) { return a += b; }
+__attribute__((always_inline)) inline v16f operator*(float s, const v16f& b) {
+    return {s * b.lo, s * b.hi};
+}
 __attribute__((always_inline)) inline v16f load16(const float* p) {
     v16f v;
-    __builtin_memcpy(&v, p, sizeof v);
+    __builtin_memcpy(&v.lo, p, sizeof v.lo);
+    __builtin_memcpy(&v.hi, p + 8, sizeof v.hi);
     return v;
 }
-__attribute__((always_inline)) inline void store16(float* p, v16f v) {
-    __builtin_memcpy(p, &v, sizeof v);
+__attribute__((always_inline)) inline void store16(float* p, const v16f& v) {
+    __builtin_memcpy(p, &v.lo, sizeof v.lo);
+    __builtin_memcpy(p + 8, &v.hi, sizeof v.hi);
 }
 
 template <int HD>
@@ -262,15 +277,29 @@ __attribute__((always_inline)) inline void head_forward_hd(float* y, int ldy, fl
         float qv[HD];
         for (int i = 0; i < HD; i++) qv[i] = qs[i] * scale;
         float m = -INFINITY;
-        for (int j0 = 0; j0 < n; j0 += KB) {
-            v16f acc = {};
-            for (int i = 0; i < HD; i++) acc += qv[i] * load16(kT + (long)i * Skp + j0);
+        auto emit = [&](const v16f& acc, int j0) {
             float tmp[KB];
             store16(tmp, acc);
             const int w = n - j0 < KB ? n - j0 : KB;
             for (int jj = 0; jj < w; jj++) {
                 row[j0 + jj] = tmp[jj];
                 m = tmp[jj] > m ? tmp[jj] : m;
+            }
+        };
+        // Two blocks of keys per pass when both hold visible keys: four independent FMA chains
+        // instead of two (one block is bound by the FMA latency).
+        for (int j0 = 0; j0 < n; j0 += 2 * KB) {
+            v16f a0 = {}, a1 = {};
+            if (j0 + KB < n) {
+                for (int i = 0; i < HD; i++) {
+                    a0 += qv[i] * load16(kT + (long)i * Skp + j0);
+                    a1 += qv[i] * load16(kT + (long)i * Skp + j0 + KB);
+                }
+                emit(a0, j0);
+                emit(a1, j0 + KB);
+            } else {
+                for (int i = 0; i < HD; i++) a0 += qv[i] * load16(kT + (long)i * Skp + j0);
+                emit(a0, j0);
             }
         }
         for (int j = 0; j < n; j++) row[j] = exp_neg(row[j] - m);
@@ -307,15 +336,27 @@ __attribute__((always_inline)) inline void head_backward_hd(
         float dyv[HD];
         for (int i = 0; i < HD; i++) dyv[i] = dys[i];
         float sum = 0.f;
-        for (int j0 = 0; j0 < n; j0 += KB) {
-            v16f acc = {};
-            for (int i = 0; i < HD; i++) acc += dyv[i] * load16(vT + (long)i * Skp + j0);
+        auto emit = [&](const v16f& acc, int j0) {
             float tmp[KB];
             store16(tmp, acc);
             const int w = n - j0 < KB ? n - j0 : KB;
             for (int jj = 0; jj < w; jj++) {
                 dr[j0 + jj] = tmp[jj];
                 sum += pr[j0 + jj] * tmp[jj];
+            }
+        };
+        for (int j0 = 0; j0 < n; j0 += 2 * KB) {  // two blocks per pass, as in the forward
+            v16f a0 = {}, a1 = {};
+            if (j0 + KB < n) {
+                for (int i = 0; i < HD; i++) {
+                    a0 += dyv[i] * load16(vT + (long)i * Skp + j0);
+                    a1 += dyv[i] * load16(vT + (long)i * Skp + j0 + KB);
+                }
+                emit(a0, j0);
+                emit(a1, j0 + KB);
+            } else {
+                for (int i = 0; i < HD; i++) a0 += dyv[i] * load16(vT + (long)i * Skp + j0);
+                emit(a0, j0);
             }
         }
         for (int j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - sum) * scale;
