@@ -10,9 +10,30 @@ LM head (tied or not). Tensor names are Hugging Face Mixtral's.
       (JSON, keys below). Computes in float64 and writes OUT: "loss" (mean CE), "aux_loss"
       (weighted balancing losses), "logits" [B,S,V] and "grad.<name>" for every weight: the
       gradient of loss + aux_loss.
-  --train-bench --config configs/<name>.json --steps N --threads 2
-      Trains the same model with AdamW on data/tinyshakespeare.txt (char level, first 90% train,
-      last 10% validation) and prints one JSON line with tokens_per_s and val_loss.
+  --train-bench --config configs/<name>.json --steps N --threads 2 [--precision fp32|bf16]
+      Trains the same model with AdamW on the config's "data" (default data/tinyshakespeare.txt;
+      the text split as moe train splits it: the first 1 - val_fraction of its bytes train, the
+      rest validation) and prints one JSON line with tokens_per_s and val_loss.
+
+      Tokenizer ("tokenizer" key): "char" builds the vocabulary over the whole text (nanoGPT, as
+      moe train). "sentencepiece": --tokenizer-model PATH loads a model (e.g. the tokenizer.model
+      that `moe train` writes into its run's checkpoints, for identical ids); without it the peer
+      trains one with python3-sentencepiece on the training split's non-empty lines with exactly
+      the options of moe's train_sentencepiece (src/data/tokenizer.cpp: vocab_size, sp_model_type,
+      byte fallback, identity normalisation, no dummy prefix, split digits, soft vocabulary limit,
+      1 thread). Debian ships the same libsentencepiece 0.1.97 to both, so the model is the same
+      (checked byte for byte against a `moe train` run). Lines are encoded one by one and each
+      newline is the byte piece <0x0A>, as moe's tokenizer does; the model's vocabulary is the
+      SentencePiece model's piece count (it may be below vocab_size: soft limit).
+
+      Precision ("precision" key, --precision overrides): bf16 runs forward and loss under
+      torch.autocast("cpu", dtype=torch.bfloat16): bf16 GEMM operands (projections, experts, LM
+      head, attention's two matmuls) with fp32 master weights, gradients and AdamW state, like
+      moe.cpp's bf16 mode. What moe.cpp keeps in fp32 the peer keeps in fp32 too, explicitly where
+      PyTorch 1.13's CPU autocast would not: the router (logits, softmax, top-k, balancing losses;
+      "router_precision": "bf16" / --router-precision bf16 leaves it to autocast, for the stability
+      experiment) and attention's softmax; RMSNorm (the residual stream is fp32) and cross-entropy
+      are fp32 under autocast already. Validation runs under the same precision.
 
 Config keys (HF Mixtral plus moe.cpp's own): vocab_size, hidden_size, num_hidden_layers,
 num_attention_heads, num_key_value_heads, intermediate_size, max_position_embeddings,
@@ -20,7 +41,8 @@ rms_norm_eps, rope_theta, tie_word_embeddings, moe_every, num_local_experts,
 num_experts_per_tok, expert_intermediate_size, router ("topk"; "switch" = topk with k=1 and no
 renormalisation), renormalize, router_aux_loss_coef / w_switch, router_z_loss_coef / w_zloss,
 w_importance. Training: learning_rate, min_lr, warmup_steps, max_steps, weight_decay, beta1,
-beta2, grad_clip, batch_size, block_size, seed.
+beta2, grad_clip, batch_size, block_size, seed. Data: data, val_fraction, tokenizer, vocab_size,
+sp_model_type; precision, router_precision.
 """
 import argparse
 import json
@@ -117,6 +139,18 @@ class Cfg:
         self.clip = float(g("grad_clip", default=1.0))
         self.batch = int(g("batch_size", default=12))
         self.seed = int(g("seed", default=1337))
+        # data, tokenizer and precision (--train-bench)
+        self.data = g("data", default=None)
+        self.val_fraction = float(g("val_fraction", default=0.1))
+        self.tokenizer = str(g("tokenizer", default="char"))
+        if self.tokenizer not in ("char", "sentencepiece"):
+            raise SystemExit(f"torch_lm.py: tokenizer '{self.tokenizer}' not in the peer (char, sentencepiece)")
+        self.sp_model_type = str(g("sp_model_type", default="bpe"))
+        self.precision = str(g("precision", default="fp32"))
+        self.router_precision = str(g("router_precision", default="fp32"))
+        for key, v in (("precision", self.precision), ("router_precision", self.router_precision)):
+            if v not in ("fp32", "bf16"):
+                raise SystemExit(f"torch_lm.py: {key} '{v}' (fp32 or bf16)")
 
     def is_moe(self, l):
         return self.moe_every > 0 and (l + 1) % self.moe_every == 0
@@ -183,6 +217,8 @@ def attention(x, W, p, c, cos, sin):
         k = k.repeat_interleave(G, dim=1)
         v = v.repeat_interleave(G, dim=1)
     att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+    if torch.is_autocast_cpu_enabled():
+        att = att.float()  # softmax in fp32, as moe.cpp's bf16 mode (autocast would keep bf16)
     mask = torch.ones(S, S, dtype=torch.bool).triu(1)
     att = att.masked_fill(mask, float("-inf")).softmax(-1)
     y = (att @ v).transpose(1, 2).reshape(B, S, c.H * hd)
@@ -192,11 +228,25 @@ def attention(x, W, p, c, cos, sin):
 def moe_ffn(x, W, m, c):
     """Top-k MoE (Mixtral), dropless. The efficient PyTorch way: sort slots by expert, one
     index_select, split per expert, per-expert matmuls, index_add_ back."""
-    T = x.shape[0]
+    if torch.is_autocast_cpu_enabled() and c.router_precision == "fp32":
+        # Selective precision (ST-MoE, moe.cpp's bf16 mode): the router outside autocast, the
+        # experts inside it.
+        with torch.autocast("cpu", enabled=False):
+            r = route(x.float(), W, m, c)
+    else:
+        r = route(x, W, m, c)
+    return moe_ffn_routed(x, W, m, c, *r)
+
+
+def route(x, W, m, c):
     logits = F.linear(x, W[m + "gate.weight"])  # [T,E]
     p = logits.softmax(-1)
     topv, topi = p.topk(c.k, dim=-1)  # descending, like select_topk
     w = topv / topv.sum(-1, keepdim=True) if c.renorm else topv
+    return logits, p, topi, w
+
+
+def moe_ffn_routed(x, W, m, c, logits, p, topi, w):
     flat_e = topi.reshape(-1)
     order = torch.argsort(flat_e, stable=True)
     tok = torch.div(order, c.k, rounding_mode="floor")
@@ -210,7 +260,7 @@ def moe_ffn(x, W, m, c):
         h = F.silu(F.linear(xj, W[e + "w1.weight"])) * F.linear(xj, W[e + "w3.weight"])
         outs.append(F.linear(h, W[e + "w2.weight"]))
     ys = torch.cat(outs) * w.reshape(-1)[order][:, None]
-    y = torch.zeros_like(x).index_add_(0, tok, ys)
+    y = torch.zeros_like(x).index_add_(0, tok, ys.to(x.dtype))  # combine summed in fp32
     aux = x.new_zeros(())
     if c.w_switch:
         f = torch.bincount(flat_e, minlength=c.E).to(x.dtype) / flat_e.numel()
@@ -281,6 +331,95 @@ def lr_at(c, step):
     return c.min_lr + 0.5 * (1 + math.cos(math.pi * r)) * (c.lr - c.min_lr)
 
 
+def split_text(text, val_fraction):
+    """moe's split_text (src/train/corpus.cpp): cut at int(bytes * (1 - val_fraction)), moved back
+    to the start of a UTF-8 character."""
+    raw = text.encode("utf-8")
+    cut = int(len(raw) * (1.0 - val_fraction))
+    while 0 < cut < len(raw) and (raw[cut] >> 6) == 0x2:
+        cut -= 1
+    return raw[:cut].decode("utf-8"), raw[cut:].decode("utf-8")
+
+
+def sp_train(train_text, c):
+    """The SentencePiece model moe's train_sentencepiece makes (same options, same library)."""
+    import io
+    import sentencepiece as spm
+    if c.V < 260:
+        raise SystemExit(f"torch_lm.py: vocab_size={c.V} too small for sentencepiece (>= 260)")
+    model = io.BytesIO()
+    lines = [ln for ln in train_text.split("\n") if ln]
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, model_type=c.sp_model_type,
+            vocab_size=c.V, character_coverage=1.0, byte_fallback=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, split_digits=True, hard_vocab_limit=False, num_threads=1,
+            minloglevel=2)
+    except RuntimeError as e:
+        raise SystemExit(f"torch_lm.py: SentencePiece training failed (vocab_size={c.V}): "
+                         + str(e).strip().splitlines()[0])
+    return model.getvalue()
+
+
+def sp_encode(sp, text):
+    """moe's SpTokenizer::encode for its own models: line by line, newline = <0x0A>."""
+    nl = sp.piece_to_id("<0x0A>")
+    if nl == sp.unk_id():
+        raise SystemExit("torch_lm.py: SentencePiece model has no byte piece <0x0A> (byte_fallback)")
+    parts = text.split("\n")
+    ids = sp.encode([ln for ln in parts if ln])
+    out, it = [], iter(ids)
+    for i, ln in enumerate(parts):
+        if ln:
+            e = next(it)
+            if sp.unk_id() in e:
+                raise SystemExit(f"torch_lm.py: SentencePiece: unknown symbol in line {i + 1}")
+            out += e
+        if i + 1 < len(parts):
+            out.append(nl)
+    return out
+
+
+def load_data(c, args):
+    """Train and validation token ids as moe train makes them; sets c.V to the tokenizer's size."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    path = args.data or c.data or "data/tinyshakespeare.txt"
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(root, path)  # a config's "data" is relative to the repository root
+    text = open(path, encoding="utf-8").read()
+    tr, va = split_text(text, c.val_fraction)
+    info = {"tokenizer": c.tokenizer}
+    if c.tokenizer == "char":
+        chars = sorted(set(text))  # code point order = moe's byte order of UTF-8
+        stoi = {ch: i for i, ch in enumerate(chars)}
+        enc = lambda t: [stoi[ch] for ch in t]
+        c.V = len(chars)
+    else:
+        import sentencepiece as spm
+        if args.tokenizer_model:
+            with open(args.tokenizer_model, "rb") as f:
+                proto = f.read()
+            info["tokenizer_model"] = args.tokenizer_model
+        else:
+            t0 = time.perf_counter()
+            proto = sp_train(tr, c)
+            info["sp_train_s"] = round(time.perf_counter() - t0, 1)
+        sp = spm.SentencePieceProcessor(model_proto=proto)
+        enc = lambda t: sp_encode(sp, t)
+        c.V = sp.get_piece_size()
+        if args.save_tokenizer_model:
+            with open(args.save_tokenizer_model, "wb") as f:
+                f.write(proto)
+    info["vocab_size"] = c.V
+    train = torch.tensor(enc(tr), dtype=torch.long)
+    val = torch.tensor(enc(va), dtype=torch.long)
+    if len(train) < c.block + 1 or len(val) < c.block + 1:
+        raise SystemExit(f"torch_lm.py: {path}: {len(train)} / {len(val)} train / validation tokens, "
+                         f"fewer than block_size + 1 = {c.block + 1}")
+    return train, val, info
+
+
 def run_train_bench(args):
     torch.set_num_threads(args.threads)
     j = {}
@@ -295,14 +434,13 @@ def run_train_bench(args):
         steps = args.steps
     else:
         steps = c.max_steps
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-    text = open(args.data or os.path.join(root, "data", "tinyshakespeare.txt"), encoding="utf-8").read()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
-    n = int(0.9 * len(data))
-    train, val = data[:n], data[n:]
-    c.V = max(c.V, len(chars))
+    if args.precision:
+        c.precision = args.precision
+    if args.router_precision:
+        c.router_precision = args.router_precision
+    if c.router_precision == "bf16" and c.precision != "bf16":
+        raise SystemExit("torch_lm.py: router_precision bf16 needs precision bf16")
+    train, val, tok_info = load_data(c, args)
     torch.manual_seed(c.seed)
     W = {}
     res_std = c.init_std / math.sqrt(2 * c.L)
@@ -327,6 +465,11 @@ def run_train_bench(args):
         y = torch.stack([src[i + 1:i + 1 + S] for i in ix])
         return x, y
 
+    bf16 = c.precision == "bf16"
+
+    def cast():  # forward and loss under autocast; backward and AdamW outside (fp32 masters)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
     warm = min(args.warmup, max(0, steps - 1))
     t0 = None
     losses = []
@@ -336,7 +479,8 @@ def run_train_bench(args):
         for grp in opt.param_groups:
             grp["lr"] = lr_at(c, step)
         x, y = batch(train)
-        _, loss, aux = forward(W, c, x, y)
+        with cast():
+            _, loss, aux = forward(W, c, x, y)
         opt.zero_grad(set_to_none=True)
         (loss + aux).backward()
         if c.clip > 0:
@@ -355,7 +499,8 @@ def run_train_bench(args):
             idx = range(i0, min(nw, i0 + 64))
             x = torch.stack([val[i * S:i * S + S] for i in idx])
             y = torch.stack([val[i * S + 1:i * S + S + 1] for i in idx])
-            _, l, _ = forward(W, c, x, y)
+            with cast():
+                _, l, _ = forward(W, c, x, y)
             tot += l.item() * x.numel()
             cnt += x.numel()
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": args.threads,
@@ -363,8 +508,11 @@ def run_train_bench(args):
                       "tokens_per_s": round(timed * B * S / elapsed, 1),
                       "ms_per_step": round(1000 * elapsed / timed, 3),
                       "train_loss": round(float(np.mean(losses[-10:])), 4),
+                      "first_loss": losses[0],  # unrounded: tells precisions apart in tests
                       "val_loss": round(tot / cnt, 4),
-                      "moe": c.E > 0 and c.moe_every > 0, "n_experts": c.E, "top_k": c.k}))
+                      "moe": c.E > 0 and c.moe_every > 0, "n_experts": c.E, "top_k": c.k,
+                      "precision": c.precision,
+                      "router_precision": c.router_precision if bf16 else "fp32", **tok_info}))
 
 
 def main():
@@ -378,6 +526,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data")
     ap.add_argument("--val-windows", type=int, default=0, help="cap validation windows (0 = all)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"),
+                    help="fp32 | bf16 (autocast forward + loss); default: the config's, else fp32")
+    ap.add_argument("--router-precision", choices=("fp32", "bf16"),
+                    help="bf16: the router too under autocast (experiment); default fp32")
+    ap.add_argument("--tokenizer-model", help="sentencepiece: use this tokenizer.model "
+                    "(e.g. from a moe train run) instead of training the same one")
+    ap.add_argument("--save-tokenizer-model", help="sentencepiece: write the model used here")
     a = ap.parse_args()
     if a.check:
         torch.set_num_threads(1)
