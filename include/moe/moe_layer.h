@@ -74,7 +74,20 @@ struct MoeStats {
     // choice), and its mean. Dynamic routers (top-p) make it vary per token.
     std::vector<int64_t> experts_per_token;
     double mean_experts_per_token = 0;
+    // Largest |logit| over the batch's tokens and experts of the raw router logits (the gate
+    // columns of x W_router^T, before temperature, noise, bias and softmax): what the z-loss
+    // holds down, and where bf16 round-off in the router starts to flip choices (ST-MoE).
+    double max_router_logit = 0;
+    // Per token, the expert of its largest-weight routed slot (capacity not applied: the router's
+    // first choice), -1 for a token with no slot (expert choice). Comparing it on a fixed batch
+    // at two points of training measures how much the routing moved (routing_change_fraction).
+    std::vector<int32_t> top1_expert;
 };
+
+// Share of tokens whose top-1 expert differs between two forwards of the same tokens (a token
+// without a slot counts as expert -1). Throws when the sizes differ.
+double routing_change_fraction(const std::vector<int32_t>& before,
+                               const std::vector<int32_t>& after);
 
 // Balancing losses of the last forward, unweighted (so they can be logged even when their
 // weight is 0); weighted_total = sum of weight * value, what backward adds to the loss.

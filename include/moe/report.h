@@ -29,6 +29,10 @@ struct LayerMetrics {
     // empty / NaN in logs written before the key existed.
     std::vector<int64_t> experts_per_token;
     double experts_per_token_mean = NAN;
+    // Router stability (docs/precision.md): the largest |raw router logit| of the step's batch,
+    // and on evaluation lines the share of probe tokens whose top-1 expert changed since the
+    // previous evaluation. NaN where not logged (older logs; routing_change on other lines).
+    double router_logit_max = NAN, routing_change = NAN;
 };
 
 // One logged line. Fields absent from the line are NaN (an evaluation line may carry only

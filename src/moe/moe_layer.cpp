@@ -460,13 +460,17 @@ void MoeLayer::compute_stats_() {
         ent /= T;
     }
     st.router_entropy = ent;
+    // Top-1 per token: the largest-weight slot (the first one on ties, so it depends on the
+    // routing alone); -1 for a token without a slot.
     std::vector<float> top(T, 0.f);
-    std::vector<uint8_t> any(T, 0);
+    st.top1_expert.assign(T, -1);
     for (int a = 0; a < r.n(); a++) {
         if (r.expert[a] < 0) continue;
         int t = r.token[a];
-        if (!any[t] || r.weight[a] > top[t]) top[t] = r.weight[a];
-        any[t] = 1;
+        if (st.top1_expert[t] < 0 || r.weight[a] > top[t]) {
+            top[t] = r.weight[a];
+            st.top1_expert[t] = r.expert[a];
+        }
     }
     double s = 0;
     for (int t = 0; t < T; t++) s += top[t];
@@ -485,6 +489,25 @@ void MoeLayer::compute_stats_() {
         n_used += used[t];
     }
     st.mean_experts_per_token = (double)n_used / T;
+
+    // Largest |raw gate logit|: the first E of the ld logit columns are router.weight's; the
+    // others (noise, group logits) are not what the z-loss holds down.
+    const float* lg = m.logits.data();
+    float mx = 0.f;
+    for (int t = 0; t < T; t++)
+        for (int e = 0; e < E; e++) mx = std::max(mx, std::fabs(lg[(int64_t)t * m.ld + e]));
+    st.max_router_logit = mx;
+}
+
+double routing_change_fraction(const std::vector<int32_t>& before,
+                               const std::vector<int32_t>& after) {
+    if (before.size() != after.size())
+        fail("routing_change_fraction: {} tokens before, {} after (not the same probe batch)",
+             before.size(), after.size());
+    if (before.empty()) return 0.0;
+    int64_t changed = 0;
+    for (size_t i = 0; i < before.size(); i++) changed += before[i] != after[i];
+    return (double)changed / (double)before.size();
 }
 
 void MoeLayer::forward(ConstTensorView x, TensorView y, bool training, const RouterNoise* noise) {

@@ -76,6 +76,8 @@ static LayerMetrics parse_layer(const json& l) {
     m.load_cv = num_or_nan(l, "load_cv");
     m.router_entropy = num_or_nan(l, "router_entropy");
     m.mean_top1_weight = num_or_nan(l, "mean_top1_weight");
+    m.router_logit_max = num_or_nan(l, "router_logit_max");
+    m.routing_change = num_or_nan(l, "routing_change");
     if (l.contains("experts_per_token")) {
         const json& e = l["experts_per_token"];
         if (!e.is_object()) throw std::runtime_error("experts_per_token is not an object");

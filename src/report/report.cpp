@@ -114,6 +114,7 @@ struct LayerSeries {
     std::vector<int64_t> steps;
     std::vector<std::vector<double>> shares;
     std::vector<double> drop_rate, cv, entropy, top1;
+    std::vector<double> logit_max, routing_change;  // NaN where not logged
     std::vector<double> experts_mean;                  // mean experts per token (NaN: not logged)
     std::vector<std::vector<int64_t>> experts_hist;  // tokens by experts used, 0..max
 };
@@ -135,6 +136,8 @@ LayerSeries layer_series(const MetricsLog& log, int layer) {
             s.cv.push_back(l.load_cv);
             s.entropy.push_back(l.router_entropy);
             s.top1.push_back(l.mean_top1_weight);
+            s.logit_max.push_back(l.router_logit_max);
+            s.routing_change.push_back(l.routing_change);
             s.experts_mean.push_back(l.experts_per_token_mean);
             s.experts_hist.push_back(l.experts_per_token);
         }
@@ -418,6 +421,56 @@ void add_experts_per_token(Page& page, const std::vector<LayerSeries>& ls, int m
     b += "</div>\n";
 }
 
+// Router stability (docs/precision.md): the largest |router logit| per layer at each logged
+// step and the routing change between evaluations, beside the loss they may explain. Drawn only
+// when the log has them (older logs do not).
+void add_router_stability(Page& page, const std::vector<LayerSeries>& ls) {
+    auto any_finite = [&](std::vector<double> LayerSeries::*field) {
+        for (auto& s : ls)
+            for (double v : s.*field)
+                if (std::isfinite(v)) return true;
+        return false;
+    };
+    const bool have_logit = any_finite(&LayerSeries::logit_max);
+    const bool have_change = any_finite(&LayerSeries::routing_change);
+    if (!have_logit && !have_change) return;
+    auto per_layer = [&](Figure& f, std::vector<double> LayerSeries::*field, bool points) {
+        for (auto& s : ls) {
+            PlotSeries p;
+            p.title = fmt::format("layer {}", s.layer);
+            p.points = points;
+            const std::vector<double>& v = s.*field;
+            for (size_t i = 0; i < s.steps.size(); i++)
+                if (std::isfinite(v[i])) {
+                    p.x.push_back((double)s.steps[i]);
+                    p.y.push_back(v[i]);
+                }
+            if (!p.x.empty()) f.series.push_back(p);
+        }
+    };
+    page.body += "<h3 id=\"router-stability\">Router stability</h3>\n<div class=\"grid\">\n";
+    if (have_logit) {
+        Figure f = line_fig("router-logit-max", "max |router logit|", "largest |logit|");
+        f.height = 260;
+        per_layer(f, &LayerSeries::logit_max, false);
+        page.add(f,
+                 "Largest absolute raw router logit (before softmax) over the tokens and experts "
+                 "of each logged training batch, per MoE layer. The z-loss holds it down; large "
+                 "logits are where bf16 round-off in the router is amplified by the softmax.");
+    }
+    if (have_change) {
+        Figure f = line_fig("routing-change", "routing change between evaluations",
+                            "share of probe tokens");
+        f.height = 260;
+        per_layer(f, &LayerSeries::routing_change, true);
+        page.add(f,
+                 "Share of the tokens of a fixed probe batch (the first validation batch) whose "
+                 "top-1 expert changed since the previous evaluation, per MoE layer. High late in "
+                 "training = routing that keeps flipping (unstable); near 0 = settled routing.");
+    }
+    page.body += "</div>\n";
+}
+
 }  // namespace
 
 ReportResult run_report(const ReportOptions& opt_in) {
@@ -444,6 +497,9 @@ ReportResult run_report(const ReportOptions& opt_in) {
 
     Page page;
     std::string& b = page.body;
+    std::vector<int> layers = log.moe_layers();
+    std::vector<LayerSeries> ls;
+    for (int l : layers) ls.push_back(layer_series(log, l));
 
     // ---- training curves
     b += "<h2 id=\"training\">Training</h2>\n<div class=\"grid\">\n";
@@ -498,6 +554,7 @@ ReportResult run_report(const ReportOptions& opt_in) {
         }
     }
     b += "</div>\n";
+    add_router_stability(page, ls);
 
     // Aux losses: small multiples, one per loss (their scales differ by orders of magnitude).
     std::vector<std::string> aux_keys, aux_zero;
@@ -539,9 +596,6 @@ ReportResult run_report(const ReportOptions& opt_in) {
                          html_escape(fmt::format("{}", fmt::join(aux_zero, ", "))));
 
     // ---- routing per MoE layer
-    std::vector<int> layers = log.moe_layers();
-    std::vector<LayerSeries> ls;
-    for (int l : layers) ls.push_back(layer_series(log, l));
     b += "<h2 id=\"routing\">Routing</h2>\n";
     if (layers.empty()) {
         b += "<p class=\"note\">No per-layer routing statistics in metrics.jsonl (a dense model, "

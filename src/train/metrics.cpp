@@ -37,6 +37,7 @@ MetricsLine MetricsWriter::collect(const Model& model, int64_t step, double lr, 
                           {"load_cv", r.stats.load_cv},
                           {"router_entropy", r.stats.router_entropy},
                           {"mean_top1_weight", r.stats.mean_top1_weight},
+                          {"router_logit_max", r.stats.max_router_logit},
                           {"experts_per_token",
                            {{"mean", r.stats.mean_experts_per_token},
                             {"histogram", r.stats.experts_per_token}}}});

@@ -761,12 +761,23 @@ TrainResult run_train(const TrainOptions& opt_in) {
     // Each rank runs its slice (Bl sequences) of every batch: the same windows as one process.
     const int Bl = B / W;
     const size_t slice = (size_t)wrank * Bl * S;
-    auto eval_on = [&](const std::vector<int32_t>& ex, const std::vector<int32_t>& ey) {
+    // Routing changes between evaluations (docs/metrics.md, routing_change): the first
+    // validation batch is a fixed probe; each evaluation keeps every MoE layer's top-1 expert
+    // per token on it, and the next one counts the tokens whose top-1 moved. The same tokens
+    // each time, so only the weights can move it (not a new batch's content).
+    std::vector<std::vector<int32_t>> probe_top1, probe_prev;
+    auto eval_on = [&](const std::vector<int32_t>& ex, const std::vector<int32_t>& ey,
+                       bool probe) {
         double s = 0;
         for (int i = 0; i < cfg.eval_batches; i++) {
             double l = model.forward(ex.data() + (size_t)i * B * S + slice,
                                      ey.data() + (size_t)i * B * S + slice, Bl, S,
                                      /*training=*/false);
+            if (probe && i == 0) {
+                probe_top1.clear();
+                for (LayerRouting& r : model.routing_stats())
+                    probe_top1.push_back(std::move(r.stats.top1_expert));
+            }
             if (W > 1) {
                 groups.world->allreduce_sum(&l, 1);
                 l /= W;
@@ -775,10 +786,24 @@ TrainResult run_train(const TrainOptions& opt_in) {
         }
         return s / cfg.eval_batches;
     };
-    auto evaluate = [&]() { return eval_on(vx, vy); };
+    auto evaluate = [&]() { return eval_on(vx, vy, /*probe=*/true); };
+    // After evaluate(): routing_change per MoE layer of the line, against the evaluation before
+    // (none on the first evaluation of this invocation; a resumed run starts afresh).
+    // A second evaluation at the same step (max_time_s reached on an eval step) says nothing.
+    int64_t probe_prev_step = -1;
+    auto note_routing_change = [&](MetricsLine& line) {
+        if (probe_prev_step == step) return;
+        if (!probe_prev.empty() && probe_prev.size() == probe_top1.size() &&
+            line.j.contains("layers") && line.j["layers"].size() == probe_top1.size())
+            for (size_t i = 0; i < probe_top1.size(); i++)
+                line.j["layers"][i]["routing_change"] =
+                    routing_change_fraction(probe_prev[i], probe_top1[i]);
+        probe_prev = probe_top1;
+        probe_prev_step = step;
+    };
     auto eval_also = [&](MetricsLine& line) {
         if (ax.empty()) return;
-        double l = eval_on(ax, ay);
+        double l = eval_on(ax, ay, /*probe=*/false);
         if (!std::isfinite(l))
             fail("step {}: eval_also loss on {} is {}", step, cfg.eval_also, l);
         line.j["eval_also_loss"] = l;
@@ -892,6 +917,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
         MetricsLine l0;
         l0.j = {{"step", 0}, {"elapsed_s", 0.0}, {"layout", groups.layout()}};
         l0.val_loss = evaluate();
+        note_routing_change(l0);  // keeps the probe: the first evaluation compares with it
         eval_also(l0);
         metrics.write(l0);
         if (opt.progress)
@@ -997,6 +1023,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
                     "high: lower --lr and resume from the last good checkpoint, {}",
                     step, last_val, lr_at(cfg, step), dir_exists(latest_dir) ? latest_dir : "none");
             line.val_loss = last_val;
+            note_routing_change(line);
             eval_also(line);
             if (last_val < best_val) {
                 best_val = last_val;
@@ -1030,15 +1057,18 @@ TrainResult run_train(const TrainOptions& opt_in) {
             if (opt.progress)
                 std::fprintf(stderr, "\ntrain: max_time_s=%.0f reached at step %lld\n",
                              cfg.max_time_s, (long long)step);
+            // Collected before evaluate(): the routing statistics are the last training
+            // forward's, as on every other line (evaluation forwards overwrite them).
+            MetricsLine l2 = metrics.collect(model, step, lr, loss, gnorm, 0, train_time);
             last_val = evaluate();
             if (last_val < best_val) {
                 best_val = last_val;
                 best_step = step;
                 save_best();
             }
-            MetricsLine l2 = metrics.collect(model, step, lr, loss, gnorm, 0, train_time);
             l2.j["layout"] = groups.layout();
             l2.val_loss = last_val;
+            note_routing_change(l2);
             eval_also(l2);
             metrics.write(l2);
             save_latest();

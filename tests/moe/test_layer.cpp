@@ -319,6 +319,49 @@ TEST(MoeLayer, StatisticsByHand) {
     EXPECT_EQ(st.dropped, 0);
 }
 
+// Router stability statistics by hand: max_router_logit = max |x W_router^T| over tokens and
+// experts (raw: before the temperature; the noise matrix's columns of noisy top-k excluded,
+// although they are made larger here), top1_expert = argmax of the logits (softmax is monotone).
+TEST(MoeLayer, MaxRouterLogitAndTop1ByHand) {
+    for (const char* router : {"topk", "noisy-topk"}) {
+        MoeConfig c = small_config(router);
+        c.temperature = 2.f;
+        const int T = 9, d = c.d_model, E = c.n_experts;
+        MoeLayer L(c);
+        L.init_params(5, /*router_std=*/1.f);
+        if (c.router == "noisy-topk") {  // noise logits 100x the gate's: must not count
+            float* wn = L.param_data() + L.param("router.noise_weight").offset;
+            for (int i = 0; i < E * d; i++) wn[i] *= 100.f;
+        }
+        const float* w = L.param_data() + L.param("router.weight").offset;
+        auto x = test::randn(T * d, 8);
+        std::vector<float> y(T * d);
+        L.forward({x.data(), {T, d}}, {y.data(), {T, d}}, false);
+        double want = 0;
+        std::vector<int32_t> top1(T);
+        for (int t = 0; t < T; t++) {
+            double best = -INFINITY;
+            for (int e = 0; e < E; e++) {
+                double l = 0;
+                for (int j = 0; j < d; j++) l += (double)x[t * d + j] * w[e * d + j];
+                want = std::max(want, std::fabs(l));
+                if (l > best) best = l, top1[t] = e;
+            }
+        }
+        const MoeStats& st = L.stats();
+        EXPECT_GT(want, 0.5) << router;  // a test that could fail: not a zero router
+        EXPECT_NEAR(st.max_router_logit, want, 1e-5 * want) << router;
+        EXPECT_EQ(st.top1_expert, top1) << router;
+    }
+}
+
+TEST(MoeLayer, RoutingChangeFraction) {
+    EXPECT_DOUBLE_EQ(routing_change_fraction({0, 1, 2, 3}, {0, 1, 2, 3}), 0.0);
+    EXPECT_DOUBLE_EQ(routing_change_fraction({0, 1, 2, 3}, {0, 2, 2, -1}), 0.5);
+    EXPECT_DOUBLE_EQ(routing_change_fraction({}, {}), 0.0);
+    EXPECT_THROW(routing_change_fraction({0, 1}, {0}), Error);
+}
+
 // Experts per token: a zero router gives p = 1/4 exactly, so top-p with threshold 0.5 takes
 // exactly 2 experts on every token (0.25 + 0.25 >= 0.5); with capacity the histogram counts the
 // kept slots: it always sums to T and its mean is kept slots / T.

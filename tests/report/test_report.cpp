@@ -215,6 +215,57 @@ TEST(Report, ExpertsPerToken) {
     EXPECT_EQ(html.find("experts-per-token"), std::string::npos);
 }
 
+// Router stability: router_logit_max on every line and routing_change on evaluation lines are
+// read back per layer and drawn as two figures (a line per layer); a log without them (the
+// synthetic run above) has neither figure.
+TEST(Report, RouterStability) {
+    std::string out;
+    for (int step = 10; step <= 200; step += 10) {
+        std::string layers;
+        for (int l = 0; l < 2; l++) {
+            std::string change =
+                step % 50 == 0 && step > 50 ? fmt::format(R"(,"routing_change":{})", 5.0 / step) : "";
+            layers += fmt::format(
+                R"({}{{"layer":{},"tokens_per_expert":[50,50],"dropped":0,"routed":100,)"
+                R"("router_logit_max":{}{}}})",
+                l ? "," : "", l, 1 + step / 50.0 + l, change);
+        }
+        out += fmt::format(R"({{"step":{},"train_loss":2.0,"layers":[{}]{}}})", step, layers,
+                           step % 50 == 0 ? R"(,"val_loss":2.1)" : "") +
+               "\n";
+    }
+    MetricsLog log = parse_metrics(out, "synthetic");
+    ASSERT_EQ(log.rows.size(), 20u);
+    EXPECT_DOUBLE_EQ(log.rows[9].layers[1].router_logit_max, 1 + 100 / 50.0 + 1);  // step 100
+    EXPECT_DOUBLE_EQ(log.rows[9].layers[0].routing_change, 0.05);
+    EXPECT_TRUE(std::isnan(log.rows[8].layers[0].routing_change));  // step 90: no evaluation
+    EXPECT_TRUE(std::isnan(log.rows[4].layers[0].routing_change));  // step 50: the first one
+
+    if (!have_gnuplot()) GTEST_SKIP() << "gnuplot not installed (apt-get install gnuplot-nox)";
+    std::string run = fresh_dir("router_stability");
+    write_file_atomic(run + "/metrics.jsonl", out);
+    ReportOptions opt;
+    opt.run_dir = run;
+    opt.similarity = false;
+    std::string html = read_file(run_report(opt).html);
+    for (const char* id : {"router-logit-max", "routing-change"}) {
+        size_t p = html.find(fmt::format("<figure class=\"fig\" id=\"fig-{}\"", id));
+        ASSERT_NE(p, std::string::npos) << id;
+        std::string fig = html.substr(p, html.find("</figure>", p) - p);
+        EXPECT_NE(fig.find("layer 0"), std::string::npos) << id;
+        EXPECT_NE(fig.find("layer 1"), std::string::npos) << id;
+        EXPECT_TRUE(is_png(run + "/report/" + id + ".png")) << id;
+    }
+    // Beside the loss: in the training part, before the routing section.
+    EXPECT_LT(html.find("id=\"fig-router-logit-max\""), html.find("id=\"routing\""));
+
+    std::string plain = fresh_dir("router_stability_absent");
+    write_file_atomic(plain + "/metrics.jsonl", synthetic_metrics());
+    opt.run_dir = plain;
+    html = read_file(run_report(opt).html);
+    EXPECT_EQ(html.find("router-stability"), std::string::npos);
+}
+
 TEST(Report, BadInput) {
     std::string run = fresh_dir("bad");
     ReportOptions opt;

@@ -440,3 +440,65 @@ TEST(Generate, GreedyEqualsArgmaxOfFullRecompute) {
         std::remove(trace_path.c_str());
     }
 }
+
+// ---- router stability metrics (docs/metrics.md) ----
+
+// routing_change: the share of the fixed probe batch's tokens (the first validation batch) whose
+// top-1 expert changed since the previous evaluation. lr 0 leaves every weight as it was (AdamW's
+// decay is scaled by lr too), so the same probe routes the same: exactly 0; a large lr moves the
+// router: > 0. router_logit_max is on every logged line of every MoE layer.
+TEST(Trainer, RoutingChangeZeroWithoutUpdatesPositiveWith) {
+    std::string dir = tmp_dir("routing_change");
+    std::string text = dir + "/a.txt";
+    write_file_atomic(text,
+                      read_file(test::source_dir() + "/data/tinyshakespeare.txt").substr(0, 60000));
+    auto run = [&](double lr, const std::string& name) {
+        TrainOptions o;
+        o.cfg = config_load(test::source_dir() + "/configs/tiny-test.json");
+        o.cfg.data = text;
+        o.cfg.max_steps = 9;
+        o.cfg.eval_every = 3;
+        o.cfg.eval_batches = 2;
+        o.cfg.log_every = 3;
+        o.cfg.threads = 1;
+        o.cfg.lr = lr;
+        o.cfg.min_lr = 0;
+        o.out_dir = dir + "/" + name;
+        o.progress = false;
+        run_train(o);
+        std::vector<nlohmann::json> lines;
+        std::string m = read_file(o.out_dir + "/metrics.jsonl");
+        for (size_t p = 0, e; p < m.size(); p = e + 1) {
+            e = m.find('\n', p);
+            if (e == std::string::npos) e = m.size();
+            if (e > p) lines.push_back(nlohmann::json::parse(m.substr(p, e - p)));
+        }
+        return lines;
+    };
+    for (double lr : {0.0, 3e-2}) {
+        auto lines = run(lr, lr == 0 ? "lr0" : "lr");
+        ASSERT_EQ(lines.size(), 3u);  // steps 3, 6, 9: each logged and evaluated
+        double max_change = 0;
+        for (size_t i = 0; i < lines.size(); i++) {
+            ASSERT_TRUE(lines[i].contains("val_loss"));
+            ASSERT_FALSE(lines[i]["layers"].empty());
+            for (auto& l : lines[i]["layers"]) {
+                EXPECT_GT(l["router_logit_max"].get<double>(), 0.0);
+                // The first evaluation has nothing to compare with.
+                ASSERT_EQ(l.contains("routing_change"), i > 0) << "line " << i;
+                if (i == 0) continue;
+                double c = l["routing_change"].get<double>();
+                EXPECT_GE(c, 0.0);
+                EXPECT_LE(c, 1.0);
+                if (lr == 0) {
+                    EXPECT_EQ(c, 0.0) << "step " << lines[i]["step"];
+                }
+                max_change = std::max(max_change, c);
+            }
+        }
+        if (lr > 0) {
+            EXPECT_GT(max_change, 0.0);
+        }
+    }
+    fs::remove_all(dir);
+}
