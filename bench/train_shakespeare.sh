@@ -9,6 +9,10 @@
 #                                              PEER_STEPS (STEPS), OUT (a temp folder), NO_PEER=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# OpenBLAS's AVX-512 kernels for the peer where the CPU has AVX-512 (elsewhere they die with
+# "illegal instruction" and OpenBLAS's own choice is right).
+CORETYPE=env
+grep -qw avx512f /proc/cpuinfo && CORETYPE="env OPENBLAS_CORETYPE=SKYLAKEX"
 MOE=${1:-build/moe}
 THREADS=${THREADS:-2}
 OUT=${OUT:-$(mktemp -d /tmp/moe_train_bench.XXXXXX)}
@@ -35,7 +39,7 @@ if [ "${NO_PEER:-0}" != 1 ] && [ -f bench/peers/torch_lm.py ] && [ -x "$PY" ] &&
   PEER_STEP_FLAG=()
   [ -n "$PS" ] && PEER_STEP_FLAG=(--steps "$PS")
   echo "bench: PyTorch peer (torch_lm.py --train-bench, $THREADS threads)..." >&2
-  if OPENBLAS_CORETYPE=SKYLAKEX "$PY" bench/peers/torch_lm.py --train-bench \
+  if $CORETYPE "$PY" bench/peers/torch_lm.py --train-bench \
       --config configs/shakespeare-char-moe.json --threads "$THREADS" ${PEER_STEP_FLAG[@]+"${PEER_STEP_FLAG[@]}"} \
       | tail -n 1 > "$OUT/peer.json"; then PEER_STATUS=ok; else PEER_STATUS="failed"; fi
 fi

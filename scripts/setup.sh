@@ -11,7 +11,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libopenblas0-openmp libcli11-dev
       nlohmann-json3-dev libfmt-dev libsentencepiece-dev sentencepiece python3 gnuplot-nox
-      libpcre2-dev libicu-dev)  # the last two: Hugging Face tokenizers (docs/tokenizers.md)
+      libpcre2-dev libicu-dev  # these two: Hugging Face tokenizers (docs/tokenizers.md)
+      libdnnl-dev)  # oneDNN: bf16 GEMMs on CPUs with AVX-512 BF16 (docs/precision.md)
 if [ "${MOE_WITH_TESTS:-0}" = 1 ]; then
   PKGS+=(libgtest-dev libgmock-dev libbenchmark-dev python3-torch python3-numpy python3-sentencepiece
         clang-14 libclang-rt-14-dev libomp-14-dev  # these three: the fuzzers

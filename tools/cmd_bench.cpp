@@ -52,6 +52,7 @@ struct BenchLayerOptions {
     bool mpi = false;       // under mpirun: expert-parallel layer, --tokens split over the ranks
     int expert_parallel = 0;  // 0: every rank
     int overlap = 1;          // all-to-all chunks (MoeLayer::set_overlap)
+    std::string precision = "fp32";  // GEMM operands (docs/precision.md)
 };
 
 struct Timing {
@@ -113,12 +114,18 @@ static nlohmann::json run_torch_peer(const BenchLayerOptions& o, const MoeConfig
         preload = std::string("LD_PRELOAD=") + jemalloc +
                   " MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 ";
     }
-    std::string cmd = "env OPENBLAS_CORETYPE=SKYLAKEX OMP_NUM_THREADS=" + std::to_string(threads) +
+    // OpenBLAS's AVX-512 kernels where the CPU (and OS) have AVX-512; on an AVX2 CPU that
+    // setting dies with "illegal instruction", and OpenBLAS's own choice is already right.
+    const CpuFeatures& cf = cpu_features();
+    const char* coretype = cf.avx512f && cf.avx512bw ? "OPENBLAS_CORETYPE=SKYLAKEX " : "";
+    std::string cmd = std::string("env ") + coretype + "OMP_NUM_THREADS=" + std::to_string(threads) +
                       " " + preload + "/usr/bin/python3 " + script +
                       fmt::format(" --tokens {} --d {} --ffn {} --experts {} --topk {} "
-                                  "--activation {} --reps {} --warmup {} --threads {} 2>&1",
+                                  "--activation {} --reps {} --warmup {} --threads {}{} 2>&1",
                                   o.shape.tokens, cfg.d_model, cfg.d_ff, cfg.n_experts, k_eff,
-                                  activation_name(cfg.activation), o.reps, o.warmup, threads);
+                                  activation_name(cfg.activation), o.reps, o.warmup, threads,
+                                  // bf16: autocast; fp32 runs keep the peer's default
+                                  o.precision == "fp32" ? "" : " --precision " + o.precision);
     FILE* p = popen(cmd.c_str(), "r");
     if (!p) {
         why = "cannot start /usr/bin/python3";
@@ -275,7 +282,9 @@ static int run_bench_layer(const BenchLayerOptions& o) {
     set_threads(o.shape.threads);
     const int threads = get_threads();
     const int T = o.shape.tokens, d = cfg.d_model, f = cfg.d_ff;
+    const Precision prec = precision_from_string(o.precision);
     MoeLayer layer(cfg);
+    layer.set_precision(prec);
     std::vector<float> x((size_t)T * d), y((size_t)T * d), dy((size_t)T * d, 1.f), dx((size_t)T * d);
     Rng rng(cfg.seed ^ 0x9e3779b97f4a7c15ULL);
     rng.fill_normal(x.data(), (int64_t)x.size());
@@ -303,13 +312,18 @@ static int run_bench_layer(const BenchLayerOptions& o) {
     const float* w13 = dw.data();
     const float* w2 = dw.data() + (size_t)HF * d;
     Timing dense_fwd = time_ms(
-        [&] { ffn_forward(cfg.activation, T, d, F, x.data(), w13, w2, h.data(), a.data(), y.data(), 0.f, true); },
+        [&] {
+            ffn_forward(cfg.activation, T, d, F, x.data(), w13, w2, h.data(), a.data(), y.data(),
+                        0.f, true, prec);
+        },
         o.reps, o.warmup);
     Timing dense_fb = time_ms(
         [&] {
-            ffn_forward(cfg.activation, T, d, F, x.data(), w13, w2, h.data(), a.data(), y.data(), 0.f, true);
+            ffn_forward(cfg.activation, T, d, F, x.data(), w13, w2, h.data(), a.data(), y.data(),
+                        0.f, true, prec);
             ffn_backward(cfg.activation, T, d, F, x.data(), w13, w2, h.data(), a.data(), dy.data(),
-                         dx.data(), 0.f, dg.data(), dg.data() + (size_t)HF * d, da.data(), dh.data(), true);
+                         dx.data(), 0.f, dg.data(), dg.data() + (size_t)HF * d, da.data(),
+                         dh.data(), true, prec);
         },
         o.reps, o.warmup);
     const double dense_flops_fwd = 2.0 * T * (double)ffn_weight_floats(cfg.activation, d, F);
@@ -334,6 +348,7 @@ static int run_bench_layer(const BenchLayerOptions& o) {
     g.weights = ew.data();
     g.grads = eg.data();
     g.stride = stride;
+    g.prec = prec;
     ExpertThreads how = choose_expert_threads(expert_threads_from_env(), g.E, off.data(), d, f, threads);
     Timing exp_fb = time_ms(
         [&] {
@@ -344,15 +359,15 @@ static int run_bench_layer(const BenchLayerOptions& o) {
         o.reps, o.warmup);
     const double exp_flops = 3.0 * 2.0 * rows * (double)stride;
 
-    // sgemm ceiling: one large square GEMM on the same BLAS and threads.
+    // The ceiling: one large square GEMM in the same precision, engine and threads.
     const int N = 2048;
     std::vector<float> A((size_t)N * N), B((size_t)N * N), C((size_t)N * N);
     rng.fill_normal(A.data(), (int64_t)A.size());
     rng.fill_normal(B.data(), (int64_t)B.size());
-    Timing gemm = time_ms(
-        [&] { sgemm(false, false, N, N, N, 1.f, A.data(), N, B.data(), N, 0.f, C.data(), N); },
+    Timing ceil_t = time_ms(
+        [&] { gemm(prec, false, false, N, N, N, 1.f, A.data(), N, B.data(), N, 0.f, C.data(), N); },
         std::max(3, o.reps / 2), 1);
-    const double sgemm_gflops = 2.0 * N * N * (double)N / (gemm.median * 1e6);
+    const double sgemm_gflops = 2.0 * N * N * (double)N / (ceil_t.median * 1e6);
 
     // PyTorch peer.
     nlohmann::json peer = nullptr;
@@ -365,9 +380,14 @@ static int run_bench_layer(const BenchLayerOptions& o) {
     const double moe_gflops = 3.0 * flops_fwd / (moe_fb.median * 1e6);
     const double dense_gflops = 3.0 * dense_flops_fwd / (dense_fb.median * 1e6);
     const double exp_gflops = exp_flops / (exp_fb.median * 1e6);
-    std::printf("moe bench layer: router %s, T=%d d=%d f=%d E=%d k=%d %s%s, %d threads\n",
+    // The engine of the expert GEMMs (the first forward product of an average expert).
+    const GemmEngine engine =
+        gemm_engine(prec, false, true, (int)(rows / std::max(1, cfg.n_experts)), hf, d);
+    std::printf("moe bench layer: router %s, T=%d d=%d f=%d E=%d k=%d %s%s, %d threads, "
+                "precision %s (GEMM engine %s)\n",
                 cfg.router.c_str(), T, d, f, cfg.n_experts, cfg.top_k,
-                activation_name(cfg.activation), cfg.dropless ? ", dropless" : "", threads);
+                activation_name(cfg.activation), cfg.dropless ? ", dropless" : "", threads,
+                precision_name(prec), gemm_engine_name(engine));
     std::printf("cpu: %s; %s; expert threads: %s; median of %d after %d warm-up\n\n",
                 cpu_name().c_str(), blas_info().c_str(),
                 how == ExpertThreads::experts ? "parallel over experts" : "BLAS-threaded GEMMs",
@@ -384,8 +404,8 @@ static int run_bench_layer(const BenchLayerOptions& o) {
     row(fmt::format("moe.cpp dense FFN (d_ff {})", F).c_str(), dense_fwd, dense_fb, dense_gflops);
     std::printf("| moe.cpp expert GEMMs alone | - | %.2f | %.1f | - | %.1f | %.0f |\n", exp_fb.median,
                 exp_fb.cpu, exp_gflops, exp_fb.faults);
-    std::printf("| sgemm %d^3 (ceiling) | %.2f | - | - | - | %.1f | %.0f |\n", N, gemm.median,
-                sgemm_gflops, gemm.faults);
+    std::printf("| %s GEMM %d^3 (ceiling) | %.2f | - | - | - | %.1f | %.0f |\n",
+                precision_name(prec), N, ceil_t.median, sgemm_gflops, ceil_t.faults);
     if (peer.is_object()) {
         double tf = pget("torch_fwd_ms"), tfb = pget("torch_fwdbwd_ms");
         double tdf = pget("torch_dense_fwd_ms"), tdfb = pget("torch_dense_fwdbwd_ms");
@@ -420,7 +440,7 @@ static int run_bench_layer(const BenchLayerOptions& o) {
         j["dense_fwd_cpu_ms"] = dense_fwd.cpu;
         j["dense_fwdbwd_cpu_ms"] = dense_fb.cpu;
         j["expert_gemm_cpu_ms"] = exp_fb.cpu;
-        j["sgemm_cpu_ms"] = gemm.cpu;
+        j["sgemm_cpu_ms"] = ceil_t.cpu;
         j["dense_fwd_ms"] = dense_fwd.median;
         j["dense_fwdbwd_ms"] = dense_fb.median;
         j["dense_ffn"] = F;
@@ -445,6 +465,9 @@ static int run_bench_layer(const BenchLayerOptions& o) {
                              : nlohmann::json(nullptr);
         j["expert_threads"] = how == ExpertThreads::experts ? "experts" : "blas";
         j["threads"] = threads;
+        j["precision"] = precision_name(prec);
+        j["gemm_engine"] = gemm_engine_name(engine);
+        j["torch_precision"] = pget("precision");
         j["reps"] = o.reps;
         j["cpu"] = cpu_name();
         j["blas"] = blas_info();
@@ -478,6 +501,9 @@ static void register_bench_layer(CLI::App& bench) {
                 "with --mpi: ranks per expert group (0 = all)");
     add_checked(sub, "--overlap", opts->overlap, Range::in(1, 1024),
                 "with --mpi: all-to-all chunks overlapped with the expert GEMMs (1 = off)");
+    add_choice(sub, "--precision", opts->precision, "fp32|bf16",
+               "GEMM operands: fp32, or bf16 (rounded, fp32 accumulation; the router stays fp32); "
+               "the PyTorch peer runs under bf16 autocast then");
     sub->add_flag("--json", opts->json, "last stdout line: one JSON object of the results");
     sub->callback([opts, sub]() {
         BenchLayerOptions o = *opts;

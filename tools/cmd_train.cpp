@@ -133,7 +133,9 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
                             {"train_time_s", r.train_time_s},
                             {"tokens_per_s", r.tokens_per_s},
                             {"wall_s", r.wall_s},
-                            {"already_finished", r.already_finished}};
+                            {"already_finished", r.already_finished},
+                            {"precision", r.precision},
+                            {"router_precision", r.router_precision}};
         std::printf("%s\n", j.dump().c_str());
     }
     return 0;

@@ -10,6 +10,7 @@ set(MOE_TOOL_SOURCES
   tools/cmd_inspect.cpp
   tools/hf_tools.cpp
   tools/cmd_bench_generate.cpp
+  tools/cmd_bench_gemm.cpp
   tools/cmd_tokenize.cpp
   tools/cmd_chat.cpp
   tools/cmd_quantize.cpp

@@ -10,6 +10,10 @@
 # A SentencePiece config: the peer reads the tokenizer.model moe train wrote (identical ids).
 set -eu
 cd "$(dirname "$0")/../.."
+# OpenBLAS's AVX-512 kernels for the peer where the CPU has AVX-512 (elsewhere they die with
+# "illegal instruction" and OpenBLAS's own choice is right).
+CORETYPE=env
+grep -qw avx512f /proc/cpuinfo && CORETYPE="env OPENBLAS_CORETYPE=SKYLAKEX"
 MOE=${1:-build/moe}
 CFG=${2:-configs/shakespeare-char-moe.json}
 STEPS=${3:-300}
@@ -20,17 +24,13 @@ fp32) MOE_PREC="" ;;
 bf16) MOE_PREC="--precision bf16" ;;
 *) echo "compare_train.sh: PRECISION '$PREC' (fp32 or bf16)" >&2; exit 2 ;;
 esac
-# OpenBLAS's AVX-512 kernels for the peer (shared/ANCHORS.md, trap 2), only where the CPU shows
-# AVX-512: a VM that hides it dies with "Illegal instruction" under SKYLAKEX.
-CORETYPE=
-grep -qw avx512f /proc/cpuinfo 2>/dev/null && CORETYPE=OPENBLAS_CORETYPE=SKYLAKEX
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 # shellcheck disable=SC2086 # MOE_PREC is empty or two words
 ours=$("$MOE" train --config "$CFG" --out "$OUT/run" --max-steps "$STEPS" --threads "$TH" $MOE_PREC \
        --json --quiet | tail -n 1)
 SPM=$(find "$OUT/run" -name tokenizer.model 2>/dev/null | head -n 1)
-peer=$(env $CORETYPE /usr/bin/python3 bench/peers/torch_lm.py --train-bench \
+peer=$($CORETYPE /usr/bin/python3 bench/peers/torch_lm.py --train-bench \
        --config "$CFG" --steps "$STEPS" --threads "$TH" --precision "$PREC" \
        ${SPM:+--tokenizer-model "$SPM"} | tail -n 1)
 echo "moe.cpp: $ours"

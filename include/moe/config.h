@@ -56,6 +56,12 @@ struct TrainConfig {
     std::string unknown_symbol;  // char vocab: symbol replacing those outside it ("": error)
     std::string eval_also;       // a second text: its validation split at every evaluation
 
+    // arithmetic (docs/precision.md): GEMM operands fp32 or bf16 (fp32 accumulation, fp32
+    // master weights, gradients and AdamW state); the MoE router's GEMM separately (bf16 only
+    // for the stability experiment).
+    std::string precision = "fp32";
+    std::string router_precision = "fp32";
+
     uint64_t seed = 1337;
     int threads = 0;  // 0 = all cores
 };

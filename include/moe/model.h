@@ -113,6 +113,12 @@ class Model {
     // the router and experts saw. For inspection (expert output similarity on a probe batch).
     const float* ffn_input(int layer) const;
     void update_balance_bias();      // aux-loss-free balancing, once per optimizer step
+    // GEMM precision (docs/precision.md): attention projections, dense and shared FFNs, experts
+    // and the LM head multiply in gemm_prec (bf16: operands rounded to bf16, fp32 accumulation);
+    // the MoE routers in router_prec. Norms, attention softmax, cross-entropy, parameters,
+    // gradients stay fp32. Default fp32 / fp32.
+    void set_precision(Precision gemm_prec, Precision router_prec = Precision::fp32);
+    Precision precision() const;
 
     // Generation with a KV cache: reset, then feed tokens (n > 1 = prefill); returns the logits
     // [V] of the last token fed. Position = tokens fed so far (< block_size). Every family

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/precision.h"
 #include "moe/process_group.h"
 #include "moe/rng.h"
 #include "moe/tensor.h"
@@ -169,6 +170,14 @@ class MoeLayer {
     const MoeStats& stats() const { return stats_; }
     const AuxLosses& aux() const { return aux_; }
     bool causal() const;  // false for expert choice (it looks at the whole batch)
+
+    // GEMM precision (docs/precision.md): the expert and shared-expert products in gemm_prec
+    // (bf16: operands rounded to bf16, fp32 accumulation, forward and backward); the router's
+    // logits in router_prec, fp32 unless the stability experiment asks for a bf16 router. The
+    // softmax, top-k, balancing losses and all parameters and gradients stay fp32. Default fp32.
+    void set_precision(Precision gemm_prec, Precision router_prec = Precision::fp32);
+    Precision precision() const;
+    Precision router_precision() const;
 
     // The last forward's assignments (token choice: T*k slots, expert -1 when a slot is unused;
     // expert choice: E*C), with kept = 0 where capacity dropped the slot. For inspection tools.

@@ -44,6 +44,7 @@ struct TrainResult {
     double tokens_per_s = 0;  // over this invocation's steps
     double wall_s = 0;
     bool already_finished = false;  // a resumed run that had nothing left to do (nothing touched)
+    std::string precision = "fp32", router_precision = "fp32";  // the run's GEMM precisions
 };
 
 TrainResult run_train(const TrainOptions& opt);

@@ -135,6 +135,12 @@ std::vector<ConfigField> config_fields(TrainConfig& c) {
          "char vocabulary: replace symbols outside it by this one (empty: error)"},
         {"eval_also", F::String, &c.eval_also,
          "a second text whose validation split is evaluated at every evaluation"},
+        {"precision", F::String, &c.precision,
+         "GEMM operands: fp32 | bf16 (rounded to bf16, fp32 accumulation; docs/precision.md)",
+         R::one_of("fp32|bf16")},
+        {"router_precision", F::String, &c.router_precision,
+         "the MoE router's GEMM: fp32 (default) | bf16 (stability experiment)",
+         R::one_of("fp32|bf16")},
         {"seed", F::U64, &c.seed, "seed of init, data order and router noise"},
         {"threads", F::Int, &c.threads, "threads (0: all cores)", R::in(0, 4096)},
     };

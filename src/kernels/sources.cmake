@@ -1,5 +1,6 @@
 list(APPEND MOE_SOURCES
   src/kernels/gemm.cpp
+  src/kernels/onednn_gemm.cpp
   src/kernels/activations.cpp
   src/kernels/rmsnorm.cpp
   src/kernels/rope.cpp

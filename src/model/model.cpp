@@ -151,14 +151,14 @@ void swiglu_bwd(const float* h, const float* da, float* dh, long rows, int f) {
 }
 
 // y [M,N] = x [M,K] W^T, W [N,K] in HF orientation [out,in]
-void linear_fwd(float* y, const float* x, const float* w, int M, int N, int K) {
-    sgemm(false, true, M, N, K, 1.f, x, K, w, K, 0.f, y, N);
+void linear_fwd(Precision prec, float* y, const float* x, const float* w, int M, int N, int K) {
+    gemm(prec, false, true, M, N, K, 1.f, x, K, w, K, 0.f, y, N);
 }
 // dx [M,K] (= or += by beta) dy [M,N] W; dW [N,K] += dy^T x (skipped when dw is null: frozen)
-void linear_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int M, int N,
-                int K, float beta_dx = 0.f) {
-    sgemm(false, false, M, K, N, 1.f, dy, N, w, K, beta_dx, dx, K);
-    if (dw) sgemm(true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
+void linear_bwd(Precision prec, float* dx, float* dw, const float* dy, const float* x,
+                const float* w, int M, int N, int K, float beta_dx = 0.f) {
+    gemm(prec, false, false, M, K, N, 1.f, dy, N, w, K, beta_dx, dx, K);
+    if (dw) gemm(prec, true, false, N, K, M, 1.f, dy, N, x, K, 1.f, dw, K);
 }
 
 // The FFN block's tensor-name prefix: Mixtral's block_sparse_moe for MoE layers, mlp otherwise
@@ -243,6 +243,7 @@ struct Model::Impl {
     std::vector<LayerOff> loff;  // per layer
     size_t off_wte = 0, off_normf = 0, off_head = 0;
     std::vector<std::unique_ptr<MoeLayer>> moe;  // nullptr for dense layers
+    Precision prec = Precision::fp32;  // GEMM operands of the projections and the LM head
     Buffer rope_cos, rope_sin;                   // [block, hd/2]
     std::vector<LayerFrozen> frozen;             // per layer (set_frozen)
     bool frozen_wte = false, frozen_head = false, frozen_normf = false;
@@ -344,9 +345,9 @@ void Model::Impl::qk_features_bwd(float* dqkv_, int n, const LayerPtrs& w, Layer
 
 void Model::Impl::shared_fwd(const float* x, int n, const LayerPtrs& w, float* h13_, float* act_,
                              float* out, float* glog, float* y) const {
-    linear_fwd(h13_, x, w.s13, n, 2 * fs, d);
+    linear_fwd(prec, h13_, x, w.s13, n, 2 * fs, d);
     swiglu_fwd(h13_, act_, n, fs);
-    linear_fwd(out, act_, w.sd, n, d, fs);
+    linear_fwd(prec, out, act_, w.sd, n, d, fs);
     for (int t = 0; t < n; t++) {
         const float* xt = x + (size_t)t * d;
         float z = 0;
@@ -738,7 +739,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int S
         LayerPtrs w = m.layer(P, l);
         // attention block
         rmsnorm_forward(m.ln1[l], m.rstd1[l], m.res[l], w.ln1, T, d, cfg_.rms_eps);
-        linear_fwd(m.qkv[l], m.ln1[l], w.wqkv, T, qkvd, d);
+        linear_fwd(m.prec, m.qkv[l], m.ln1[l], w.wqkv, T, qkvd, d);
         if (w.bqkv) add_bias_rows(m.qkv[l], w.bqkv, T, qkvd);
         m.qk_features_fwd(m.qkv[l], T, w, m.q_in[l], m.k_in[l], m.rstd_q[l], m.rstd_k[l],
                           m.qkv_pre[l], m.qk_tmp);
@@ -748,7 +749,8 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int S
         attention_forward(m.atty[l], H * hd, m.att[l], q, qkvd, q + H * hd, qkvd,
                           q + (H + Hkv) * hd, qkvd, ad);
         std::memcpy(m.res_mid[l], m.res[l], sizeof(float) * T * d);
-        sgemm(false, true, T, d, H * hd, 1.f, m.atty[l], H * hd, w.wo, H * hd, 1.f, m.res_mid[l], d);
+        gemm(m.prec, false, true, T, d, H * hd, 1.f, m.atty[l], H * hd, w.wo, H * hd, 1.f,
+             m.res_mid[l], d);
         if (w.bo) add_bias_rows(m.res_mid[l], w.bo, T, d);
         // FFN block
         rmsnorm_forward(m.ln2[l], m.rstd2[l], m.res_mid[l], w.ln2, T, d, cfg_.rms_eps);
@@ -762,13 +764,13 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int S
             float* r = m.res[l + 1];
             for (long i = 0; i < (long)T * d; i++) r[i] += m.ffn_out[i];
         } else {
-            linear_fwd(m.h13[l], m.ln2[l], w.w13, T, 2 * f, d);
+            linear_fwd(m.prec, m.h13[l], m.ln2[l], w.w13, T, 2 * f, d);
             swiglu_fwd(m.h13[l], m.act[l], T, f);
-            sgemm(false, true, T, d, f, 1.f, m.act[l], f, w.w2, f, 1.f, m.res[l + 1], d);
+            gemm(m.prec, false, true, T, d, f, 1.f, m.act[l], f, w.w2, f, 1.f, m.res[l + 1], d);
         }
     }
     rmsnorm_forward(m.lnf, m.rstdf, m.res[m.L], P + m.off_normf, T, d, cfg_.rms_eps);
-    linear_fwd(m.logits, m.lnf, m.head_w(P), T, m.V, d);
+    linear_fwd(m.prec, m.logits, m.lnf, m.head_w(P), T, m.V, d);
     m.have_forward = true;
     if (!targets) return 0.f;
     return (float)cross_entropy_forward(m.lse, m.logits, targets, T, m.V);
@@ -788,7 +790,7 @@ void Model::backward() {
     // Frozen weights (set_frozen) pass a null gradient: the dW work is skipped, dx is not.
     if (m.frozen.empty()) m.frozen.assign(m.L, LayerFrozen());
     auto gw = [](bool frozen, float* g) { return frozen ? nullptr : g; };
-    linear_bwd(m.dln, gw(m.frozen_head, G + m.off_head), m.dlogits, m.lnf, m.head_w(P), T, V, d);
+    linear_bwd(m.prec, m.dln, gw(m.frozen_head, G + m.off_head), m.dlogits, m.lnf, m.head_w(P), T, V, d);
     std::memset(m.dres, 0, sizeof(float) * T * d);
     rmsnorm_backward(m.dres, gw(m.frozen_normf, G + m.off_normf), m.dln, m.res[m.L],
                      P + m.off_normf, m.rstdf, T, d);
@@ -812,9 +814,9 @@ void Model::backward() {
                     float* dso = m.dsout + (size_t)t * d;
                     for (int j = 0; j < d; j++) dso[j] = s * dy[j];
                 }
-                linear_bwd(m.dsact, gw(fz.sd, g.sd), m.dsout, m.sact[l], w.sd, T, d, fs);
+                linear_bwd(m.prec, m.dsact, gw(fz.sd, g.sd), m.dsout, m.sact[l], w.sd, T, d, fs);
                 swiglu_bwd(m.sh13[l], m.dsact, m.dsh13, T, fs);
-                linear_bwd(m.dln, gw(fz.s13, g.s13), m.dsh13, m.ln2[l], w.s13, T, 2 * fs, d,
+                linear_bwd(m.prec, m.dln, gw(fz.s13, g.s13), m.dsh13, m.ln2[l], w.s13, T, 2 * fs, d,
                            1.f);
                 for (int t = 0; t < T; t++) {
                     const float* x = m.ln2[l] + (size_t)t * d;
@@ -825,14 +827,14 @@ void Model::backward() {
                 }
             }
         } else {
-            linear_bwd(m.dact, gw(fz.w2, g.w2), m.dres, m.act[l], w.w2, T, d, f);
+            linear_bwd(m.prec, m.dact, gw(fz.w2, g.w2), m.dres, m.act[l], w.w2, T, d, f);
             swiglu_bwd(m.h13[l], m.dact, m.dh13, T, f);
-            linear_bwd(m.dln, gw(fz.w13, g.w13), m.dh13, m.ln2[l], w.w13, T, 2 * f, d);
+            linear_bwd(m.prec, m.dln, gw(fz.w13, g.w13), m.dh13, m.ln2[l], w.w13, T, 2 * f, d);
         }
         rmsnorm_backward(m.dres, gw(fz.ln2, g.ln2), m.dln, m.res_mid[l], w.ln2, m.rstd2[l], T, d);
         // attention block
         if (w.bo && !fz.bo) colsum_acc(g.bo, m.dres, T, d);
-        linear_bwd(m.datty, gw(fz.wo, g.wo), m.dres, m.atty[l], w.wo, T, d, H * hd);
+        linear_bwd(m.prec, m.datty, gw(fz.wo, g.wo), m.dres, m.atty[l], w.wo, T, d, H * hd);
         const float* q = m.qkv[l];
         attention_backward(m.dqkv, m.dqkv + H * hd, m.dqkv + (H + Hkv) * hd, m.datty, H * hd,
                            m.att[l], q, qkvd, q + H * hd, qkvd, q + (H + Hkv) * hd, qkvd, ad);
@@ -843,7 +845,7 @@ void Model::backward() {
         m.qk_features_bwd(m.dqkv, T, w, &gn, m.q_in[l], m.k_in[l], m.rstd_q[l], m.rstd_k[l],
                           m.qkv_pre[l]);
         if (w.bqkv && !fz.bqkv) colsum_acc(g.bqkv, m.dqkv, T, qkvd);
-        linear_bwd(m.dln, gw(fz.wqkv, g.wqkv), m.dqkv, m.ln1[l], w.wqkv, T, qkvd, d);
+        linear_bwd(m.prec, m.dln, gw(fz.wqkv, g.wqkv), m.dqkv, m.ln1[l], w.wqkv, T, qkvd, d);
         rmsnorm_backward(m.dres, gw(fz.ln1, g.ln1), m.dln, m.res[l], w.ln1, m.rstd1[l], T, d);
     }
     if (!m.frozen_wte) embedding_backward(G + m.off_wte, m.dres, m.tokens.data(), T, d);
@@ -867,6 +869,13 @@ std::vector<LayerRouting> Model::routing_stats() const {
         if (impl_->moe[l]) r.push_back({l, impl_->moe[l]->stats(), impl_->moe[l]->aux()});
     return r;
 }
+
+void Model::set_precision(Precision gemm_prec, Precision router_prec) {
+    impl_->prec = gemm_prec;
+    for (auto& layer : impl_->moe)
+        if (layer) layer->set_precision(gemm_prec, router_prec);
+}
+Precision Model::precision() const { return impl_->prec; }
 
 MoeLayer* Model::moe_layer(int layer) {
     if (layer < 0 || layer >= impl_->L)
@@ -912,7 +921,7 @@ const float* Model::cache_feed(const int32_t* tokens, int n) {
     for (int l = 0; l < m.L; l++) {
         LayerPtrs w = m.layer(P, l);
         rmsnorm_forward(m.c_ln, m.c_rstd, m.c_x, w.ln1, n, d, cfg_.rms_eps);
-        linear_fwd(m.c_qkv, m.c_ln, w.wqkv, n, qkvd, d);
+        linear_fwd(m.prec, m.c_qkv, m.c_ln, w.wqkv, n, qkvd, d);
         if (w.bqkv) add_bias_rows(m.c_qkv, w.bqkv, n, qkvd);
         m.qk_features_fwd(m.c_qkv, n, w, m.c_q_in, m.c_k_in, m.c_rq, m.c_rk, nullptr,
                           m.c_qk_tmp);
@@ -925,7 +934,7 @@ const float* Model::cache_feed(const int32_t* tokens, int n) {
         }
         attention_forward(m.c_atty, H * hd, m.c_att, m.c_qkv, qkvd, m.kcache[l], kvd, m.vcache[l],
                           kvd, ad);
-        sgemm(false, true, n, d, H * hd, 1.f, m.c_atty, H * hd, w.wo, H * hd, 1.f, m.c_x, d);
+        gemm(m.prec, false, true, n, d, H * hd, 1.f, m.c_atty, H * hd, w.wo, H * hd, 1.f, m.c_x, d);
         if (w.bo) add_bias_rows(m.c_x, w.bo, n, d);
         rmsnorm_forward(m.c_ln, m.c_rstd, m.c_x, w.ln2, n, d, cfg_.rms_eps);
         if (m.moe[l]) {
@@ -934,14 +943,14 @@ const float* Model::cache_feed(const int32_t* tokens, int n) {
                 m.shared_fwd(m.c_ln, n, w, m.c_sh13, m.c_sact, m.c_sout, m.c_sglog, m.c_tmp);
             for (long i = 0; i < (long)n * d; i++) m.c_x[i] += m.c_tmp[i];
         } else {
-            linear_fwd(m.c_h13, m.c_ln, w.w13, n, 2 * f, d);
+            linear_fwd(m.prec, m.c_h13, m.c_ln, w.w13, n, 2 * f, d);
             swiglu_fwd(m.c_h13, m.c_act, n, f);
-            sgemm(false, true, n, d, f, 1.f, m.c_act, f, w.w2, f, 1.f, m.c_x, d);
+            gemm(m.prec, false, true, n, d, f, 1.f, m.c_act, f, w.w2, f, 1.f, m.c_x, d);
         }
     }
     const float* last = m.c_x + (size_t)(n - 1) * d;
     rmsnorm_forward(m.c_ln, m.c_rstd, last, P + m.off_normf, 1, d, cfg_.rms_eps);
-    linear_fwd(m.c_logits, m.c_ln, m.head_w(P), 1, m.V, d);
+    linear_fwd(m.prec, m.c_logits, m.c_ln, m.head_w(P), 1, m.V, d);
     m.cache_pos += n;
     return m.c_logits;
 }

@@ -53,26 +53,28 @@ static void act_rows_threaded(bool fwd, Activation act, const float* h, const fl
 }
 
 void ffn_forward(Activation act, int n, int d, int f, const float* x, const float* w13,
-                 const float* w2, float* h, float* a, float* out, float beta_out, bool threaded) {
+                 const float* w2, float* h, float* a, float* out, float beta_out, bool threaded,
+                 Precision prec) {
     if (n <= 0) return;
     const int hf = ffn_hidden(act, f);
-    sgemm(false, true, n, hf, d, 1.f, x, d, w13, d, 0.f, h, hf);
+    gemm(prec, false, true, n, hf, d, 1.f, x, d, w13, d, 0.f, h, hf);
     act_rows_threaded(true, act, h, nullptr, a, n, f, threaded);
-    sgemm(false, true, n, d, f, 1.f, a, f, w2, f, beta_out, out, d);
+    gemm(prec, false, true, n, d, f, 1.f, a, f, w2, f, beta_out, out, d);
 }
 
 void ffn_backward(Activation act, int n, int d, int f, const float* x, const float* w13,
                   const float* w2, const float* h, const float* a, const float* dout, float* dx,
-                  float beta_dx, float* dw13, float* dw2, float* da, float* dh, bool threaded) {
+                  float beta_dx, float* dw13, float* dw2, float* da, float* dh, bool threaded,
+                  Precision prec) {
     if (n <= 0) return;
     const int hf = ffn_hidden(act, f);
     // dout is read by the first two GEMMs back to back while it is warm; dh likewise by the last two.
     // A null dw2 / dw13 is a frozen weight: its gradient GEMM is skipped, dx is still computed.
-    if (dw2) sgemm(true, false, d, f, n, 1.f, dout, d, a, f, 1.f, dw2, f);  // dw2 += dout^T a
-    sgemm(false, false, n, f, d, 1.f, dout, d, w2, f, 0.f, da, f);    // da = dout w2
-    act_rows_threaded(false, act, h, da, dh, n, f, threaded);         // dh = act'(h) da
-    sgemm(false, false, n, d, hf, 1.f, dh, hf, w13, d, beta_dx, dx, d);  // dx = dh w13
-    if (dw13) sgemm(true, false, hf, d, n, 1.f, dh, hf, x, d, 1.f, dw13, d);  // dw13 += dh^T x
+    if (dw2) gemm(prec, true, false, d, f, n, 1.f, dout, d, a, f, 1.f, dw2, f);  // dw2 += dout^T a
+    gemm(prec, false, false, n, f, d, 1.f, dout, d, w2, f, 0.f, da, f);    // da = dout w2
+    act_rows_threaded(false, act, h, da, dh, n, f, threaded);              // dh = act'(h) da
+    gemm(prec, false, false, n, d, hf, 1.f, dh, hf, w13, d, beta_dx, dx, d);  // dx = dh w13
+    if (dw13) gemm(prec, true, false, hf, d, n, 1.f, dh, hf, x, d, 1.f, dw13, d);  // dw13 += dh^T x
 }
 
 static void act_forward_ref(Activation act, const float* h, float* a, int64_t rows, int f) {
@@ -158,7 +160,7 @@ void experts_forward(const GroupedFfn& g, const float* xp, float* h, float* a, f
         if (n == 0) return;
         const float* w = g.weights + e * g.stride;
         ffn_forward(g.act, (int)n, d, f, xp + r0 * d, w, w + (int64_t)hf * d, h + r0 * hf,
-                    a + r0 * f, out + r0 * d, 0.f, threaded);
+                    a + r0 * f, out + r0 * d, 0.f, threaded, g.prec);
     };
     if (how == ExpertThreads::experts) {
         std::vector<int> order = experts_by_size(g);
@@ -181,7 +183,7 @@ void experts_backward(const GroupedFfn& g, const float* xp, const float* h, cons
         float* gw2 = g.frozen2 && g.frozen2[e] ? nullptr : gw + (int64_t)hf * d;
         ffn_backward(g.act, (int)n, d, f, xp + r0 * d, w, w + (int64_t)hf * d, h + r0 * hf,
                      a + r0 * f, dout + r0 * d, dxp + r0 * d, 0.f, gw13, gw2,
-                     da + r0 * f, dh + r0 * hf, threaded);
+                     da + r0 * f, dh + r0 * hf, threaded, g.prec);
     };
     if (how == ExpertThreads::experts) {
         std::vector<int> order = experts_by_size(g);

@@ -26,12 +26,14 @@ void act_backward(Activation act, const float* h, const float* da, float* dh, in
 // threaded: activation split over OpenMP threads (BLAS threads its own GEMMs); otherwise all
 // serial (the caller is inside a parallel region).
 void ffn_forward(Activation act, int n, int d, int f, const float* x, const float* w13,
-                 const float* w2, float* h, float* a, float* out, float beta_out, bool threaded);
+                 const float* w2, float* h, float* a, float* out, float beta_out, bool threaded,
+                 Precision prec = Precision::fp32);
 // dout [n,d] -> dx [n,d] = beta_dx * dx + dh w13; dw13 += dh^T x, dw2 += dout^T a.
 // Scratch: da [n,f], dh [n,hf]. dw13 or dw2 null: that weight is frozen, its GEMM is skipped.
 void ffn_backward(Activation act, int n, int d, int f, const float* x, const float* w13,
                   const float* w2, const float* h, const float* a, const float* dout, float* dx,
-                  float beta_dx, float* dw13, float* dw2, float* da, float* dh, bool threaded);
+                  float beta_dx, float* dw13, float* dw2, float* da, float* dh, bool threaded,
+                  Precision prec = Precision::fp32);
 // References: sgemm_ref (double accumulation) and the `_ref` activations.
 void ffn_forward_ref(Activation act, int n, int d, int f, const float* x, const float* w13,
                      const float* w2, float* h, float* a, float* out);
@@ -58,6 +60,7 @@ struct GroupedFfn {
     // (frozen2[e]) get no gradient GEMM in backward.
     const uint8_t* frozen13 = nullptr;
     const uint8_t* frozen2 = nullptr;
+    Precision prec = Precision::fp32;  // GEMM operands (bf16: rounded, fp32 accumulation)
 };
 
 // xp [n,d] -> h [n,hf], a [n,f], out [n,d] (n = offsets[E]).

@@ -93,6 +93,8 @@ struct MoeLayer::Impl {
     bool jittered = false;
     ExpertThreads how = ExpertThreads::blas;
     ExpertThreads want = ExpertThreads::automatic;
+    // GEMM operand precision of the experts and of the router (set_precision).
+    Precision prec = Precision::fp32, router_prec = Precision::fp32;
 
     Buffer x;          // [T,d] copy of the input (shared experts and router read it in backward)
     Buffer xr;         // [T,d] router input after jitter
@@ -299,6 +301,15 @@ using Impl = MoeLayer::Impl;
 // Step 1-2: jitter, logits, noise, router. Noise is drawn from the layer's Rng in this fixed
 // order, each only when the router needs it in training and the caller did not pass it:
 // jitter u [T,d], normal [T,E], uniform [T,E], gshard_u [T] (docs/layer.md).
+// logits [T, ld] = x' W_router^T. A bf16 router (only for the stability experiment,
+// docs/precision.md) multiplies bf16 operands and rounds the logits to bf16, as a bf16 linear
+// layer hands them to the softmax; the default keeps the router in fp32 (ST-MoE).
+static void router_logits(const Impl& m, int T, int d, const float* xr, const float* params,
+                          float* logits) {
+    gemm(m.router_prec, false, true, T, m.ld, d, 1.f, xr, d, params, d, 0.f, logits, m.ld);
+    if (m.router_prec == Precision::bf16) round_bf16(logits, logits, (size_t)T * m.ld);
+}
+
 static void route(Impl& m, const MoeConfig& cfg, const float* params, float* bias,
                   const RouterNoise* noise, AuxLosses& aux) {
     const int T = m.T, d = cfg.d_model, E = cfg.n_experts;
@@ -323,7 +334,7 @@ static void route(Impl& m, const MoeConfig& cfg, const float* params, float* bia
     }
     // One GEMM for every router matrix: they are contiguous in the parameter buffer.
     ensure(m.logits, (int64_t)T * m.ld);
-    sgemm(false, true, T, m.ld, d, 1.f, xr, d, params, d, 0.f, m.logits.data(), m.ld);
+    router_logits(m, T, d, xr, params, m.logits.data());
 
     RouterInput& in = m.rin;
     in = RouterInput{};
@@ -392,6 +403,7 @@ static GroupedFfn grouped(const MoeLayer& L, const Impl& m, const float* params,
     g.weights = params + base;
     g.grads = grads ? grads + base : nullptr;  // inference layers have no gradients
     g.stride = ffn_weight_floats(cfg.activation, cfg.d_model, cfg.d_ff);
+    g.prec = m.prec;
     return g;
 }
 
@@ -420,7 +432,7 @@ void MoeLayer::run_shared_(float* y) {
         ensure(m.sh_a[s], (int64_t)T * fs);
         const float* w = params_ + param("shared_experts." + std::to_string(s) + ".w1").offset;
         ffn_forward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
-                    m.sh_h[s].data(), m.sh_a[s].data(), y, 1.f, true);
+                    m.sh_h[s].data(), m.sh_a[s].data(), y, 1.f, true, m.prec);
         expert_flops_fwd_ += 2.0 * T * (double)ffn_weight_floats(cfg_.activation, d, fs);
     }
 }
@@ -556,12 +568,14 @@ void MoeLayer::backward(ConstTensorView dy, TensorView dx) {
     m.router->backward(m.rin, r, m.dweight.data(), m.dlogits.data());
     const float* xr = m.jittered ? m.xr.data() : m.x.data();
     if (!router_frozen_)
-        sgemm(true, false, m.ld, d, T, 1.f, m.dlogits.data(), m.ld, xr, d, 1.f, grads_, d);
+        gemm(m.router_prec, true, false, m.ld, d, T, 1.f, m.dlogits.data(), m.ld, xr, d, 1.f,
+             grads_, d);
     if (!m.jittered) {
-        sgemm(false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 1.f, dx.data, d);
+        gemm(m.router_prec, false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d,
+             1.f, dx.data, d);
     } else {
         ensure(m.dxr, (int64_t)T * d);
-        sgemm(false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 0.f,
+        gemm(m.router_prec, false, false, T, d, m.ld, 1.f, m.dlogits.data(), m.ld, params_, d, 0.f,
               m.dxr.data(), d);
         const float j = cfg_.jitter, *u = m.jit_ptr, *g2 = m.dxr.data();
         for (int64_t i = 0; i < (int64_t)T * d; i++) dx.data[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
@@ -587,7 +601,7 @@ void MoeLayer::shared_backward_(const float* dy, float* dx) {
         ffn_backward(cfg_.activation, T, d, fs, m.x.data(), w, w + (int64_t)hfs * d,
                      m.sh_h[s].data(), m.sh_a[s].data(), dy, dx, 1.f,
                      f13 ? nullptr : gw, f2 ? nullptr : gw + (int64_t)hfs * d, m.da.data(),
-                     m.dh.data(), true);
+                     m.dh.data(), true, m.prec);
     }
 }
 
@@ -654,6 +668,13 @@ void MoeLayer::set_parallel(const ParallelGroups& g, bool mean_grads, bool repli
 }
 
 void MoeLayer::set_overlap(int chunks) { impl_->overlap = std::max(1, chunks); }
+
+void MoeLayer::set_precision(Precision gemm_prec, Precision router_prec) {
+    impl_->prec = gemm_prec;
+    impl_->router_prec = router_prec;
+}
+Precision MoeLayer::precision() const { return impl_->prec; }
+Precision MoeLayer::router_precision() const { return impl_->router_prec; }
 
 bool MoeLayer::parallel() const { return impl_->par_on; }
 MoeCommStats& MoeLayer::comm_stats() { return impl_->comm; }
@@ -723,7 +744,7 @@ static void route_parallel(Impl& m, const MoeConfig& cfg, const float* params, f
         xr = out;
     }
     ensure(m.logits_loc, (int64_t)T * m.ld);
-    sgemm(false, true, T, m.ld, d, 1.f, xr, d, params, d, 0.f, m.logits_loc.data(), m.ld);
+    router_logits(m, T, d, xr, params, m.logits_loc.data());
     ensure(m.logits, (int64_t)Tg * m.ld);
     std::vector<int64_t> lcounts(W);
     for (int q = 0; q < W; q++) lcounts[q] = counts[q] * m.ld;
@@ -893,6 +914,7 @@ static GroupedFfn grouped_owned(const MoeLayer& L, const Impl& m, const float* p
     g.weights = params + o.offset;
     g.grads = grads ? grads + o.offset : nullptr;
     g.stride = (int64_t)o.floats_per_expert;
+    g.prec = m.prec;
     return g;
 }
 
@@ -1064,12 +1086,13 @@ void MoeLayer::backward_parallel_(const float* dy, float* dx) {
         dl = m.dl_loc.data();
     }
     const float* xr = m.jittered ? m.xr.data() : m.x.data();
-    if (!router_frozen_) sgemm(true, false, m.ld, d, T, 1.f, dl, m.ld, xr, d, 1.f, grads_, d);
+    const Precision rp = m.router_prec;
+    if (!router_frozen_) gemm(rp, true, false, m.ld, d, T, 1.f, dl, m.ld, xr, d, 1.f, grads_, d);
     if (!m.jittered) {
-        sgemm(false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 1.f, dx, d);
+        gemm(rp, false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 1.f, dx, d);
     } else {
         ensure(m.dxr, (int64_t)T * d);
-        sgemm(false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 0.f, m.dxr.data(), d);
+        gemm(rp, false, false, T, d, m.ld, 1.f, dl, m.ld, params_, d, 0.f, m.dxr.data(), d);
         const float j = cfg_.jitter, *u = m.jit_ptr, *g2 = m.dxr.data();
         for (int64_t i = 0; i < (int64_t)T * d; i++) dx[i] += g2[i] * (1.f - j + 2.f * j * u[i]);
     }
@@ -1095,6 +1118,7 @@ void MoeLayer::run_experts_replicated_(float* y) {
     g.offsets = m.disp.offsets.data() + o.first;
     g.weights = params_ + o.offset;
     g.stride = (int64_t)o.floats_per_expert;
+    g.prec = m.prec;
     m.how = choose_expert_threads(m.want, g.E, g.offsets, d, g.f, get_threads());
     experts_forward(g, m.xp.data(), m.h.data(), m.a.data(), m.out.data(), m.how);
     std::vector<int64_t> counts(P);

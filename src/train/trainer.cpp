@@ -650,6 +650,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
         for (const ParamSpec& p : model.params()) frozen.push_back(frozen_names.count(p.name));
     }
     model.set_frozen(frozen);
+    model.set_precision(precision_from_string(cfg.precision),
+                        precision_from_string(cfg.router_precision));
     const std::vector<DecayRun> runs = decay_runs(model, frozen);
     size_t n_trainable = 0;
     for (auto& r : runs) n_trainable += r.n;
@@ -1052,6 +1054,8 @@ TrainResult run_train(const TrainOptions& opt_in) {
     }
 
     res.run_dir = run_dir;
+    res.precision = cfg.precision;
+    res.router_precision = cfg.router_precision;
     res.best_dir = dir_exists(best_dir) ? best_dir : latest_dir;
     res.latest_dir = latest_dir;
     res.step = step;

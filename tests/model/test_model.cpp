@@ -266,6 +266,47 @@ TEST(Model, SameSeedSameBits) {
     EXPECT_TRUE(g[0] == g[1]) << "gradients differ between two identical runs";
 }
 
+// bf16 GEMMs (docs/precision.md): the loss and every gradient within bf16 rounding of fp32, not
+// equal to them; the same bits twice; and setting fp32 back gives the fp32 bits.
+TEST(Model, Bf16PrecisionCloseToFp32) {
+    ModelConfig c = tiny_moe();
+    c.d_model = 32;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.block_size = 16;
+    c.init_std = 0.1f;
+    auto tok = rand_tokens(3 * 16, c.vocab_size, 8), tgt = rand_tokens(3 * 16, c.vocab_size, 9);
+    Model m(c);
+    auto run = [&](std::vector<float>& g) {
+        m.zero_grad();
+        float l = m.forward(tok.data(), tgt.data(), 3, 16, true);
+        m.backward();
+        g.assign(m.grad_data(), m.grad_data() + m.n_params());
+        return l;
+    };
+    std::vector<float> g32, g16, g16b, g32b;
+    const float l32 = run(g32);
+    m.set_precision(Precision::bf16);
+    EXPECT_EQ(m.precision(), Precision::bf16);
+    EXPECT_EQ(m.moe_layer(1)->precision(), Precision::bf16);
+    EXPECT_EQ(m.moe_layer(1)->router_precision(), Precision::fp32);
+    const float l16 = run(g16);
+    EXPECT_EQ(l16, run(g16b));
+    EXPECT_TRUE(g16 == g16b);
+    EXPECT_NEAR(l16, l32, 5e-3 * l32);
+    EXPECT_NE(l16, l32);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < g32.size(); i++) {
+        num += ((double)g16[i] - g32[i]) * ((double)g16[i] - g32[i]);
+        den += (double)g32[i] * g32[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), 2e-2);
+    EXPECT_GT(std::sqrt(num / den), 1e-5);
+    m.set_precision(Precision::fp32);
+    EXPECT_EQ(run(g32b), l32);
+    EXPECT_TRUE(g32 == g32b);
+}
+
 TEST(Model, BackwardAccumulatesAndNeedsTargets) {
     Model m(tiny_dense());
     auto tok = rand_tokens(8, 11, 1), tgt = rand_tokens(8, 11, 2);

@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstring>
 
+#include <tuple>
+
+#include "kernels/gemm.h"
 #include "moe/experts.h"
 #include "moe/runtime.h"
 #include "test_util.h"
@@ -530,4 +533,107 @@ TEST(MoeLayer, BalanceBiasEvensOutLoad) {
         EXPECT_GT(a.weight, 0.f);
         EXPECT_LE(a.weight, 1.f);
     }
+}
+
+// ---- precision (docs/precision.md) ------------------------------------------------------------
+
+static double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct LayerRun {
+    std::vector<float> y, dx, g;
+    std::vector<MoeLayer::Assignment> assign;
+    AuxLosses aux;
+};
+
+static LayerRun run_layer(MoeLayer& L, const std::vector<float>& x, const std::vector<float>& dy,
+                          int T) {
+    const int d = L.config().d_model;
+    LayerRun r;
+    r.y.resize(T * d);
+    r.dx.resize(T * d);
+    L.zero_grad();
+    L.forward({x.data(), {T, d}}, {r.y.data(), {T, d}}, true);
+    L.backward({dy.data(), {T, d}}, {r.dx.data(), {T, d}});
+    r.g.assign(L.grad_data(), L.grad_data() + L.n_params());
+    r.assign = L.last_assignments();
+    r.aux = L.aux();
+    return r;
+}
+
+// bf16 GEMMs with the fp32 router: the same routing (the logits are fp32), outputs and gradients
+// within bf16 rounding of fp32, and not equal to them (the rounding happened).
+TEST(MoeLayer, Bf16ExpertsCloseToFp32WithTheSameRouting) {
+    MoeConfig c;
+    c.router = "topk";
+    c.d_model = 64;
+    c.d_ff = 48;
+    c.n_experts = 8;
+    c.top_k = 2;
+    c.n_shared_experts = 1;
+    c.w_switch = 0.01f;
+    c.w_zloss = 0.001f;
+    const int T = 97, d = 64;
+    auto x = test::randn(T * d, 3), dy = test::randn(T * d, 4);
+    MoeLayer L(c);
+    LayerRun f32 = run_layer(L, x, dy, T);
+    L.set_precision(Precision::bf16);
+    EXPECT_EQ(L.precision(), Precision::bf16);
+    EXPECT_EQ(L.router_precision(), Precision::fp32);
+    LayerRun b16 = run_layer(L, x, dy, T);
+    ASSERT_EQ(f32.assign.size(), b16.assign.size());
+    for (size_t i = 0; i < f32.assign.size(); i++) {
+        EXPECT_EQ(f32.assign[i].expert, b16.assign[i].expert) << i;
+        EXPECT_EQ(f32.assign[i].weight, b16.assign[i].weight) << i;  // fp32 router: same bits
+    }
+    EXPECT_EQ(f32.aux.z_loss, b16.aux.z_loss);
+    for (auto [name, a, b] : {std::tuple{"y", &b16.y, &f32.y}, std::tuple{"dx", &b16.dx, &f32.dx},
+                              std::tuple{"grads", &b16.g, &f32.g}}) {
+        double e = rel_l2(*a, *b);
+        EXPECT_LT(e, 1e-2) << name;  // bf16 keeps 8 significant bits: <= 2^-8 per operand
+        EXPECT_GT(e, 1e-5) << name;  // fp32 reorderings alone stay near 1e-7
+    }
+    L.set_precision(Precision::fp32);  // and back: fp32 bits again
+    LayerRun again = run_layer(L, x, dy, T);
+    EXPECT_EQ(0, std::memcmp(again.y.data(), f32.y.data(), 4 * f32.y.size()));
+}
+
+// A bf16 router (the stability experiment) hands bf16 logits to the softmax: its z-loss is that
+// of the logits computed from bf16-rounded operands and rounded to bf16.
+TEST(MoeLayer, Bf16RouterSeesBf16Logits) {
+    MoeConfig c;
+    c.router = "topk";
+    c.d_model = 32;
+    c.d_ff = 16;
+    c.n_experts = 6;
+    c.top_k = 2;
+    c.w_zloss = 0.01f;
+    const int T = 41, d = 32, E = 6;
+    auto x = test::randn(T * d, 5), dy = test::randn(T * d, 6);
+    MoeLayer L(c);
+    // Larger router weights, so the logits have bits for bf16 to cut.
+    float* W = L.param_data() + L.param("router.weight").offset;
+    auto w = test::randn(E * d, 7);
+    std::memcpy(W, w.data(), sizeof(float) * E * d);
+    LayerRun f32 = run_layer(L, x, dy, T);
+    L.set_precision(Precision::bf16, Precision::bf16);
+    LayerRun b16 = run_layer(L, x, dy, T);
+    std::vector<float> logits(T * E);
+    gemm_ref(Precision::bf16, false, true, T, E, d, 1.f, x.data(), d, W, d, 0.f, logits.data(), E);
+    double z = 0;
+    for (int t = 0; t < T; t++) {
+        double m = -1e30, s = 0;
+        for (int e = 0; e < E; e++) m = std::max(m, (double)round_bf16(logits[t * E + e]));
+        for (int e = 0; e < E; e++) s += std::exp(round_bf16(logits[t * E + e]) - m);
+        z += (m + std::log(s)) * (m + std::log(s));
+    }
+    z /= T;
+    EXPECT_NEAR(b16.aux.z_loss, z, 1e-5 * z);
+    EXPECT_GT(std::fabs(b16.aux.z_loss - f32.aux.z_loss), 1e-4 * z);
 }

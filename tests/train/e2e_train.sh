@@ -153,5 +153,22 @@ check "upcycle: step-0 line" grep -q '"step":0' "$W/up/metrics.jsonl"
 expect_fail "upcycle: expert width" "expert_d_ff must equal the dense d_ff" \
     $T --out "$W/up2" --moe-every 1 --upcycle-from "$W/dense" --max-steps 5
 
+# 11. bf16 mixed precision (issue 11, docs/precision.md): same steps as run a, deterministic, the
+# loss within bf16 noise of fp32, stop + resume bit-identical, and the bad values refused.
+$T --out "$W/bf" --precision bf16 > /dev/null || bad "bf16 run"
+$T --out "$W/bf2" --precision bf16 > /dev/null || bad "bf16 run 2"
+check "bf16: same seed, same bits" cmp -s "$W/bf/latest/model.safetensors" "$W/bf2/latest/model.safetensors"
+check "bf16: differs from fp32 (the operands were rounded)" bash -c "! cmp -s '$W/bf/latest/model.safetensors' '$W/a/latest/model.safetensors'"
+check "bf16: final val loss within 0.05 of fp32" /usr/bin/python3 -c '
+import json,sys
+def last(p): return [json.loads(l) for l in open(p) if "val_loss" in json.loads(l)][-1]["val_loss"]
+a, b = last(sys.argv[1]), last(sys.argv[2]); print("fp32", a, "bf16", b); sys.exit(0 if abs(a - b) < 0.05 else 1)' "$W/a/metrics.jsonl" "$W/bf/metrics.jsonl"
+$T --out "$W/bfs" --precision bf16 --stop-after 20 > /dev/null || bad "bf16 stop at 20"
+$MOE train --resume "$W/bfs" --quiet > /dev/null || bad "bf16 resume"
+check "bf16: resume bit-identical" cmp -s "$W/bfs/latest/model.safetensors" "$W/bf/latest/model.safetensors"
+$T --out "$W/bfr" --precision bf16 --router-precision bf16 --max-steps 10 > /dev/null || bad "bf16 router run"
+expect_fail "precision fp16 refused" "precision: 'fp16' is not allowed|precision.*fp16" $T --out "$W/p1" --precision fp16
+expect_fail "router precision refused" "router_precision|router-precision" $T --out "$W/p2" --router-precision int8
+
 if [ $fails -ne 0 ]; then echo "$fails e2e check(s) failed"; exit 1; fi
 echo "all e2e train checks passed"
