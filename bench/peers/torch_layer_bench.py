@@ -16,7 +16,8 @@ off around it: PyTorch 1.13's CPU autocast would run its matmul and softmax in b
 bf16 mode and ST-MoE's "selective precision" keep it fp32; --router-precision bf16 leaves it to
 autocast (for the stability experiment). The dense twin runs under the same precision.
 
-Run it as moe bench does: OPENBLAS_CORETYPE=SKYLAKEX (AVX-512 kernels), LD_PRELOAD=jemalloc with
+Run it as moe bench does: OPENBLAS_CORETYPE=SKYLAKEX (AVX-512 kernels; only on a CPU that shows
+AVX-512, else OpenBLAS dies with "Illegal instruction"), LD_PRELOAD=jemalloc with
 purging off (MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1), same thread count. The last line
 of stdout is one JSON object.
 """

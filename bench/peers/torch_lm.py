@@ -21,8 +21,10 @@ LM head (tied or not). Tensor names are Hugging Face Mixtral's.
       trains one with python3-sentencepiece on the training split's non-empty lines with exactly
       the options of moe's train_sentencepiece (src/data/tokenizer.cpp: vocab_size, sp_model_type,
       byte fallback, identity normalisation, no dummy prefix, split digits, soft vocabulary limit,
-      1 thread). Debian ships the same libsentencepiece 0.1.97 to both, so the model is the same
-      (checked byte for byte against a `moe train` run). Lines are encoded one by one and each
+      1 thread). Debian ships the same libsentencepiece 0.1.97 to both, so the model is the same:
+      checked on configs/shakespeare-sp-realistic.json, the same 4096 pieces and scores and the
+      same train/val ids as the run's data/*.tok (the files differ only in an empty model_prefix
+      field that moe stores in the trainer spec). Lines are encoded one by one and each
       newline is the byte piece <0x0A>, as moe's tokenizer does; the model's vocabulary is the
       SentencePiece model's piece count (it may be below vocab_size: soft limit).
 
