@@ -264,6 +264,24 @@ __attribute__((always_inline)) inline void store16(float* p, const v16f& v) {
     __builtin_memcpy(p + 8, &v.hi, sizeof v.hi);
 }
 
+// Dot products of w [HD] with the 16 columns j0.. of T [HD, Skp] (a0) and, when two, with the
+// next 16 as well (a1): two blocks per pass keep four independent FMA chains (one block is bound
+// by the FMA latency). Scores of the forward, dP of the backward.
+template <int HD>
+__attribute__((always_inline)) inline void block_dots(const float* w, const float* T, int Skp,
+                                                      int j0, bool two, v16f& a0, v16f& a1) {
+    a0 = v16f{};
+    a1 = v16f{};
+    if (two) {
+        for (int i = 0; i < HD; i++) {
+            a0 += w[i] * load16(T + (long)i * Skp + j0);
+            a1 += w[i] * load16(T + (long)i * Skp + j0 + KB);
+        }
+    } else {
+        for (int i = 0; i < HD; i++) a0 += w[i] * load16(T + (long)i * Skp + j0);
+    }
+}
+
 template <int HD>
 __attribute__((always_inline)) inline void head_forward_hd(float* y, int ldy, float* p,
                                                            const float* q, int ldq, const float* kT,
@@ -286,21 +304,12 @@ __attribute__((always_inline)) inline void head_forward_hd(float* y, int ldy, fl
                 m = tmp[jj] > m ? tmp[jj] : m;
             }
         };
-        // Two blocks of keys per pass when both hold visible keys: four independent FMA chains
-        // instead of two (one block is bound by the FMA latency).
-        for (int j0 = 0; j0 < n; j0 += 2 * KB) {
-            v16f a0 = {}, a1 = {};
-            if (j0 + KB < n) {
-                for (int i = 0; i < HD; i++) {
-                    a0 += qv[i] * load16(kT + (long)i * Skp + j0);
-                    a1 += qv[i] * load16(kT + (long)i * Skp + j0 + KB);
-                }
-                emit(a0, j0);
-                emit(a1, j0 + KB);
-            } else {
-                for (int i = 0; i < HD; i++) a0 += qv[i] * load16(kT + (long)i * Skp + j0);
-                emit(a0, j0);
-            }
+        for (int j0 = 0; j0 < n; j0 += 2 * KB) {  // the second block only when it holds keys
+            v16f a0, a1;
+            const bool two = j0 + KB < n;
+            block_dots<HD>(qv, kT, Skp, j0, two, a0, a1);
+            emit(a0, j0);
+            if (two) emit(a1, j0 + KB);
         }
         for (int j = 0; j < n; j++) row[j] = exp_neg(row[j] - m);
         float sum = 0.f;
@@ -345,19 +354,12 @@ __attribute__((always_inline)) inline void head_backward_hd(
                 sum += pr[j0 + jj] * tmp[jj];
             }
         };
-        for (int j0 = 0; j0 < n; j0 += 2 * KB) {  // two blocks per pass, as in the forward
-            v16f a0 = {}, a1 = {};
-            if (j0 + KB < n) {
-                for (int i = 0; i < HD; i++) {
-                    a0 += dyv[i] * load16(vT + (long)i * Skp + j0);
-                    a1 += dyv[i] * load16(vT + (long)i * Skp + j0 + KB);
-                }
-                emit(a0, j0);
-                emit(a1, j0 + KB);
-            } else {
-                for (int i = 0; i < HD; i++) a0 += dyv[i] * load16(vT + (long)i * Skp + j0);
-                emit(a0, j0);
-            }
+        for (int j0 = 0; j0 < n; j0 += 2 * KB) {
+            v16f a0, a1;
+            const bool two = j0 + KB < n;
+            block_dots<HD>(dyv, vT, Skp, j0, two, a0, a1);
+            emit(a0, j0);
+            if (two) emit(a1, j0 + KB);
         }
         for (int j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - sum) * scale;
         v16f dqa[NC] = {};

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/bf16.h"
 #include "kernels/onednn_gemm.h"
 #include "moe/error.h"
 
@@ -51,27 +52,13 @@ void sgemm_ref(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 
 // ---- bf16 rounding ---------------------------------------------------------------------------
 
-static inline uint32_t f32_bits(float x) {
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    return u;
-}
-static inline float bits_f32(uint32_t u) {
-    float x;
-    std::memcpy(&x, &u, 4);
-    return x;
-}
-// Nearest even on the upper 16 bits; NaN keeps a quiet NaN (the carry could turn it into inf).
-static inline uint32_t bf16_bits_rne(uint32_t u) {
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-}
-float round_bf16(float x) { return bits_f32(bf16_bits_rne(f32_bits(x))); }
+// (the rounding itself: kernels/bf16.h, shared with the inference side's f32_to_bf16)
+float round_bf16(float x) { return bf16_bits_to_f32(bf16_bits_rne(x)); }
 void round_bf16(const float* x, float* y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = bits_f32(bf16_bits_rne(f32_bits(x[i])));
+    for (size_t i = 0; i < n; i++) y[i] = bf16_bits_to_f32(bf16_bits_rne(x[i]));
 }
 static void to_bf16(const float* x, uint16_t* y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = (uint16_t)(bf16_bits_rne(f32_bits(x[i])) >> 16);
+    for (size_t i = 0; i < n; i++) y[i] = bf16_bits_rne(x[i]);
 }
 
 // op(X) stored rows x cols with stride ld (rows = M or K as stored, i.e. already transposed when

@@ -1,5 +1,7 @@
 #include "kernels/typed_gemm.h"
 
+#include "kernels/bf16.h"
+
 // GCC 12 warns about the "undefined" register its own AVX-512 conversion intrinsics start from.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -53,13 +55,7 @@ float f16_to_f32(uint16_t h) {
     return f;
 }
 
-uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
+uint16_t f32_to_bf16(float f) { return bf16_bits_rne(f); }  // kernels/bf16.h
 
 uint16_t f32_to_f16(float f) {
     uint32_t u;

@@ -1,8 +1,10 @@
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "kernels/gemm.h"
 #include "moe/error.h"
@@ -10,12 +12,13 @@
 
 using namespace moe;
 
-// sgemm (OpenBLAS) against the triple-loop reference on random shapes, odd sizes and every
-// transpose combination, with alpha/beta and leading dimensions larger than the rows.
-TEST(Gemm, MatchesReferenceOnRandomShapes) {
-    const int sizes[][3] = {{1, 1, 1},    {1, 7, 3},    {3, 1, 5},     {7, 33, 9},
-                            {33, 17, 65}, {64, 64, 64}, {97, 130, 31}, {5, 4097, 2}};
-    int seed = 1;
+using Gemm = void (*)(bool, bool, int, int, int, float, const float*, int, const float*, int,
+                     float, float*, int);
+
+// fast against ref on random shapes, odd sizes and every transpose combination, with alpha/beta
+// and leading dimensions larger than the rows; fp32-accumulation tolerance.
+static void check_random_shapes(Gemm fast, Gemm ref, const std::vector<std::array<int, 3>>& sizes,
+                                int seed, const char* what) {
     for (auto& s : sizes) {
         int M = s[0], N = s[1], K = s[2];
         for (int ta = 0; ta < 2; ta++)
@@ -25,14 +28,21 @@ TEST(Gemm, MatchesReferenceOnRandomShapes) {
                 auto B = test::randn((size_t)(tb ? N : K) * ldb, seed++);
                 auto C0 = test::randn((size_t)M * ldc, seed++);
                 auto C1 = C0;
-                sgemm(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C0.data(), ldc);
-                sgemm_ref(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C1.data(),
-                          ldc);
-                double tol = 1e-6 * K + 1e-6;
-                EXPECT_TRUE(test::all_close(C0, C1, 1e-5, tol))
-                    << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb;
+                fast(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C0.data(), ldc);
+                ref(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C1.data(), ldc);
+                EXPECT_TRUE(test::all_close(C0, C1, 1e-5, 1e-6 * K + 1e-6))
+                    << what << " M=" << M << " N=" << N << " K=" << K << " ta=" << ta
+                    << " tb=" << tb;
             }
     }
+}
+
+// sgemm (OpenBLAS) against the triple-loop reference.
+TEST(Gemm, MatchesReferenceOnRandomShapes) {
+    check_random_shapes(sgemm, sgemm_ref,
+                        {{1, 1, 1}, {1, 7, 3}, {3, 1, 5}, {7, 33, 9}, {33, 17, 65}, {64, 64, 64},
+                         {97, 130, 31}, {5, 4097, 2}},
+                        1, "sgemm");
 }
 
 TEST(Gemm, BetaZeroIgnoresGarbageInC) {
@@ -103,29 +113,27 @@ TEST(Bf16, RoundsToNearestEven) {
 }
 
 // gemm in each precision and on each engine against gemm_ref (operands rounded the same way,
-// double accumulation): fp32-accumulation tolerance, odd shapes, every transpose, alpha/beta.
+// double accumulation).
+template <Precision P>
+static void gemm_in(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc) {
+    gemm(P, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+template <Precision P>
+static void gemm_ref_in(bool ta, bool tb, int M, int N, int K, float alpha, const float* A,
+                        int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    gemm_ref(P, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 static void check_gemm_matches_ref(Precision prec) {
-    const int sizes[][3] = {{1, 1, 1},    {1, 7, 3},     {3, 1, 5},   {7, 33, 9},    {33, 17, 65},
-                            {64, 64, 64}, {97, 130, 31}, {5, 257, 2}, {130, 67, 300}};
-    int seed = 100;
-    for (auto& s : sizes) {
-        int M = s[0], N = s[1], K = s[2];
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++) {
-                int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
-                auto A = test::randn((size_t)(ta ? K : M) * lda, seed++);
-                auto B = test::randn((size_t)(tb ? N : K) * ldb, seed++);
-                auto C0 = test::randn((size_t)M * ldc, seed++);
-                auto C1 = C0;
-                gemm(prec, ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C0.data(),
-                     ldc);
-                gemm_ref(prec, ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C1.data(),
-                         ldc);
-                EXPECT_TRUE(test::all_close(C0, C1, 1e-5, 1e-6 * K + 1e-6))
-                    << precision_name(prec) << " M=" << M << " N=" << N << " K=" << K
-                    << " ta=" << ta << " tb=" << tb;
-            }
-    }
+    const std::vector<std::array<int, 3>> sizes = {
+        {1, 1, 1},    {1, 7, 3},     {3, 1, 5},  {7, 33, 9},   {33, 17, 65},
+        {64, 64, 64}, {97, 130, 31}, {5, 257, 2}, {130, 67, 300}};
+    if (prec == Precision::fp32)
+        check_random_shapes(gemm_in<Precision::fp32>, gemm_ref_in<Precision::fp32>, sizes, 100,
+                            "fp32");
+    else
+        check_random_shapes(gemm_in<Precision::bf16>, gemm_ref_in<Precision::bf16>, sizes, 100,
+                            "bf16");
 }
 
 TEST(GemmEngine, Fp32EveryEngineMatchesReference) {
