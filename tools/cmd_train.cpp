@@ -117,9 +117,10 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
             r.run_dir.c_str(), (long long)r.step, r.run_dir.c_str(), (long long)r.step);
     } else {
         std::printf(
-            "trained %lld steps in %.1f s of training (%.0f tokens/s); val loss %.4f, best %.4f "
-            "at step %lld\nrun folder: %s (best checkpoint: %s, metrics: %s/metrics.jsonl)\n",
-            (long long)r.step, r.train_time_s, r.tokens_per_s, r.val_loss, r.best_val_loss,
+            "trained %lld steps in %.1f s of training (%.0f tokens/s, %.1f GFLOP/s); val loss "
+            "%.4f, best %.4f at step %lld\nrun folder: %s (best checkpoint: %s, metrics: "
+            "%s/metrics.jsonl)\n",
+            (long long)r.step, r.train_time_s, r.tokens_per_s, r.gflops, r.val_loss, r.best_val_loss,
             (long long)r.best_step, r.run_dir.c_str(), r.best_dir.c_str(), r.run_dir.c_str());
     }
     if (o.json) {
@@ -132,6 +133,8 @@ static int run_train_cmd(const TrainCmdOptions& o, const std::vector<std::string
                             {"best_step", r.best_step},
                             {"train_time_s", r.train_time_s},
                             {"tokens_per_s", r.tokens_per_s},
+                            {"flops_per_token", r.flops_per_token},
+                            {"gflops", r.gflops},
                             {"wall_s", r.wall_s},
                             {"already_finished", r.already_finished},
                             {"precision", r.precision},

@@ -33,13 +33,31 @@ SPM=$(find "$OUT/run" -name tokenizer.model 2>/dev/null | head -n 1)
 peer=$($CORETYPE /usr/bin/python3 bench/peers/torch_lm.py --train-bench \
        --config "$CFG" --steps "$STEPS" --threads "$TH" --precision "$PREC" \
        ${SPM:+--tokenizer-model "$SPM"} | tail -n 1)
+# The engine's ceiling for this precision on this machine now: the 2048^3 product of
+# `moe bench gemm` (the engine gemm() picks), beside both runs' GFLOP/s. Both sides train the
+# same model, so the peer's GFLOP/s is its tokens/s times our FLOPs per token.
+ceil=$("$MOE" bench gemm --tokens 64 --d 64 --ffn 64 --experts 1 --topk 1 --threads "$TH" --reps 3 \
+       --json 2> /dev/null | tail -n 1 || echo '{}')
 echo "moe.cpp: $ours"
 echo "pytorch: $peer"
-/usr/bin/python3 - "$ours" "$peer" <<'PY'
+/usr/bin/python3 - "$ours" "$peer" "$ceil" "$PREC" <<'PY'
 import json, sys
 o, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(json.dumps({"precision": p["precision"], "ours_precision": o.get("precision", "fp32"),
-                  "ours_tokens_per_s": o["tokens_per_s"], "peer_tokens_per_s": p["tokens_per_s"],
-                  "speedup": round(o["tokens_per_s"] / p["tokens_per_s"], 2),
-                  "ours_val_loss": o.get("val_loss"), "peer_val_loss": p["val_loss"]}))
+try:
+    rows = json.loads(sys.argv[3]).get("rows", [])
+except ValueError:
+    rows = []
+ceiling = [r for r in rows if r.get("product", "").startswith("ceiling")]
+out = {"precision": p["precision"], "ours_precision": o.get("precision", "fp32"),
+       "ours_tokens_per_s": o["tokens_per_s"], "peer_tokens_per_s": p["tokens_per_s"],
+       "speedup": round(o["tokens_per_s"] / p["tokens_per_s"], 2),
+       "ours_val_loss": o.get("val_loss"), "peer_val_loss": p["val_loss"]}
+if o.get("flops_per_token"):
+    out["ours_gflops"] = round(o["gflops"], 1)
+    out["peer_gflops"] = round(p["tokens_per_s"] * o["flops_per_token"] / 1e9, 1)
+if ceiling:
+    engine = ceiling[0][sys.argv[4] + "_choice"]
+    out["ceiling_gflops"] = round(ceiling[0][engine], 1)
+    out["ceiling_engine"] = engine + " 2048^3"
+print(json.dumps(out))
 PY

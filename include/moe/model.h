@@ -107,6 +107,10 @@ class Model {
     void backward();
     const float* logits() const;  // [B,S,V] of the last forward
     double aux_loss() const;      // sum over MoE layers of aux().weighted_total
+    // FLOPs (2 x multiply-adds) of the last forward's GEMMs and attention products; a training
+    // step spends about 3x this (the backward twice the forward; frozen weights skip their
+    // weight-gradient products, which this does not subtract). For GFLOP/s beside a ceiling.
+    double last_forward_flops() const;
     std::vector<LayerRouting> routing_stats() const;
     MoeLayer* moe_layer(int layer);  // nullptr for dense layers
     // The last forward's FFN input of a layer (after post_attention_layernorm), [B*S, d]: what
@@ -130,6 +134,7 @@ class Model {
     struct Impl;
 
    private:
+    double forward_flops_(int B, int S) const;
     ModelConfig cfg_;
     bool trainable_ = true;
     ExpertShard shard_;

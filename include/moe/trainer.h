@@ -42,6 +42,9 @@ struct TrainResult {
     int64_t best_step = 0;
     double train_time_s = 0;  // elapsed_s: steps only (no set-up, eval or checkpoints)
     double tokens_per_s = 0;  // over this invocation's steps
+    // The arithmetic of those steps: 3 x the forwards' GEMM + attention FLOPs
+    // (Model::last_forward_flops, all processes together) per token and per second of training.
+    double flops_per_token = 0, gflops = 0;
     double wall_s = 0;
     bool already_finished = false;  // a resumed run that had nothing left to do (nothing touched)
     std::string precision = "fp32", router_precision = "fp32";  // the run's GEMM precisions

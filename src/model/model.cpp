@@ -264,6 +264,7 @@ struct Model::Impl {
           *dsout = nullptr, *dsz = nullptr;
     std::vector<int32_t> tokens, targets;
     bool have_forward = false, have_targets = false;
+    double flops_fwd = 0;  // the last forward's GEMM + attention FLOPs (last_forward_flops)
 
     // KV cache for generation (batch 1).
     int cache_pos = 0;
@@ -771,10 +772,35 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int S
     }
     rmsnorm_forward(m.lnf, m.rstdf, m.res[m.L], P + m.off_normf, T, d, cfg_.rms_eps);
     linear_fwd(m.prec, m.logits, m.lnf, m.head_w(P), T, m.V, d);
+    m.flops_fwd = forward_flops_(B, S);
     m.have_forward = true;
     if (!targets) return 0.f;
     return (float)cross_entropy_forward(m.lse, m.logits, targets, T, m.V);
 }
+
+// Multiply-adds x 2 of the last forward's products: q/k/v/o and the LM head, causal attention
+// (query i reads i + 1 keys: S (S + 1) / 2 score and value products per head), dense FFNs,
+// routers, the qwen2 gated shared expert, and the experts as MoeLayer counted them (the rows
+// actually routed: dropped tokens, top-p and expert choice come out right). Norms, softmax and
+// element-wise work are not counted (as in the usual "model FLOPs").
+double Model::forward_flops_(int B, int S) const {
+    const Impl& m = *impl_;
+    const double T = (double)B * S, d = m.d, hd = m.hd, H = m.H, f = m.f;
+    double fl = 0;
+    for (int l = 0; l < m.L; l++) {
+        fl += 2 * T * d * m.qkvd + 2 * T * H * hd * d;           // q, k, v; o
+        fl += 2 * 2 * (double)B * H * hd * (double)S * (S + 1) / 2;  // q k^T and att v
+        if (m.moe[l]) {
+            fl += m.moe[l]->last_expert_flops_fwd() + 2 * T * d * cfg_.moe.n_experts;
+            if (cfg_.shared_ff > 0) fl += 2 * T * d * (3.0 * cfg_.shared_ff + 1);
+        } else {
+            fl += 2 * T * d * 3 * f;  // SwiGLU: w1, w3, w2
+        }
+    }
+    return fl + 2 * T * d * m.V;
+}
+
+double Model::last_forward_flops() const { return impl_->flops_fwd; }
 
 void Model::backward() {
     Impl& m = *impl_;

@@ -934,6 +934,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
     double last_print = 0;
     float loss = 0;
     const double wall0 = now_seconds();
+    double step_flops = 0;  // this process's, this invocation's steps
     while (step < last_step) {
         const int64_t t = step + 1;
         const double t0 = now_seconds();
@@ -968,6 +969,7 @@ TrainResult run_train(const TrainOptions& opt_in) {
                 t, loss, lr_at(cfg, t),
                 dir_exists(latest_dir) ? latest_dir : "none (none saved yet)");
         model.backward();
+        step_flops += 3 * model.last_forward_flops();
         float* g = model.grad_data();
         double gnorm = 0;
         if (W > 1) {
@@ -1096,6 +1098,9 @@ TrainResult run_train(const TrainOptions& opt_in) {
     res.train_time_s = train_time;
     double this_time = train_time - train_time0;
     res.tokens_per_s = this_time > 0 ? (double)(step - first_step) * B * S / this_time : 0;
+    if (W > 1) groups.world->allreduce_sum(&step_flops, 1);  // every rank arrives here once
+    if (step > first_step) res.flops_per_token = step_flops / ((double)(step - first_step) * B * S);
+    res.gflops = this_time > 0 ? step_flops / this_time / 1e9 : 0;
     res.wall_s = now_seconds() - t_setup0;
     return res;
 }

@@ -172,6 +172,22 @@ TEST(Model, InitialLossIsNearLogVocab) {
     EXPECT_NEAR(loss, std::log(65.0), 0.05);
 }
 
+// The FLOP count behind `moe train`'s GFLOP/s, by hand for tiny_moe (d 8, 2 heads of 4, 1 kv
+// head, V 11, layer 0 dense d_ff 12, layer 1 MoE E 4 top-2 d_ff 6, dropless): B 3, S 5.
+TEST(Model, ForwardFlopsCountTheProductsByHand) {
+    Model m(tiny_moe());
+    const int B = 3, S = 5, T = B * S;
+    auto tok = rand_tokens(T, 11, 3), tgt = rand_tokens(T, 11, 4);
+    m.forward(tok.data(), tgt.data(), B, S, true);
+    const double qkv = 2.0 * T * 8 * (8 + 4 + 4), o = 2.0 * T * 8 * 8;
+    const double att = 2 * 2.0 * B * 2 * 4 * (1 + 2 + 3 + 4 + 5);  // query i reads i + 1 keys
+    const double dense = 2.0 * T * 8 * 12 * 3;
+    const double router = 2.0 * T * 8 * 4, experts = 2.0 * T * 2 * 8 * 6 * 3;  // k = 2 per token
+    const double head = 2.0 * T * 8 * 11;
+    EXPECT_DOUBLE_EQ(2 * (qkv + o + att) + dense + router + experts + head,
+                     m.last_forward_flops());
+}
+
 TEST(Model, DenseGradientsMatchFiniteDifferences) {
     Model m(tiny_dense());
     check_model_grads(m, 2, 5, 2e-2, 2e-3);
