@@ -52,6 +52,8 @@ print("== result")
 print(f"  steps              {train['step']}")
 print(f"  training time      {train['train_time_s']:.1f} s  (excluding set-up, evaluation, checkpoints)")
 print(f"  tokens/s           {train['tokens_per_s']:.0f}")
+if "gflops" in train:
+    print(f"  GFLOP/s            {train['gflops']:.1f}  (GEMMs + attention; `build/moe bench gemm` shows the machine's ceiling)")
 print(f"  val loss           {ev['val_loss']:.4f}  (full validation split, best checkpoint; target <= 1.88)")
 print(f"  best val (train)   {train['best_val_loss']:.4f} at step {train['best_step']}  (20 fixed val batches)")
 print(f"  run folder         {train['run_dir']}  (best/ latest/ metrics.jsonl train_config.json)")
