@@ -3,7 +3,8 @@
 #   ./scripts/setup.sh                       the main job: build, train, generate, report
 #   MOE_WITH_TESTS=1 ./scripts/setup.sh      + what only the tests need (GoogleTest, the PyTorch
 #                                            peers: python3-torch, numpy, python3-sentencepiece
-#                                            for the tiny HF Mixtral tokenizer; the fuzzers: clang-14,
+#                                            for the tiny HF Mixtral tokenizer, libjemalloc2 for
+#                                            the layer peer's allocator; the fuzzers: clang-14,
 #                                            libclang-rt-14-dev, libomp-14-dev; OpenMPI:
 #                                            openmpi-bin, libopenmpi-dev for the multi-process
 #                                            build and its tests, docs/distributed.md)
@@ -15,6 +16,7 @@ PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libopenblas0-openm
       libdnnl-dev)  # oneDNN: bf16 GEMMs on CPUs with AVX-512 BF16 (docs/precision.md)
 if [ "${MOE_WITH_TESTS:-0}" = 1 ]; then
   PKGS+=(libgtest-dev libgmock-dev libbenchmark-dev python3-torch python3-numpy python3-sentencepiece
+        libjemalloc2  # the PyTorch layer peer's best environment (shared/ANCHORS.md; moe bench layer)
         clang-14 libclang-rt-14-dev libomp-14-dev  # these three: the fuzzers
         openmpi-bin libopenmpi-dev)  # MPI: optional for the build, needed by the mpi tests
 fi
