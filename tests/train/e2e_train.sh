@@ -28,7 +28,11 @@ expect_fail() {  # expect_fail NAME PATTERN CMD...: non-zero exit and stderr mat
 T="$MOE train --config $CFG --quiet"
 
 # 1. The reference run, and determinism: the same run twice gives the same bits.
-$T --out "$W/a" > /dev/null || bad "run a"
+$T --out "$W/a" --json > "$W/a.json" || bad "run a"
+check "--json: GFLOP/s = FLOPs per token x tokens/s" /usr/bin/python3 -c '
+import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+f, g, t = j["flops_per_token"], j["gflops"], j["tokens_per_s"]
+sys.exit(0 if f > 0 and g > 0 and abs(g - f * t / 1e9) <= 0.01 * g else 1)' "$W/a.json"
 $T --out "$W/a2" > /dev/null || bad "run a2"
 check "same seed, same bits" cmp -s "$W/a/latest/model.safetensors" "$W/a2/latest/model.safetensors"
 check "loss falls" /usr/bin/python3 -c '
