@@ -905,6 +905,19 @@ case("gguf/tokenizer model unknown", ["tokenize", "model.gguf", "--text", "ab"],
      "'tokenizer.ggml.model': 'rwkv' is not supported",
      gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
                           gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
+# A .gguf as the source of moe quantize / convert --to hf: refused naming the file, nothing written.
+GG_QZ = ["quantize", "model.gguf", "q8out", "--type", "int8", "--threads", "1"]
+GG_HF = ["convert", "model.gguf", "--to", "hf", "--out", "hfout"]
+for args, what in ((GG_QZ, "quantize"), (GG_HF, "convert --to hf")):
+    case("gguf/%s: truncated .gguf" % what, args, 1,
+         "model.gguf: tensor blk.1.ffn_down_exps.weight", gg_truncate(-100))
+    case("gguf/%s: truncated header" % what, args, 1, "model.gguf", gg_truncate(200))
+    case("gguf/%s: unsupported arch" % what, args, 1,
+         "model.gguf: key 'general.architecture': 'gemma' is not supported",
+         gguf_edit(gg_set("general.architecture", 8, gg_str("gemma"))))
+    case("gguf/%s: a model config.json cannot hold" % what, args, 1,
+         "model.gguf: norm_topk_prob of this mixtral model cannot be written",
+         gguf_edit(lambda g: g["kv"].append(("llama.expert_weights_norm", 7, b"\0"))))
 case("convert/q8_0 of rows not in blocks of 32",
      ["convert", "run/best", "--to", "gguf", "--type", "q8_0", "--out", "q.gguf"], 1,
      "not a multiple of 32")
