@@ -592,6 +592,8 @@ LAYER_FLAGS = [("--tokens", "0"), ("--tokens", "2147483648"), ("--tokens", "-8")
 for flag, raw in LAYER_FLAGS:
     case("layer/%s %s" % (flag, raw), LAYER + [flag, raw], 2, flag)
 case("layer/--topk > --experts", LAYER + ["--topk", "9"], 2, "top_k")
+case("bench gemm/--topk > --experts", ["bench", "gemm", "--experts", "4", "--topk", "5"], 2,
+     "--topk: 5 is more than --experts 4")
 case("layer/hierarchical groups not dividing", LAYER + ["--router", "hierarchical", "--groups", "3"], 2, "n_groups")
 case("layer/expert-choice with --dropless", LAYER + ["--router", "expert-choice", "--dropless"], 2, "--dropless")
 case("layer/expert-choice --dropless --capacity-factor 0.5",
