@@ -66,7 +66,7 @@ TEST_F(HfCli, EvalDumpsTheLogitsOfOneForward) {
 }
 
 TEST_F(HfCli, BadFlagsAreOneLineErrors) {
-    for (const std::string args :
+    for (const std::string& args :
          {"generate " + dir_ + " --prompt-ids 1,x,3", "generate " + dir_ + " --prompt-ids 1,97",
           "generate " + dir_ + " --prompt-ids 1,,2", "eval " + dir_ + " --dump-logits /tmp/x",
           "generate " + dir_ + " --prompt hi"}) {
