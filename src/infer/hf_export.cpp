@@ -293,6 +293,9 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
     std::filesystem::remove_all(tmp);
     make_dirs(tmp);
     try {
+        // A .gguf's vocabulary first: one the folder cannot hold is refused before the weights
+        // are written.
+        if (gf) save_gguf_tokenizer(*gf, tmp);
         json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", json::object()}};
         uint64_t total = 0;
         for (int s = 0; s < n_files; s++) {
@@ -331,7 +334,6 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
                                : o.type == "bf16" ? "bfloat16"
                                                   : "float16";
         write_file_atomic(tmp + "/config.json", j.dump(2));
-        if (gf) save_gguf_tokenizer(*gf, tmp);
         for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                               "special_tokens_map.json", "generation_config.json", "vocab.json",
                               "merges.txt", "added_tokens.json"})

@@ -920,6 +920,10 @@ for args, what in ((GG_QZ, "quantize"), (GG_HF, "convert --to hf")):
     case("gguf/%s: a model config.json cannot hold" % what, args, 1,
          "model.gguf: norm_topk_prob of this mixtral model cannot be written",
          gguf_edit(lambda g: g["kv"].append(("llama.expert_weights_norm", 7, b"\0"))))
+case("gguf/convert --to hf: a vocabulary the folder cannot hold", GG_HF, 1,
+     "model.gguf: key 'tokenizer.ggml.model': 'rwkv' is not supported",
+     gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
+                          gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
 case("convert/q8_0 of rows not in blocks of 32",
      ["convert", "run/best", "--to", "gguf", "--type", "q8_0", "--out", "q.gguf"], 1,
      "not a multiple of 32")

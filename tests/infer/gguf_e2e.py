@@ -13,7 +13,8 @@ retyped by `moe convert X.gguf --type bf16` equals the folder converted to bf16.
 Back from GGUF to folders: `moe convert X.gguf --to hf` (f32 or bf16 GGUF) gives the GGUF's logits
 exactly, its greedy ids and tokenize ids; `moe quantize X.gguf --type int8` equals the int8 folder
 quantised from the source folder (logits exactly; within the int8 tolerance of f32), also from a
-Q8_0 GGUF (mixtral). Skips (77) without numpy.
+Q8_0 GGUF (mixtral); an F16 GGUF -> hf f32 gives its logits exactly (mixtral). Skips (77)
+without numpy.
 """
 import json
 import os
@@ -98,6 +99,12 @@ def back_from_gguf(moe, d, g, a, ids, gtype, tag):
         c8 = logits(moe, q8, ids, q8 + ".st")
         check(np.array_equal(c8, a8), "%s: quantize Q8_0 GGUF int8 == quantize folder int8 "
               "(max diff %.2e)" % (tag, float(np.abs(c8 - a8).max())))
+        g16, h16 = g + ".f16.gguf", g + ".f16.hf"  # F16 widens exactly: the same numbers
+        run([moe, "convert", d, "--to", "gguf", "--type", "f16", "--out", g16])
+        run([moe, "convert", g16, "--to", "hf", "--out", h16])
+        x, y = logits(moe, g16, ids, g16 + ".st"), logits(moe, h16, ids, h16 + ".st")
+        check(np.array_equal(x, y), "%s: F16 GGUF -> hf f32: logits identical (max diff %.2e)"
+              % (tag, float(np.abs(x - y).max())))
 
 
 def main():
