@@ -138,6 +138,10 @@ static void register_bench_gemm(CLI::App& bench) {
     add_checked(sub, "--reps", o->reps, Range::in(1, 100000), "timed repetitions (median)");
     sub->add_flag("--json", o->json, "last stdout line: one JSON object of the results");
     sub->callback([o]() {
+        // A token picks k distinct experts: k > E would time products no layer runs.
+        if (o->topk > o->experts)
+            usage_fail("--topk: {} is more than --experts {}; a token picks k of the E experts",
+                       o->topk, o->experts);
         // Matrices of (T k / E) x 2f and 2f x d floats: refuse sizes that cannot fit.
         if ((int64_t)o->d * o->ffn > (1LL << 28) ||
             (int64_t)o->tokens * o->topk / o->experts * o->ffn > (1LL << 28))

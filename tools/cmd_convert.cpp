@@ -6,7 +6,8 @@
 // docs/formats.md, "GGUF" (names, the q/k row order of arch llama, the vocabulary). Each target
 // format is its own function (convert_to_gguf, convert_to_hf), the command only routes.
 // --to hf: config.json, model.safetensors or shards with model.safetensors.index.json, the
-// tokenizer (export_hf_folder, include/moe/hf_export.h; docs/formats.md).
+// tokenizer (export_hf_folder, include/moe/hf_export.h; docs/formats.md); from a .gguf, config.json
+// and the tokenizer files are made from its metadata.
 #include <cstdio>
 #include <memory>
 
@@ -70,11 +71,12 @@ static void register_convert(CLI::App& app) {
     CLI::App* c = app.add_subcommand(
         "convert",
         "Convert a model: an HF folder (mixtral, qwen2_moe, qwen3_moe, olmoe), a moe.cpp "
-        "checkpoint (Mixtral family) or a .gguf into a GGUF file llama.cpp runs, or a folder or\n"
-        "checkpoint into a Hugging Face folder (--to hf; shards with an index by --shard-size).\n"
+        "checkpoint (Mixtral family) or a .gguf into a GGUF file llama.cpp runs, or any of them\n"
+        "into a Hugging Face folder (--to hf; shards with an index by --shard-size).\n"
         "Examples: moe convert models/OLMoE-1B-7B-0924 --to gguf --type bf16 --out olmoe.gguf\n"
         "          moe convert runs/shakespeare/best --to gguf --type f32 --out shakespeare.gguf\n"
-        "          moe convert runs/shakespeare --to hf --out hf-shakespeare --dtype bf16");
+        "          moe convert runs/shakespeare --to hf --out hf-shakespeare --dtype bf16\n"
+        "          moe convert olmoe.gguf --to hf --out olmoe-hf --dtype bf16");
     c->add_option("src", o->src, "model folder, moe.cpp checkpoint or .gguf")->required();
     add_choice(c, "--to", o->to, "gguf|hf", "target format");
     add_choice(c, "--type", o->type, "f32|f16|bf16|q8_0",

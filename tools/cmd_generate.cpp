@@ -98,10 +98,7 @@ static int run_generate_hf(const GenerateOptions& o) {
     std::string text;
     if (tok) {
         std::fputs(stream->flush().c_str(), stdout);
-        std::vector<int32_t> known;  // HF's decode skips ids beyond the tokenizer too
-        for (int32_t id : out)
-            if (id < tok->vocab_size()) known.push_back(id);
-        text = tok->decode(known);
+        text = generated_text(*tok, out);
     }
     std::printf("\n");
     std::fflush(stdout);
@@ -195,7 +192,7 @@ static int run_generate_ckpt(const GenerateOptions& o, const ParallelGroups& g) 
                      W > 1 ? fmt::format(", experts over {} ranks", W).c_str() : "");
     if (o.json) {
         nlohmann::json j = {{"prompt", o.prompt},
-                            {"text", text},
+                            {"text", generated_text(tok, out)},
                             {"prompt_tokens", prompt.size()},
                             {"tokens", out.size()},
                             {"token_ids", out},

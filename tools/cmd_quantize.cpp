@@ -1,5 +1,6 @@
-// moe quantize IN OUT --type bf16|int8: a model folder or moe.cpp checkpoint into a smaller
-// Hugging Face folder the engine runs (moe generate / eval / inspect / bench generate OUT).
+// moe quantize IN OUT --type bf16|int8: a model folder, moe.cpp checkpoint or .gguf (llama.cpp's
+// F32/F16/BF16/Q8_0 files of the four families) into a smaller Hugging Face folder the engine
+// runs (moe generate / eval / inspect / bench generate OUT).
 // int8: every matrix as Q8_0 (I8 values + F16 scales per 32 values of a row); the router, norms
 // and biases stay as stored. The work is export_hf_folder (include/moe/hf_export.h).
 #include <cstdio>
@@ -51,8 +52,9 @@ static void register_quantize(CLI::App& app) {
         "quantize",
         "Write a model's weights in a smaller type as a Hugging Face folder the engine runs.\n"
         "int8: matrices as Q8_0 (int8 + an fp16 scale per 32 values); router, norms, biases stay.\n"
-        "Example: moe quantize runs/shakespeare-char-moe runs/shakespeare-int8 --type int8");
-    sub->add_option("in", o->in, "Hugging Face folder, moe.cpp checkpoint or run folder")
+        "Example: moe quantize runs/shakespeare-char-moe runs/shakespeare-int8 --type int8\n"
+        "         moe quantize olmoe-f16.gguf olmoe-int8 --type int8");
+    sub->add_option("in", o->in, "Hugging Face folder, moe.cpp checkpoint, run folder or .gguf")
         ->required();
     sub->add_option("out", o->out, "the folder to write (must not exist)")->required();
     add_choice(sub, "--type", o->type, "bf16|int8", "the matrices' type");

@@ -93,6 +93,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const
 // or out-of-range keys, hidden_act other than silu, any rope_scaling, a sliding window shorter
 // than max_position_embeddings: moe::Error naming the key and what to do.
 HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
+// HfConfig -> the config.json a Hugging Face folder of the family has (the inverse of
+// hf_config_from_json, checked by reading it back: a model the family's keys cannot describe is
+// a moe::Error naming `where` and the field). For writing a .gguf's model as a folder.
+nlohmann::json hf_config_to_json(const HfConfig& c, const std::string& where);
 // A folder whose config.json has a model_type and no "moe_cpp" key, or a moe.cpp checkpoint of
 // a family other than mixtral (model_type qwen2_moe, qwen3_moe, olmoe: a real HF folder plus the
 // moe_cpp block, which the engine ignores). moe.cpp's Mixtral-family checkpoints load through

@@ -85,6 +85,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 // exactly; bos/eos/eot ids, add_bos_token (llama.cpp's defaults), the chat template.
 class GgufFile;
 std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f);
+// That tokenizer as a model folder's files in `dir`, which load_tokenizer(dir) reads back as the
+// same tokenizer (checked; what a folder cannot hold is a moe::Error naming the file): moe.cpp's
+// char / SentencePiece vocabularies as vocab.json / tokenizer.model; gpt2 as tokenizer.json and
+// llama as tokenizer.model, each with tokenizer_config.json (add_bos_token, special texts, the
+// chat template, SentencePiece's user-defined tokens) and generation_config.json (bos and eos
+// ids). false (nothing written) for a file without tokenizer.ggml.tokens.
+bool save_gguf_tokenizer(const GgufFile& f, const std::string& dir);
 
 // A Hugging Face model folder: tokenizer.json whose model is byte-level BPE (Qwen2, Qwen3, OLMoE)
 // -> kind "bpe"; else tokenizer.model -> SentencePiece as HF uses it (Mixtral: the whole text to

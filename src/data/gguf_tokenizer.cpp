@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/error.h"
+#include "moe/file_io.h"
 #include "moe/gguf.h"
 #include "moe/tokenizer.h"
 
@@ -224,6 +225,61 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f) {
     s.chat_template = f.get_str("tokenizer.chat_template", "");
     tok->set_special(std::move(s));
     return tok;
+}
+
+bool save_gguf_tokenizer(const GgufFile& f, const std::string& dir) {
+    if (!f.find("tokenizer.ggml.tokens")) return false;  // runs with --prompt-ids, as the .gguf
+    const std::unique_ptr<Tokenizer> tok = gguf_tokenizer(f);
+    tok->save(dir);  // vocab.json, tokenizer.model or tokenizer.json
+    // moe.cpp's own vocabularies are read back from vocab.json / a bare tokenizer.model in moe's
+    // settings: a tokenizer_config.json would turn the latter into an HF SentencePiece.
+    const std::string kind = f.get_str("moe.tokenizer.kind", "");
+    const SpecialTokens& s = tok->special();
+    if (kind.empty()) {
+        const std::vector<std::string>& tokens =
+            f.get_array("tokenizer.ggml.tokens", GgufType::str, true)->arr_str;
+        json cfg = {{"add_bos_token", s.add_bos}, {"add_eos_token", s.add_eos}};
+        // Texts only where they name the id back (HF tools want them; read_special resolves
+        // them), the ids themselves in generation_config.json.
+        if (s.bos >= 0 && tok->token_id(tokens[s.bos]) == s.bos) cfg["bos_token"] = tokens[s.bos];
+        if (!s.eos.empty() && tok->token_id(tokens[s.eos[0]]) == s.eos[0])
+            cfg["eos_token"] = tokens[s.eos[0]];
+        if (!s.chat_template.empty()) cfg["chat_template"] = s.chat_template;
+        // A SentencePiece vocabulary's user-defined tokens are matched whole in the text, as
+        // spm_from_gguf does; HF keeps them in added_tokens_decoder (a tokenizer.json has its own).
+        if (tok->kind() == "sentencepiece") {
+            const std::vector<int32_t> types = token_types(f, tokens.size());
+            json added = json::object();
+            for (size_t i = 0; i < tokens.size(); i++)
+                if (types[i] == kUserDefined)
+                    added[std::to_string(i)] = {{"content", tokens[i]}, {"special", false}};
+            if (!added.empty()) cfg["added_tokens_decoder"] = added;
+        }
+        json gen = json::object();
+        if (s.bos >= 0) gen["bos_token_id"] = s.bos;
+        if (!s.eos.empty()) gen["eos_token_id"] = s.eos;
+        try {
+            write_file_atomic(dir + "/tokenizer_config.json", cfg.dump(2));
+        } catch (const json::exception&) {  // a special token or template that is not UTF-8
+            fail("{}: a special token or tokenizer.chat_template is not UTF-8; tokenizer_config.json "
+                 "cannot hold it (the file is damaged)",
+                 f.path());
+        }
+        write_file_atomic(dir + "/generation_config.json", gen.dump(2));
+    }
+    // The folder must give the tokenizer the .gguf gives: the same ids and special tokens.
+    const std::unique_ptr<Tokenizer> back = load_tokenizer(dir);
+    const SpecialTokens& b = back->special();
+    const bool same = back->kind() == tok->kind() && back->vocab_size() == tok->vocab_size() &&
+                      b.add_bos == s.add_bos && b.add_eos == s.add_eos &&
+                      (!s.add_bos || b.bos == s.bos) && b.chat_template == s.chat_template &&
+                      (b.eos == s.eos || b.eos.empty());
+    if (!same)
+        fail("{}: its tokenizer (special tokens: tokenizer.ggml.bos_token_id, add_bos_token, "
+             "eos_token_id) cannot be written as the folder's tokenizer files; give --prompt-ids "
+             "to the .gguf instead",
+             f.path());
+    return true;
 }
 
 }  // namespace moe

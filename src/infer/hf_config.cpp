@@ -279,6 +279,105 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
     return c;
 }
 
+// The first field in which two configs describe different computations ("" when none): what
+// hf_config_to_json checks its own output against.
+static std::string first_difference(const HfConfig& a, const HfConfig& b) {
+    const bool dense = std::find(a.moe_layer.begin(), a.moe_layer.end(), 0) != a.moe_layer.end();
+    const std::pair<const char*, bool> same[] = {
+        {"model_type", a.model_type == b.model_type},
+        {"vocab_size", a.vocab_size == b.vocab_size},
+        {"hidden_size", a.hidden_size == b.hidden_size},
+        {"num_hidden_layers", a.n_layers == b.n_layers},
+        {"num_attention_heads", a.n_heads == b.n_heads},
+        {"num_key_value_heads", a.n_kv_heads == b.n_kv_heads},
+        {"head_dim", a.head_dim == b.head_dim},
+        {"max_position_embeddings", a.max_positions == b.max_positions},
+        {"rms_norm_eps", a.rms_eps == b.rms_eps},
+        {"rope_theta", a.rope_theta == b.rope_theta},
+        {"tie_word_embeddings", a.tie_embeddings == b.tie_embeddings},
+        {"num_experts", a.n_experts == b.n_experts},
+        {"num_experts_per_tok", a.top_k == b.top_k},
+        {"expert intermediate_size", a.expert_ff == b.expert_ff},
+        {"shared_expert_intermediate_size", a.shared_ff == b.shared_ff},
+        {"norm_topk_prob", a.norm_topk_prob == b.norm_topk_prob},
+        {"which layers are MoE (mlp_only_layers)", a.moe_layer == b.moe_layer},
+        {"dense intermediate_size", !dense || a.dense_ff == b.dense_ff},
+        {"q/k norm", a.qk_norm == b.qk_norm},
+        {"clip_qkv", a.clip_qkv == b.clip_qkv},
+        {"q/k/v biases (attention_bias)", a.qkv_bias == b.qkv_bias},
+        {"o_proj bias (attention_bias)", a.o_bias == b.o_bias},
+        {"bos_token_id", a.bos_token_id == b.bos_token_id},
+        {"eos_token_id", a.eos_token_ids == b.eos_token_ids},
+    };
+    for (auto& [name, ok] : same)
+        if (!ok) return name;
+    return "";
+}
+
+json hf_config_to_json(const HfConfig& c, const std::string& where) {
+    const std::string& mt = c.model_type;
+    // A float as its shortest decimal (1e-06, not 9.99999997e-07): read as a double and rounded
+    // back to float it is the same float.
+    auto dec = [](float v) { return std::stod(fmt::format("{}", v)); };
+    json j;
+    j["architectures"] = {mt == "mixtral"     ? "MixtralForCausalLM"
+                          : mt == "qwen2_moe" ? "Qwen2MoeForCausalLM"
+                          : mt == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                                              : "OlmoeForCausalLM"};
+    j["model_type"] = mt;
+    j["vocab_size"] = c.vocab_size;
+    j["hidden_size"] = c.hidden_size;
+    j["num_hidden_layers"] = c.n_layers;
+    j["num_attention_heads"] = c.n_heads;
+    j["num_key_value_heads"] = c.n_kv_heads;
+    j["head_dim"] = c.head_dim;
+    j["max_position_embeddings"] = c.max_positions;
+    j["rms_norm_eps"] = dec(c.rms_eps);
+    j["rope_theta"] = dec(c.rope_theta);
+    j["rope_scaling"] = nullptr;
+    j["tie_word_embeddings"] = c.tie_embeddings;
+    j["hidden_act"] = "silu";
+    j["num_experts_per_tok"] = c.top_k;
+    if (mt == "mixtral") {
+        j["num_local_experts"] = c.n_experts;
+        j["intermediate_size"] = c.expert_ff;
+        j["sliding_window"] = nullptr;
+    } else {
+        j["num_experts"] = c.n_experts;
+        j["norm_topk_prob"] = c.norm_topk_prob;
+    }
+    if (mt == "olmoe") {
+        j["intermediate_size"] = c.expert_ff;
+        j["attention_bias"] = c.qkv_bias;
+        j["clip_qkv"] = c.clip_qkv > 0 ? json(dec(c.clip_qkv)) : json(nullptr);
+    }
+    if (mt == "qwen2_moe" || mt == "qwen3_moe") {
+        j["moe_intermediate_size"] = c.expert_ff;
+        // The dense width matters only where a layer is dense; HF requires the key anyway.
+        j["intermediate_size"] = c.dense_ff > 0 ? c.dense_ff : c.expert_ff;
+        j["decoder_sparse_step"] = 1;
+        json dense = json::array();
+        for (int l = 0; l < c.n_layers; l++)
+            if (!c.moe_layer[l]) dense.push_back(l);
+        j["mlp_only_layers"] = dense;
+        j["use_sliding_window"] = false;
+        j["sliding_window"] = nullptr;
+    }
+    if (mt == "qwen2_moe") j["shared_expert_intermediate_size"] = c.shared_ff;
+    if (mt == "qwen3_moe") j["attention_bias"] = c.qkv_bias;
+    if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+    if (c.eos_token_ids.size() == 1) j["eos_token_id"] = c.eos_token_ids[0];
+    if (c.eos_token_ids.size() > 1) j["eos_token_id"] = c.eos_token_ids;
+    // A model the family's config.json cannot describe (a dense layer in Mixtral, an o_proj bias
+    // in Qwen2-MoE, ...) is refused rather than written as another model.
+    const std::string diff = first_difference(c, hf_config_from_json(j, where + " as config.json"));
+    if (!diff.empty())
+        fail("{}: {} of this {} model cannot be written in a Hugging Face config.json of the "
+             "family; the engine would run another model",
+             where, diff, mt);
+    return j;
+}
+
 bool is_hf_model_dir(const std::string& dir) {
     if (is_gguf_file(dir)) return true;
     const std::string p = dir + "/config.json";

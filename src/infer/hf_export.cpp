@@ -1,7 +1,9 @@
 // A model -> a Hugging Face folder in a chosen precision (moe quantize, moe convert --to hf).
 // The source is loaded by the engine first (every tensor's name, shape and dtype checked), then
 // each shard is streamed to disk tensor by tensor in row chunks: memory stays a few MB whatever
-// the model's size, and nothing is written before the source has been checked.
+// the model's size, and nothing is written before the source has been checked. A .gguf source is
+// read by the engine's own GGUF reader (WeightStore::from_gguf), its metadata written back as
+// config.json and its vocabulary as tokenizer files (save_gguf_tokenizer).
 #include "moe/hf_export.h"
 
 #include <sys/stat.h>
@@ -22,7 +24,9 @@
 #include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
+#include "moe/gguf.h"
 #include "moe/hf_model.h"
+#include "moe/tokenizer.h"
 
 namespace moe {
 
@@ -207,21 +211,37 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
                    o.type);
     std::string dir = src;
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-    if (!dir_exists(dir))
-        fail("{}: no such folder; give a Hugging Face model folder or a moe.cpp checkpoint", src);
-    if (!file_exists(dir + "/config.json")) dir = resolve_checkpoint_dir(dir);  // a run: best/
+    const bool gguf = is_gguf_file(dir);
+    if (!gguf && !dir_exists(dir))
+        fail("{}: no such folder or .gguf file; give a Hugging Face model folder, a moe.cpp "
+             "checkpoint or a .gguf",
+             src);
+    if (!gguf && !file_exists(dir + "/config.json")) dir = resolve_checkpoint_dir(dir);  // best/
     std::string out = dst;
     while (out.size() > 1 && out.back() == '/') out.pop_back();
     if (std::filesystem::exists(out))
         fail("{}: already exists; give a new folder (an existing model is never overwritten)", dst);
 
-    // The source, checked whole by the engine before anything is written.
-    const std::string cfg_path = dir + "/config.json";
-    json j = read_json_file(cfg_path, "a model config");
-    if (j.is_object() && j.contains("moe_cpp") && j.value("model_type", "") == "mixtral")
-        check_engine_runs(j, cfg_path);
-    const HfConfig c = hf_config_from_json(j, cfg_path);
-    HfModel model(c, std::make_unique<WeightStore>(dir), dir);
+    // The source, checked whole by the engine before anything is written. A .gguf: the model
+    // the engine reads from it (HF tensor names, q/k rows back in HF order), config.json made
+    // from its metadata.
+    HfConfig c;
+    json j;
+    std::unique_ptr<WeightStore> source;
+    std::shared_ptr<const GgufFile> gf;
+    if (gguf) {
+        gf = std::make_shared<const GgufFile>(GgufFile::open(dir));
+        source = WeightStore::from_gguf(gf, &c);
+        j = hf_config_to_json(c, dir);
+    } else {
+        const std::string cfg_path = dir + "/config.json";
+        j = read_json_file(cfg_path, "a model config");
+        if (j.is_object() && j.contains("moe_cpp") && j.value("model_type", "") == "mixtral")
+            check_engine_runs(j, cfg_path);
+        c = hf_config_from_json(j, cfg_path);
+        source = std::make_unique<WeightStore>(dir);
+    }
+    HfModel model(c, std::move(source), dir);
     WeightStore& store = model.weights();
 
     const WType want = o.type == "f32"    ? WType::f32
@@ -273,6 +293,9 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
     std::filesystem::remove_all(tmp);
     make_dirs(tmp);
     try {
+        // A .gguf's vocabulary first: one the folder cannot hold is refused before the weights
+        // are written.
+        if (gf) save_gguf_tokenizer(*gf, tmp);
         json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", json::object()}};
         uint64_t total = 0;
         for (int s = 0; s < n_files; s++) {
@@ -314,7 +337,7 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
         for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                               "special_tokens_map.json", "generation_config.json", "vocab.json",
                               "merges.txt", "added_tokens.json"})
-            if (file_exists(dir + "/" + f))
+            if (!gf && file_exists(dir + "/" + f))
                 write_file_atomic(tmp + "/" + f, read_file(dir + "/" + f));
         fsync_dir(tmp);
         if (std::rename(tmp.c_str(), out.c_str()) != 0)

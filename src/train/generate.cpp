@@ -176,4 +176,13 @@ std::vector<int32_t> generate_hf(HfModel& model, const std::vector<int32_t>& pro
     return out;
 }
 
+std::string generated_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+    std::vector<int32_t> known;
+    for (int32_t id : ids)
+        if (id >= 0 && id < tok.vocab_size()) known.push_back(id);
+    std::string text = tok.decode(known);
+    text.resize(utf8_complete_prefix(text));
+    return text;
+}
+
 }  // namespace moe

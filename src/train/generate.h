@@ -44,4 +44,10 @@ std::vector<int32_t> generate_hf(HfModel& model, const std::vector<int32_t>& pro
                                  FILE* trace = nullptr,
                                  const std::function<std::string(int32_t)>& piece = nullptr);
 
+// The text of generated ids as one string (`moe generate --json`): ids past the tokenizer (padded
+// embedding rows) skipped, as HF's decode does, and a UTF-8 character the last token leaves
+// unfinished dropped, as the streamed output holds it back (a byte-level token can end inside a
+// character; the token that would complete it was never generated).
+std::string generated_text(const Tokenizer& tok, const std::vector<int32_t>& ids);
+
 }  // namespace moe

@@ -592,6 +592,8 @@ LAYER_FLAGS = [("--tokens", "0"), ("--tokens", "2147483648"), ("--tokens", "-8")
 for flag, raw in LAYER_FLAGS:
     case("layer/%s %s" % (flag, raw), LAYER + [flag, raw], 2, flag)
 case("layer/--topk > --experts", LAYER + ["--topk", "9"], 2, "top_k")
+case("bench gemm/--topk > --experts", ["bench", "gemm", "--experts", "4", "--topk", "5"], 2,
+     "--topk: 5 is more than --experts 4")
 case("layer/hierarchical groups not dividing", LAYER + ["--router", "hierarchical", "--groups", "3"], 2, "n_groups")
 case("layer/expert-choice with --dropless", LAYER + ["--router", "expert-choice", "--dropless"], 2, "--dropless")
 case("layer/expert-choice --dropless --capacity-factor 0.5",
@@ -903,6 +905,23 @@ case("gguf/token types of another length", ["tokenize", "model.gguf", "--text", 
                                  struct.pack("<IQ", 5, 1) + b"\1\0\0\0")(g))))
 case("gguf/tokenizer model unknown", ["tokenize", "model.gguf", "--text", "ab"], 1,
      "'tokenizer.ggml.model': 'rwkv' is not supported",
+     gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
+                          gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
+# A .gguf as the source of moe quantize / convert --to hf: refused naming the file, nothing written.
+GG_QZ = ["quantize", "model.gguf", "q8out", "--type", "int8", "--threads", "1"]
+GG_HF = ["convert", "model.gguf", "--to", "hf", "--out", "hfout"]
+for args, what in ((GG_QZ, "quantize"), (GG_HF, "convert --to hf")):
+    case("gguf/%s: truncated .gguf" % what, args, 1,
+         "model.gguf: tensor blk.1.ffn_down_exps.weight", gg_truncate(-100))
+    case("gguf/%s: truncated header" % what, args, 1, "model.gguf", gg_truncate(200))
+    case("gguf/%s: unsupported arch" % what, args, 1,
+         "model.gguf: key 'general.architecture': 'gemma' is not supported",
+         gguf_edit(gg_set("general.architecture", 8, gg_str("gemma"))))
+    case("gguf/%s: a model config.json cannot hold" % what, args, 1,
+         "model.gguf: norm_topk_prob of this mixtral model cannot be written",
+         gguf_edit(lambda g: g["kv"].append(("llama.expert_weights_norm", 7, b"\0"))))
+case("gguf/convert --to hf: a vocabulary the folder cannot hold", GG_HF, 1,
+     "model.gguf: key 'tokenizer.ggml.model': 'rwkv' is not supported",
      gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
                           gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
 case("convert/q8_0 of rows not in blocks of 32",

@@ -5,7 +5,9 @@
 #   - convert --to hf (f32): the engine's loss equals the training code's on the same windows;
 #   - quantize --type int8 / bf16: losses within 1% / 0.2% of f32 (the main job's model measured
 #     -0.006% and -0.0002%: docs/formats.md), 3.5x / 2x smaller, and generating from them works;
-#   - convert --to hf --dtype bf16 --shard-size: shards + index, the same loss as quantize bf16.
+#   - convert --to hf --dtype bf16 --shard-size: shards + index, the same loss as quantize bf16;
+#   - the run as a .gguf, then convert --to hf / quantize --type int8 from it: the same losses and
+#     greedy text as the folders made from the run.
 set -uo pipefail
 MOE=${MOE_BIN:?set MOE_BIN to the moe binary}
 SRC=${MOE_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -50,4 +52,18 @@ lt $((s8 * 35)) $((s32 * 10)) && ok "int8 $s8 bytes < 0.35 x f32 $s32" || bad "i
 lt $((s16 * 10)) $((s32 * 6)) && ok "bf16 $s16 bytes < 0.6 x f32" || bad "bf16 size $s16 vs f32 $s32"
 out=$($MOE generate "$W/q8" --prompt "ROMEO:" --max-tokens 20 --temperature 0 --json 2>/dev/null | tail -1)
 echo "$out" | grep -q '"token_ids"' && ok "generate from the int8 folder" || bad "generate int8: $out"
+# The run as a GGUF (arch llama: q/k rows permuted, char vocabulary) and back to folders: the
+# same model as the folders made from the run directly.
+$MOE convert "$W/run/best" --to gguf --type f32 --out "$W/m.gguf" 2>/dev/null || bad "convert --to gguf"
+$MOE convert "$W/m.gguf" --to hf --out "$W/f32g" 2>/dev/null || bad "convert GGUF --to hf"
+$MOE quantize "$W/m.gguf" "$W/q8g" --type int8 > /dev/null || bad "quantize GGUF int8"
+f32g=$(ev "$W/f32g"); q8g=$(ev "$W/q8g")
+[ "$f32g" = "$f32" ] && ok "GGUF -> hf f32: loss $f32g = the run's folder" || bad "GGUF -> hf f32: $f32g vs $f32"
+[ "$q8g" = "$q8" ] && ok "GGUF -> int8: loss $q8g = the run's int8 folder" || bad "GGUF -> int8: $q8g vs $q8"
+gen() { $MOE generate "$1" --prompt "ROMEO:" --max-tokens 20 --temperature 0 --json 2>/dev/null | tail -1 |
+        /usr/bin/python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); print(j["token_ids"], j["text"])'; }
+a=$(gen "$W/q8"); b=$(gen "$W/q8g")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "GGUF -> int8: the same greedy text" || bad "GGUF -> int8 greedy: $b vs $a"
+a=$(gen "$W/m.gguf"); b=$(gen "$W/f32g")
+[ -n "$a" ] && [ "$a" = "$b" ] && ok "GGUF -> hf f32: the GGUF's greedy text" || bad "GGUF -> hf greedy: $b vs $a"
 exit $fails

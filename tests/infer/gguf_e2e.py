@@ -9,7 +9,12 @@ heads, dense layers; olmoe: clip_qkv and GQA; mixtral: the q/k row permutation),
 file and bf16 in 2 shards, the GGUF must give what the folder gives, exactly: greedy ids, the
 prompt logits (max |diff| <= 1e-6 of the largest), `moe eval --data` loss, `moe tokenize` ids
 (plain and --special), `moe inspect --json` routing; `moe bench generate X.gguf` runs; a GGUF
-retyped by `moe convert X.gguf --type bf16` equals the folder converted to bf16. Skips (77) without numpy.
+retyped by `moe convert X.gguf --type bf16` equals the folder converted to bf16.
+Back from GGUF to folders: `moe convert X.gguf --to hf` (f32 or bf16 GGUF) gives the GGUF's logits
+exactly, its greedy ids and tokenize ids; `moe quantize X.gguf --type int8` equals the int8 folder
+quantised from the source folder (logits exactly; within the int8 tolerance of f32), also from a
+Q8_0 GGUF (mixtral); an F16 GGUF -> hf f32 gives its logits exactly (mixtral). Skips (77)
+without numpy.
 """
 import json
 import os
@@ -56,6 +61,52 @@ def last_json(s):
     return json.loads(s.strip().splitlines()[-1])
 
 
+def greedy(moe, m, ids):
+    return last_json(run([moe, "generate", m, "--prompt-ids", ids, "--max-tokens", "12",
+                          "--temperature", "0", "--ignore-eos", "--json"]))["token_ids"]
+
+
+def back_from_gguf(moe, d, g, a, ids, gtype, tag):
+    """GGUF -> folders (convert --to hf, quantize): d the source folder, g its GGUF of type
+    gtype, a the folder's prompt logits."""
+    h = g + ".hf"
+    run([moe, "convert", g, "--to", "hf", "--out", h, "--dtype", gtype])
+    lg, lh = logits(moe, g, ids, h + ".g.st"), logits(moe, h, ids, h + ".h.st")
+    check(np.array_equal(lg, lh), "%s: GGUF -> hf %s: logits identical to the GGUF's (max diff %.2e)"
+          % (tag, gtype, float(np.abs(lg - lh).max())))
+    check(greedy(moe, h, ids) == greedy(moe, g, ids), "%s: GGUF -> hf: greedy ids identical" % tag)
+    for extra in ([], ["--special"]):
+        ta = last_json(run([moe, "tokenize", d, "--text", TEXT, "--json"] + extra))["ids"]
+        th = last_json(run([moe, "tokenize", h, "--text", TEXT, "--json"] + extra))["ids"]
+        check(ta == th, "%s: GGUF -> hf: tokenize %s as the source folder" % (tag, " ".join(extra)))
+    if gtype != "f32":
+        return
+    qg, qd = g + ".int8", d + ".int8"
+    run([moe, "quantize", g, qg, "--type", "int8"])
+    run([moe, "quantize", d, qd, "--type", "int8"])
+    a8, b8 = logits(moe, qd, ids, qd + ".st"), logits(moe, qg, ids, qg + ".st")
+    check(np.array_equal(a8, b8), "%s: quantize GGUF int8 == quantize folder int8 (max diff %.2e)"
+          % (tag, float(np.abs(a8 - b8).max())))
+    check(greedy(moe, qg, ids) == greedy(moe, qd, ids), "%s: int8 from GGUF: greedy ids as from "
+          "the folder" % tag)
+    e = float(np.abs(b8 - a).max() / np.abs(a).max())
+    check(0 < e < 0.3, "%s: int8 from GGUF within the int8 tolerance of f32 (rel %.2e < 0.3)"
+          % (tag, e))
+    if tag.startswith("mixtral"):  # every width a multiple of 32: the whole model fits Q8_0
+        g8, q8 = g + ".q8_0.gguf", g + ".q8_0.int8"
+        run([moe, "convert", d, "--to", "gguf", "--type", "q8_0", "--out", g8])
+        run([moe, "quantize", g8, q8, "--type", "int8"])
+        c8 = logits(moe, q8, ids, q8 + ".st")
+        check(np.array_equal(c8, a8), "%s: quantize Q8_0 GGUF int8 == quantize folder int8 "
+              "(max diff %.2e)" % (tag, float(np.abs(c8 - a8).max())))
+        g16, h16 = g + ".f16.gguf", g + ".f16.hf"  # F16 widens exactly: the same numbers
+        run([moe, "convert", d, "--to", "gguf", "--type", "f16", "--out", g16])
+        run([moe, "convert", g16, "--to", "hf", "--out", h16])
+        x, y = logits(moe, g16, ids, g16 + ".st"), logits(moe, h16, ids, h16 + ".st")
+        check(np.array_equal(x, y), "%s: F16 GGUF -> hf f32: logits identical (max diff %.2e)"
+              % (tag, float(np.abs(x - y).max())))
+
+
 def main():
     moe, work = sys.argv[1], sys.argv[2]
     shutil.rmtree(work, ignore_errors=True)
@@ -94,6 +145,7 @@ def main():
             ra = json.dumps(ia.get("tokens", ia), sort_keys=True)
             rb = json.dumps(ib.get("tokens", ib), sort_keys=True)
             check(ra == rb, "%s: inspect routing identical" % tag)
+            back_from_gguf(moe, d, g, a, ids, gtype, tag)
             if dtype == "f32":
                 bj = last_json(run([moe, "bench", "generate", g, "--prefill", "8", "--decode", "4",
                                     "--reps", "1", "--json"]))

@@ -5,6 +5,7 @@
 #include "hf_fixture.h"
 #include "moe/error.h"
 #include "moe/hf_model.h"
+#include "moe/tokenizer.h"
 #include "train/generate.h"
 
 namespace moe {
@@ -65,7 +66,7 @@ TEST_F(HfCli, EvalDumpsTheLogitsOfOneForward) {
 }
 
 TEST_F(HfCli, BadFlagsAreOneLineErrors) {
-    for (const std::string args :
+    for (const std::string& args :
          {"generate " + dir_ + " --prompt-ids 1,x,3", "generate " + dir_ + " --prompt-ids 1,97",
           "generate " + dir_ + " --prompt-ids 1,,2", "eval " + dir_ + " --dump-logits /tmp/x",
           "generate " + dir_ + " --prompt hi"}) {
@@ -79,6 +80,50 @@ TEST_F(HfCli, BadFlagsAreOneLineErrors) {
     auto r = test::run_moe_cmd("generate " + dir_ + " --prompt-ids " + ids);
     EXPECT_EQ(1, r.rc) << r.out;
     EXPECT_NE(std::string::npos, r.out.find("context of 64")) << r.out;
+}
+
+// A byte-level BPE of single bytes, most of them pieces of multi-byte UTF-8 characters (lead and
+// continuation bytes), on the fixture's 97 ids: greedy output then stops inside a character for
+// some lengths. --json's text must be the decoded ids without that unfinished character (the
+// stream holds it back too), never a U+FFFD for it.
+TEST_F(HfCli, JsonTextNeverEndsInsideACharacter) {
+    json vocab = json::object();
+    for (int i = 0; i < 97; i++) {
+        const int b = i < 48 ? 0x80 + i : i < 64 ? 0xc3 + (i - 48) : i < 72 ? 0xe4 + (i - 64)
+                    : i < 76 ? 0xf0 + (i - 72) : 'a' + (i - 76);
+        std::string piece;
+        const uint32_t cp = byte_to_unicode((uint8_t)b);  // GPT-2's printable spelling
+        if (cp < 0x80) piece = std::string(1, (char)cp);
+        else piece = {(char)(0xc0 | (cp >> 6)), (char)(0x80 | (cp & 0x3f))};
+        vocab[piece] = i;
+    }
+    const json bl = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+                     {"use_regex", true}};
+    const json tj = {{"version", "1.0"},        {"added_tokens", json::array()},
+                     {"normalizer", nullptr},   {"pre_tokenizer", bl},
+                     {"decoder", bl},           {"model", {{"type", "BPE"}, {"vocab", vocab},
+                                                           {"merges", json::array()}}}};
+    write_file_atomic(dir_ + "/tokenizer.json", tj.dump());
+    auto tok = load_tokenizer(dir_);
+    ASSERT_EQ("bpe", tok->kind());
+    int cut = 0;
+    for (int n = 1; n <= 12; n++) {
+        auto r = test::run_moe_cmd("generate " + dir_ + " --prompt-ids 5,17,3,60 --max-tokens " +
+                                   std::to_string(n) +
+                                   " --temperature 0 --ignore-eos --json --threads 1");
+        ASSERT_EQ(0, r.rc) << r.out;
+        const json j = last_json(r.out);
+        const std::string full = tok->decode(j["token_ids"].get<std::vector<int32_t>>());
+        const size_t keep = utf8_complete_prefix(full);
+        cut += keep < full.size();
+        // Invalid bytes inside the text still show as U+FFFD, as JSON has them.
+        const std::string want =
+            json::parse(json(full.substr(0, keep))
+                            .dump(-1, ' ', false, json::error_handler_t::replace))
+                .get<std::string>();
+        EXPECT_EQ(want, j["text"].get<std::string>()) << "--max-tokens " << n;
+    }
+    EXPECT_GT(cut, 0) << "no length ended inside a character: the test checks nothing";
 }
 
 }  // namespace

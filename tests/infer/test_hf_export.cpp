@@ -247,6 +247,47 @@ TEST(Export, RefusesWhatItCannotWrite) {
     std::filesystem::remove_all(src);
 }
 
+// config.json written from a GGUF's metadata (hf_config_to_json): read back, every family's
+// tiny config gives the same model (dense layers, biases, clip_qkv, head_dim, special ids);
+// what the family's keys cannot say is refused naming the file and the field.
+TEST(Export, ConfigJsonFromAConfigReadsBackTheSame) {
+    for (const char* fam : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}) {
+        json src = test::tiny_hf_config(fam);
+        if (std::string(fam) == "qwen3_moe") src["attention_bias"] = true;
+        const HfConfig c = hf_config_from_json(src, "src");
+        const json j = hf_config_to_json(c, "x.gguf");
+        const HfConfig b = hf_config_from_json(j, "back");
+        EXPECT_EQ(c.moe_layer, b.moe_layer) << fam;
+        EXPECT_EQ(c.head_dim, b.head_dim) << fam;
+        EXPECT_EQ(c.clip_qkv, b.clip_qkv) << fam;
+        EXPECT_EQ(c.rms_eps, b.rms_eps) << fam;
+        EXPECT_EQ(c.o_bias, b.o_bias) << fam;
+        EXPECT_EQ(c.norm_topk_prob, b.norm_topk_prob) << fam;
+        EXPECT_EQ(c.eos_token_ids, b.eos_token_ids) << fam;
+        EXPECT_EQ(hf_tensor_shapes(c), hf_tensor_shapes(b)) << fam;
+    }
+    auto refused = [](HfConfig c, const char* field) {
+        try {
+            hf_config_to_json(c, "x.gguf");
+            ADD_FAILURE() << field << " accepted";
+        } catch (const Error& e) {
+            const std::string m = e.what();
+            EXPECT_EQ(0u, m.find("x.gguf: ")) << m;
+            EXPECT_NE(std::string::npos, m.find(field)) << m;
+        }
+    };
+    HfConfig mix = hf_config_from_json(test::tiny_hf_config("mixtral"), "m");
+    mix.norm_topk_prob = false;
+    refused(mix, "norm_topk_prob");
+    HfConfig olmoe = hf_config_from_json(test::tiny_hf_config("olmoe"), "o");
+    olmoe.moe_layer[1] = 0;
+    olmoe.dense_ff = 40;
+    refused(olmoe, "which layers are MoE");
+    HfConfig qwen2 = hf_config_from_json(test::tiny_hf_config("qwen2_moe"), "q");
+    qwen2.o_bias = true;
+    refused(qwen2, "o_proj bias");
+}
+
 TEST(Export, ByteSizes) {
     EXPECT_EQ(2000000000u, parse_byte_size("2GB", "--shard-size"));
     EXPECT_EQ(500000000u, parse_byte_size("500mb", "--shard-size"));

@@ -108,8 +108,12 @@ TEST_P(Family, UsageCountsEveryTokensExperts) {
         const auto& w = m.last_weights()[l];
         for (int t = 0; t < 10; t++) {
             EXPECT_NE(ex[t * 2], ex[t * 2 + 1]);
-            if (c.norm_topk_prob) EXPECT_NEAR(1.0, w[t * 2] + w[t * 2 + 1], 1e-6);
-            if (!c.norm_topk_prob) EXPECT_LT(w[t * 2] + w[t * 2 + 1], 1.0);
+            // gtest's EXPECT_* expand to an if/else: braces keep the else where it belongs
+            if (c.norm_topk_prob) {
+                EXPECT_NEAR(1.0, w[t * 2] + w[t * 2 + 1], 1e-6);
+            } else {
+                EXPECT_LT(w[t * 2] + w[t * 2 + 1], 1.0);
+            }
         }
     }
     EXPECT_EQ(GetParam() == "mixtral" || GetParam() == "olmoe" ? 3 : GetParam() == "qwen2_moe" ? 2 : 1,
@@ -134,8 +138,9 @@ TEST(HfModel, LongInputsGoInChunksWithTheSameNumbers) {
     m.cache_reset();
     for (int i = 0; i < 300; i++) {
         const float* p = m.cache_feed(&ids[i], 1);
-        if (i == 255 || i == 256 || i == 299)
+        if (i == 255 || i == 256 || i == 299) {
             EXPECT_TRUE(close_scaled(p, &full[(size_t)i * V], V, 1e-5)) << "position " << i;
+        }
     }
     std::filesystem::remove_all(dir);
 }
