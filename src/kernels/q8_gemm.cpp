@@ -136,6 +136,17 @@ void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx) {
     }
 }
 
+void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,
+                              int64_t k) {
+    int8_t q[kQ8Block];
+    float dx;
+    for (int m = 0; m < M; m++)
+        for (int64_t b = 0; b < k / kQ8Block; b++) {
+            q8_quantize_activation(x + m * ldx + b * kQ8Block, kQ8Block, q, &dx);
+            for (int i = 0; i < kQ8Block; i++) out[m * ldo + b * kQ8Block + i] = dx * (float)q[i];
+        }
+}
+
 // ---- one row's dot product ------------------------------------------------------------------
 
 // Integer sum per block (exact), then the block's two scales in fp32.

@@ -13,8 +13,9 @@
 // the activations costs an error of at most dx / 2 per input value (bounded in the tests); it is
 // what lets the inner loop run on int8 (measured against widening int8 -> fp32 FMAs in
 // bench/q8_dot.cpp: docs/formats.md has the figures).
-// Prefill (M >= 4): typed_gemm's panels (rows widened to fp32, then sgemm): exact weights, fp32
-// activations.
+// Prefill (M >= 4): the inputs rounded the same way (q8_round_activation_rows: the values
+// dx * qx decode multiplies), then typed_gemm's panels (rows widened to fp32, FMA): the same
+// products as decode, summed in another order.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -60,6 +61,10 @@ void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView
 // (fp32 scales), and one row's dot product by the kernel of `isa` (0 scalar, 1 AVX2, 2 AVX-512
 // VNNI; the caller checks the CPU has it).
 void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx);
+// The values decode multiplies, as floats: out[m][i] = dx[b] * qx[i] for each of M rows of k
+// (k % 32 == 0) quantised as above. Prefill runs on these so that it equals decode.
+void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,
+                              int64_t k);
 float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
 bool q8_cpu_has_vnni();  // AVX-512 F, BW, VL and VNNI
 // The alternative measured in bench/q8_dot.cpp: int8 widened to fp32, FMA with fp32 x (AVX2).

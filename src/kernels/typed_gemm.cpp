@@ -497,6 +497,19 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
     const int N = (int)w.rows, K = (int)w.cols;
     if (M <= 0 || N <= 0) return;
     if (M < 4 && w.type == WType::q8_0) return q8_gemm_decode(y, ldy, x, ldx, w, M, accumulate);
+    if (w.type == WType::q8_0) {
+        // Prefill at int8 multiplies the inputs decode multiplies: each row quantised per
+        // 32-block (q8_round_activation_rows), then the exact widened weights. So a prompt fed
+        // at once and the same tokens decoded one by one give the same logits up to fp32
+        // rounding (the KV-cache check), where fp32 inputs here would differ from decode's by
+        // the input quantisation (a few % of the logits on small random models). The pass
+        // costs M x K of M x N x K.
+        static thread_local std::vector<float> xq;
+        if (xq.size() < (size_t)M * K) xq.resize((size_t)M * K);
+        q8_round_activation_rows(xq.data(), K, x, ldx, M, K);
+        x = xq.data();
+        ldx = K;
+    }
     if (M < 4) {
         // Decode: bound by reading W once; groups of four rows spread over the threads.
         const DotFn dot = dot_fn();

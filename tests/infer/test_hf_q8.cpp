@@ -51,12 +51,13 @@ json q8_config(const std::string& family) {
 
 class Q8Family : public ::testing::TestWithParam<std::string> {};
 
-// Tolerances (relative to the largest logit). A full forward runs most products on the exact
-// prefill path; only experts given fewer than 4 tokens go through the decode kernel, whose
-// quantised inputs (error <= max|x| / 254 per value) moved these logits by at most 2.9e-3
-// (measured on the four families): 1e-2 allowed. Rounding the weights themselves moves the
-// logits of these tiny random models by 4e-2 to 1.9e-1 (their outputs are that sensitive).
-constexpr double kActTol = 1e-2;  // int8 folder vs F32 folder of the same int8 values
+// Tolerances (relative to the largest logit). Every int8 product, prefill and decode alike,
+// multiplies the inputs quantised per 32-block (error <= max|x| / 254 per value), as llama.cpp's
+// Q8_0 does: against the F32 folder of the same int8 weight values that moved these tiny random
+// models' logits by 3.3e-2 to 7.9e-2 (measured on the four families; they are that sensitive:
+// rounding the weights themselves moves them by 4e-2 to 1.9e-1). The trained main-job model
+// keeps its validation loss within 1% (e2e_quantize, docs/formats.md).
+constexpr double kActTol = 0.15;  // int8 folder vs F32 folder of the same int8 values
 constexpr double kWeightTol = 0.3;
 
 TEST_P(Q8Family, Int8FolderMatchesF32WithinTheStatedTolerance) {
@@ -105,21 +106,17 @@ TEST_P(Q8Family, KvCacheDecodeEqualsFullRecomputation) {
     const int V = m.config().vocab_size, n = 21;
     auto ids = some_ids(n, V, 3);
     std::vector<float> full = full_logits(m, ids);
-    // One token at a time (every product by the decode kernel, inputs quantised) against the
-    // full forward (most products by the exact prefill path): the activation quantisation
-    // separates them, a few % of the logits' scale on these tiny random models (measured: mean
-    // 1.8e-2 to 4e-2, worst position 3e-2 to 1.5e-1 where a top-k choice flips).
+    // One token at a time (every product by the decode kernel's integer dots) against the full
+    // forward (the prefill path: the same quantised inputs, widened weights, fp32 FMAs): the
+    // same products summed in another order, so fp32 rounding apart (measured: worst position
+    // at most 7.7e-7 of the logits' scale on the four families, 1e-5 allowed).
     m.cache_reset();
     std::vector<float> one((size_t)n * V);
-    double sum = 0;
     for (int i = 0; i < n; i++) {
         const float* p = m.cache_feed(&ids[i], 1);
         std::copy(p, p + V, &one[(size_t)i * V]);
-        const double e = rel_err(p, &full[(size_t)i * V], V);
-        sum += e;
-        EXPECT_LT(e, 0.3) << "position " << i;
+        EXPECT_LT(rel_err(p, &full[(size_t)i * V], V), 1e-5) << "position " << i;
     }
-    EXPECT_LT(sum / n, 0.08);
     // The cache itself is exact: chunks of 2 and 3 tokens (the same decode kernel, rows
     // independent) give the one-at-a-time logits up to fp32 rounding in attention.
     m.cache_reset();

@@ -203,20 +203,68 @@ TEST_P(Q8Isa, AgreesWithTheScalarKernel) {
     }
 }
 
-// M >= 4: the weights widened exactly and fp32 sgemm, so only fp32 rounding separates it from
-// the double-accumulating reference.
-TEST_P(Q8Isa, PrefillMatchesReference) {
+// M >= 4: the inputs rounded as decode rounds them (q8_round_activation_rows), the weights widened
+// exactly, fp32 FMAs: only fp32 rounding separates it from the double-accumulating reference on
+// the rounded inputs.
+TEST_P(Q8Isa, PrefillMatchesReferenceOnRoundedInputs) {
     const int shapes[][3] = {{4, 9, 32}, {7, 70, 128}, {33, 65, 96}, {9, 150, 608}};
     for (auto& s : shapes) {
         const int M = s[0], N = s[1], K = s[2];
         Q8Matrix m = make_q8(N, K, 50 + N);
         for (const WeightView& w : {m.ggml(), m.split()}) {
-            std::vector<float> x = test::randn((size_t)M * K, 60);
+            std::vector<float> x = test::randn((size_t)M * K, 60), xr((size_t)M * K);
+            q8_round_activation_rows(xr.data(), K, x.data(), K, M, K);
             std::vector<float> y(M * N), y_ref(M * N);
             wgemm(y.data(), N, x.data(), K, w, M);
-            wgemm_ref(y_ref.data(), N, x.data(), K, w, M);
+            wgemm_ref(y_ref.data(), N, xr.data(), K, w, M);
             EXPECT_TRUE(test::all_close(y, y_ref, 1e-4, 2e-5 * std::sqrt((double)K) * 8))
                 << "M=" << M << " N=" << N << " K=" << K;
+        }
+    }
+}
+
+// The rounded inputs are decode's: per 32-block dx * qx with q8_quantize_activation's dx and qx.
+TEST(Q8Format, RoundedActivationsAreDecodesValues) {
+    const int M = 3, K = 96, ldx = 100, ldo = 97;
+    std::vector<float> x = test::randn((size_t)M * ldx, 21), out((size_t)M * ldo, -7.f);
+    x[5] = 0.f;
+    for (int i = 32; i < 64; i++) x[ldx + i] = 0.f;  // an all-zero block: dx = 0, values 0
+    q8_round_activation_rows(out.data(), ldo, x.data(), ldx, M, K);
+    for (int r = 0; r < M; r++) {
+        std::vector<int8_t> q(K);
+        std::vector<float> dx(K / 32);
+        q8_quantize_activation(&x[(size_t)r * ldx], K, q.data(), dx.data());
+        for (int i = 0; i < K; i++)
+            ASSERT_EQ(dx[i / 32] * (float)q[i], out[(size_t)r * ldo + i]) << "row " << r << " " << i;
+        EXPECT_EQ(-7.f, out[(size_t)r * ldo + K]);  // past k: untouched
+    }
+}
+
+// Prefill (M >= 4) and decode (M = 1, integer dots) compute the same products: a row of the one
+// equals the other up to fp32 rounding of the sums, not up to the input quantisation.
+TEST_P(Q8Isa, PrefillEqualsDecodeRowByRow) {
+    for (int K : {32, 160, 1024}) {
+        const int M = 6, N = 37;
+        Q8Matrix m = make_q8(N, K, 70 + K);
+        for (const WeightView& w : {m.ggml(), m.split()}) {
+            std::vector<float> x = test::randn((size_t)M * K, 80 + K), yp(M * N), yd(N);
+            wgemm(yp.data(), N, x.data(), K, w, M);
+            const Q8Rows R = q8_rows(w);
+            for (int r = 0; r < M; r++) {
+                wgemm(yd.data(), N, &x[(size_t)r * K], K, w, 1);
+                std::vector<int8_t> q(K);
+                std::vector<float> dx(K / 32);
+                q8_quantize_activation(&x[(size_t)r * K], K, q.data(), dx.data());
+                for (int n = 0; n < N; n++) {
+                    double mag = 0;  // sum of |products|: the scale of fp32 rounding
+                    for (int b = 0; b < K / 32; b++)
+                        for (int i = 0; i < 32; i++)
+                            mag += std::fabs((double)f16_to_f32(R.scale_bits(n, b)) *
+                                             R.qs(n, b)[i] * dx[b] * q[b * 32 + i]);
+                    ASSERT_NEAR(yd[n], yp[(size_t)r * N + n], 4e-6 * mag + 1e-30)
+                        << "K=" << K << " row " << r << " n " << n;
+                }
+            }
         }
     }
 }
