@@ -124,8 +124,11 @@ void q8_pack_panel(float* bp, int ldb, const WeightView& w, int n0, int nr, int 
 
 // ---- the activation side ----------------------------------------------------------------------
 
-// As the weights, but the scale stays fp32 (it never goes to a file).
-void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx) {
+// As the weights, but the scale stays fp32 (it never goes to a file). The plain loop is the
+// reference; the AVX2 one computes the same bits (the same max, the same d = amax / 127 and
+// 1 / d in scalar, the same x * id products, rounding half away from zero as std::round does),
+// so decode and prefill round alike on every CPU.
+void q8_quantize_activation_ref(const float* x, int64_t k, int8_t* qx, float* dx) {
     for (int64_t b = 0; b < k / kQ8Block; b++) {
         const float* xb = x + b * kQ8Block;
         float amax = 0;
@@ -136,15 +139,62 @@ void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx) {
     }
 }
 
+__attribute__((target("avx2,fma"))) static void quantize_activation_avx2(const float* x, int64_t k,
+                                                                      int8_t* qx, float* dx) {
+    const __m256 sign = _mm256_set1_ps(-0.f), half = _mm256_set1_ps(0.5f),
+                 one = _mm256_set1_ps(1.f);
+    for (int64_t b = 0; b < k / kQ8Block; b++) {
+        const float* xb = x + b * kQ8Block;
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            // max(|x|, m): maxps returns its second operand when one is NaN, so a NaN input
+            // is skipped as std::fmax skips it (what it then rounds to is undefined either way)
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[j]), m);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q32[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 y = _mm256_mul_ps(v[j], vid);
+            // round half away from zero: truncate, then step away from zero when the dropped
+            // fraction is at least one half (y - trunc(y) is exact)
+            const __m256 t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+            const __m256 step = _mm256_or_ps(_mm256_and_ps(y, sign), one);  // +-1 with y's sign
+            const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), step));
+            q32[j] = _mm256_cvtps_epi32(r);  // an integer already: exact
+        }
+        // 32 int32 in [-127, 127] -> 32 int8 in order (packs work per 128-bit lane: permute back)
+        const __m256i p01 = _mm256_packs_epi32(q32[0], q32[1]), p23 = _mm256_packs_epi32(q32[2], q32[3]);
+        const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
+                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i*)(qx + b * kQ8Block), p);
+        dx[b] = d;
+    }
+}
+
+void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx) {
+    if (wgemm_isa() != WIsa::scalar) return quantize_activation_avx2(x, k, qx, dx);
+    q8_quantize_activation_ref(x, k, qx, dx);
+}
+
 void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,
                               int64_t k) {
-    int8_t q[kQ8Block];
-    float dx;
-    for (int m = 0; m < M; m++)
+    // rows are independent: threads change nothing but the time
+#pragma omp parallel for schedule(static) if ((int64_t)M * k >= (1 << 16))
+    for (int m = 0; m < M; m++) {
+        int8_t q[kQ8Block];
+        float dx;
         for (int64_t b = 0; b < k / kQ8Block; b++) {
             q8_quantize_activation(x + m * ldx + b * kQ8Block, kQ8Block, q, &dx);
             for (int i = 0; i < kQ8Block; i++) out[m * ldo + b * kQ8Block + i] = dx * (float)q[i];
         }
+    }
 }
 
 // ---- one row's dot product ------------------------------------------------------------------

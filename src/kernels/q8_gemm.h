@@ -61,6 +61,7 @@ void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView
 // (fp32 scales), and one row's dot product by the kernel of `isa` (0 scalar, 1 AVX2, 2 AVX-512
 // VNNI; the caller checks the CPU has it).
 void q8_quantize_activation(const float* x, int64_t k, int8_t* qx, float* dx);
+void q8_quantize_activation_ref(const float* x, int64_t k, int8_t* qx, float* dx);  // plain loop
 // The values decode multiplies, as floats: out[m][i] = dx[b] * qx[i] for each of M rows of k
 // (k % 32 == 0) quantised as above. Prefill runs on these so that it equals decode.
 void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,

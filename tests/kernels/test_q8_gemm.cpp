@@ -223,6 +223,32 @@ TEST_P(Q8Isa, PrefillMatchesReferenceOnRoundedInputs) {
     }
 }
 
+// The AVX2 quantiser (decode's and prefill's) against the plain loop, bit for bit: random rows,
+// exact ties (x * id landing on k + 0.5, rounded away from zero), zeros, an all-zero block, huge
+// and tiny magnitudes.
+TEST(Q8Format, VectorQuantiserEqualsTheReference) {
+    if (wgemm_isa() == WIsa::scalar) GTEST_SKIP() << "no AVX2";
+    for (int K : {32, 64, 1024, 3584}) {
+        std::vector<float> x = test::randn(K, 90 + K);
+        for (int i = 0; i < K; i += 7) x[i] *= 1e-30f;
+        for (int i = 3; i < K; i += 11) x[i] *= 1e30f;
+        for (int i = 0; i < 32; i++) x[i] = i == 0 ? 127.f : (float)(i - 16) + 0.5f;  // ties
+        if (K >= 64)
+            for (int i = 32; i < 64; i++) x[i] = 0.f;
+        std::vector<int8_t> qa(K), qb(K);
+        std::vector<float> da(K / 32), db(K / 32);
+        q8_quantize_activation(x.data(), K, qa.data(), da.data());
+        q8_quantize_activation_ref(x.data(), K, qb.data(), db.data());
+        EXPECT_EQ(0, std::memcmp(qa.data(), qb.data(), K)) << "K=" << K;
+        EXPECT_EQ(0, std::memcmp(da.data(), db.data(), da.size() * 4)) << "K=" << K;
+        // block 0 has d = 127 / 127 = 1: x = -14.5, 0.5, 1.5 round away from zero (half to
+        // even would give -14, 0, 2)
+        EXPECT_EQ(-15, (int)qa[1]);
+        EXPECT_EQ(1, (int)qa[16]);
+        EXPECT_EQ(2, (int)qa[17]);
+    }
+}
+
 // The rounded inputs are decode's: per 32-block dx * qx with q8_quantize_activation's dx and qx.
 TEST(Q8Format, RoundedActivationsAreDecodesValues) {
     const int M = 3, K = 96, ldx = 100, ldo = 97;
