@@ -187,8 +187,9 @@ def main():
             check(e <= tol, "%s %s: llama.cpp on our export vs moe f32 rel %.2e (<= %g)"
                   % (name, t, e, tol))
             if t == "q8_0":
-                # moe.cpp runs the same Q8_0 blocks: prompt logits by the prefill path (weights
-                # widened, fp32 activations), llama.cpp quantises activations to Q8_0 too.
+                # moe.cpp runs the same Q8_0 blocks: prompt logits by the prefill path (inputs
+                # quantised per 32 values as decode does, weights widened), as llama.cpp
+                # quantises its activations to Q8_0 too.
                 e2 = float(np.abs(moe_logits(g[t], t) - np.array(p["prompt_logits"])).max()) / scale
                 check(e2 <= 3e-2, "%s q8_0: moe.cpp vs llama.cpp on the same file rel %.2e (<= 3e-2)"
                       % (name, e2))
@@ -221,6 +222,22 @@ def main():
                 tol2 = 2e-3 if qt == "F16" else 1.5e-2
                 check(e <= tol2, "%s: llama-quantize %s read by moe.cpp vs llama.cpp rel %.2e (<= %g)"
                       % (name, qt, e, tol2))
+            # llama.cpp's files as moe.cpp folders: F16/BF16 -> an HF f32 folder (the same
+            # values), Q8_0 -> an int8 folder (the same blocks); each runs like the .gguf.
+            for qt, how in (("F16", ["convert", "--to", "hf", "--out"]),
+                            ("BF16", ["convert", "--to", "hf", "--out"]),
+                            ("Q8_0", ["quantize", "--type", "int8"])):
+                q = os.path.join(work, "%s.lq.%s.gguf" % (name, qt))
+                d = os.path.join(work, "%s.lq.%s.folder" % (name, qt))
+                shutil.rmtree(d, ignore_errors=True)
+                if how[0] == "convert":
+                    run([moe, "convert", q] + how[1:] + [d])
+                else:
+                    run([moe, "quantize", q, d] + how[1:])
+                lq = moe_logits(q, "lq%s.again" % qt)
+                e = float(np.abs(moe_logits(d, "lq%s.folder" % qt) - lq).max()) / scale
+                check(e <= 1e-5, "%s: llama-quantize %s -> moe %s folder runs as the .gguf rel "
+                      "%.2e (<= 1e-5)" % (name, qt, how[0], e))
         else:
             print("skip: no llama-quantize in %s" % quant)
     print("%d passed, %d failed" % (len(passed), len(fails)))
