@@ -147,7 +147,9 @@ __attribute__((always_inline)) inline float exp_neg(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.f;
     p = p * r + 1.f;
-    return p * __builtin_bit_cast(float, (ni + 127) << 23);
+    // unsigned shift: for a NaN input (a poisoned model; the trainer then reports the NaN loss)
+    // ni is INT_MIN and a signed shift of it would be undefined behaviour
+    return p * __builtin_bit_cast(float, (uint32_t)(ni + 127) << 23);
 }
 
 // kT [hd, Sk] = transpose of the Sk rows (stride ld) of one kv head.
