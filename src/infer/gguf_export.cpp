@@ -14,6 +14,7 @@
 #include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/checked.h"
+#include "moe/checkpoint.h"
 #include "moe/config.h"
 #include "moe/error.h"
 #include "moe/file_io.h"
@@ -276,7 +277,12 @@ void fill_tensor(WeightStore& store, const std::vector<const GgufSlot*>& parts, 
 }  // namespace
 
 GgufExportSummary write_gguf_model(const std::string& src, GgmlType type, const std::string& out) {
-    const GgufExportOptions o{src, out};
+    // A run folder (what `moe train --out` wrote) stands for its best/ checkpoint, as for --to hf.
+    std::string dir = src;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (!is_gguf_file(dir) && dir_exists(dir) && !file_exists(dir + "/config.json"))
+        dir = resolve_checkpoint_dir(dir);
+    const GgufExportOptions o{dir, out};
     HfConfig c;
     std::unique_ptr<WeightStore> store;
     std::unique_ptr<GgufFile> src_gguf;

@@ -55,6 +55,10 @@ echo "$out" | grep -q '"token_ids"' && ok "generate from the int8 folder" || bad
 # The run as a GGUF (arch llama: q/k rows permuted, char vocabulary) and back to folders: the
 # same model as the folders made from the run directly.
 $MOE convert "$W/run/best" --to gguf --type f32 --out "$W/m.gguf" 2>/dev/null || bad "convert --to gguf"
+# a run folder stands for its best/ checkpoint (as for --to hf and quantize)
+$MOE convert "$W/run" --to gguf --type f32 --out "$W/m_run.gguf" 2>/dev/null || bad "convert RUN --to gguf"
+cmp -s "$W/m.gguf" "$W/m_run.gguf" && ok "convert RUN --to gguf = RUN/best's file" ||
+  bad "convert RUN --to gguf differs from RUN/best's file"
 $MOE convert "$W/m.gguf" --to hf --out "$W/f32g" 2>/dev/null || bad "convert GGUF --to hf"
 $MOE quantize "$W/m.gguf" "$W/q8g" --type int8 > /dev/null || bad "quantize GGUF int8"
 f32g=$(ev "$W/f32g"); q8g=$(ev "$W/q8g")
