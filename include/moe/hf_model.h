@@ -93,6 +93,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const
 // or out-of-range keys, hidden_act other than silu, any rope_scaling, a sliding window shorter
 // than max_position_embeddings: moe::Error naming the key and what to do.
 HfConfig hf_config_from_json(const nlohmann::json& j, const std::string& where);
+// config.json's "architectures" entry of a family (mixtral, qwen2_moe, qwen3_moe, olmoe).
+const char* hf_architecture(const std::string& model_type);
 // HfConfig -> the config.json a Hugging Face folder of the family has (the inverse of
 // hf_config_from_json, checked by reading it back: a model the family's keys cannot describe is
 // a moe::Error naming `where` and the field). For writing a .gguf's model as a folder.

@@ -314,16 +314,20 @@ static std::string first_difference(const HfConfig& a, const HfConfig& b) {
     return "";
 }
 
+const char* hf_architecture(const std::string& model_type) {
+    return model_type == "mixtral"     ? "MixtralForCausalLM"
+           : model_type == "qwen2_moe" ? "Qwen2MoeForCausalLM"
+           : model_type == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                                       : "OlmoeForCausalLM";
+}
+
 json hf_config_to_json(const HfConfig& c, const std::string& where) {
     const std::string& mt = c.model_type;
     // A float as its shortest decimal (1e-06, not 9.99999997e-07): read as a double and rounded
     // back to float it is the same float.
     auto dec = [](float v) { return std::stod(fmt::format("{}", v)); };
     json j;
-    j["architectures"] = {mt == "mixtral"     ? "MixtralForCausalLM"
-                          : mt == "qwen2_moe" ? "Qwen2MoeForCausalLM"
-                          : mt == "qwen3_moe" ? "Qwen3MoeForCausalLM"
-                                              : "OlmoeForCausalLM"};
+    j["architectures"] = {hf_architecture(mt)};
     j["model_type"] = mt;
     j["vocab_size"] = c.vocab_size;
     j["hidden_size"] = c.hidden_size;

@@ -478,7 +478,7 @@ static json mixtral_to_hf(const ModelConfig& m) {
     bool any_moe = false;
     for (int l = 0; l < m.n_layers; l++) any_moe = any_moe || m.is_moe_layer(l);
     json j;
-    j["architectures"] = {"MixtralForCausalLM"};
+    j["architectures"] = {hf_architecture("mixtral")};
     j["model_type"] = "mixtral";
     j["hidden_size"] = m.d_model;
     j["intermediate_size"] = any_moe ? m.moe.d_ff : m.d_ff;
@@ -550,9 +550,7 @@ static json family_moe_cpp(const ModelConfig& m) {
 static json family_to_hf(const ModelConfig& m) {
     const std::string& fam = m.family;
     json j;
-    j["architectures"] = {fam == "qwen2_moe"   ? "Qwen2MoeForCausalLM"
-                          : fam == "qwen3_moe" ? "Qwen3MoeForCausalLM"
-                                               : "OlmoeForCausalLM"};
+    j["architectures"] = {hf_architecture(fam)};
     j["model_type"] = fam;
     j["vocab_size"] = m.vocab_size;
     j["hidden_size"] = m.d_model;
