@@ -12,11 +12,17 @@ MOE=${1:-build/moe}
 ROUNDS=${2:-5}
 [ $# -ge 2 ] && shift 2 || shift $#
 [ "${1:-}" = "--" ] && shift
+case "$ROUNDS" in
+''|*[!0-9]*|0) echo "layer_vs_torch.sh: ROUNDS '$ROUNDS' must be a positive integer" >&2; exit 2 ;;
+esac
 OUT=$(mktemp)
-trap 'rm -f "$OUT"' EXIT
+ONE=$(mktemp)
+trap 'rm -f "$OUT" "$ONE"' EXIT
 i=0
 while [ "$i" -lt "$ROUNDS" ]; do
-  "$MOE" bench layer --threads "${THREADS:-2}" --reps "${REPS:-5}" --json "$@" | tail -n 1 >> "$OUT"
+  # moe bench layer's own message (a bad flag, say) and its exit status stop the rounds
+  "$MOE" bench layer --threads "${THREADS:-2}" --reps "${REPS:-5}" --json "$@" > "$ONE" || exit $?
+  tail -n 1 "$ONE" >> "$OUT"
   i=$((i + 1))
 done
 /usr/bin/python3 - "$OUT" <<'PY'

@@ -27,8 +27,10 @@ esac
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 # shellcheck disable=SC2086 # MOE_PREC is empty or two words
-ours=$("$MOE" train --config "$CFG" --out "$OUT/run" --max-steps "$STEPS" --threads "$TH" $MOE_PREC \
-       --json --quiet | tail -n 1)
+# moe train's own one-line message and exit status stop the script (bad steps, config, ...)
+"$MOE" train --config "$CFG" --out "$OUT/run" --max-steps "$STEPS" --threads "$TH" $MOE_PREC \
+       --json --quiet > "$OUT/ours.txt" || exit $?
+ours=$(tail -n 1 "$OUT/ours.txt")
 SPM=$(find "$OUT/run" -name tokenizer.model 2>/dev/null | head -n 1)
 peer=$($CORETYPE /usr/bin/python3 bench/peers/torch_lm.py --train-bench \
        --config "$CFG" --steps "$STEPS" --threads "$TH" --precision "$PREC" \
