@@ -9,6 +9,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -318,6 +319,236 @@ __attribute__((target("avx2,fma,f16c"))) float q8_dot_row_widen_avx2(const Q8Row
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+// ---- prefill: integer products on packed panels (AVX2) ------------------------------------------
+// y [M, N] (+)= x [M, K] W^T for M >= 4 with the inputs quantised as decode quantises them: every
+// 32-block's products summed exactly in int32, then scaled once, as in decode:
+//   y[m][n] = fma(sum_b (float)isum[m][n][b], dw[n][b] * dx[m][b]) in block order.
+// Why integers: vpmaddwd multiplies 16 int16 pairs and adds each pair into an int32 (16
+// multiply-adds per instruction, exact), where an fp32 FMA does 8; with vpaddd on the other
+// vector pipes that is up to twice the FMA kernel's multiply-adds per cycle, and the panel is
+// int16 instead of fp32 (half the packing stores, no scale multiply while packing).
+// Layout: a panel of kQNR weight rows and kc columns (kc % 32 == 0) is bq[k / 2][j] (int32 = the
+// int16 pair q[j][k], q[j][k + 1]) and bd[k / 32][j] (the rows' fp32 block scales; rows past nr
+// zero); the inputs are quantised into groups of kQMR rows, pairs interleaved: row i of a group,
+// columns k, k + 1 at xg[(k / 2) * 2 * kQMR + 2 * i] (int16; one pointer serves the six
+// broadcasts of a step), and dx[m][k / 32].
+static const int kQMR = 6, kQNR = 16, kQKC = 256, kQNC = 128;
+
+// Eight weight rows j0 .. j0 + 7 of the panel, whole 16-column steps: int8 -> int16 per row,
+// then the 8 x 8 transpose of int32 pairs (the fp32 transpose on the same bits); their scales.
+__attribute__((target("avx2,fma,f16c"))) static void pack_i16_avx2(int32_t* bq, float* bd, const Q8Rows& R,
+                                                                   int n0, int j0, int k0,
+                                                                   int kc) {
+    for (int k = 0; k < kc; k += 16) {
+        const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
+        __m256 r[8];
+        for (int j = 0; j < 8; j++)
+            r[j] = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(
+                _mm_loadu_si128((const __m128i*)(R.qs(n0 + j0 + j, b) + i))));
+        transpose8_store_avx2(r, (float*)(bq + (size_t)(k / 2) * kQNR + j0), kQNR);
+    }
+    for (int kb = 0; kb < kc / kQ8Block; kb++)
+        for (int j = 0; j < 8; j++)
+            bd[kb * kQNR + j0 + j] = _cvtsh_ss(R.scale_bits(n0 + j0 + j, k0 / kQ8Block + kb));
+}
+
+static void pack_q8_i16(int32_t* bq, float* bd, const Q8Rows& R, int n0, int nr, int k0, int kc,
+                        bool avx2) {
+    int j0 = 0;
+    if (avx2)
+        for (; j0 + 8 <= nr; j0 += 8) pack_i16_avx2(bq, bd, R, n0, j0, k0, kc);
+    for (int j = j0; j < kQNR; j++)
+        for (int k = 0; k < kc; k += 2) {
+            int16_t pair[2] = {0, 0};
+            if (j < nr) {
+                const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
+                pair[0] = R.qs(n0 + j, b)[i];
+                pair[1] = R.qs(n0 + j, b)[i + 1];
+            }
+            std::memcpy(&bq[(size_t)(k / 2) * kQNR + j], pair, 4);
+        }
+    for (int kb = 0; kb < kc / kQ8Block; kb++)
+        for (int j = j0; j < kQNR; j++)
+            bd[kb * kQNR + j] = j < nr ? f16_to_f32(R.scale_bits(n0 + j, k0 / kQ8Block + kb)) : 0.f;
+}
+
+// 6 x 16 outputs over nblk blocks (the inputs are padded to whole groups of 6 rows; only mr
+// rows are stored). Per k-pair step: the panel's two vectors, then per row a broadcast input
+// pair, two vpmaddwd and two vpaddd into twelve int32 accumulators: all sixteen vector
+// registers, so the step is written in asm (g++ 12 spilled an accumulator and moved every
+// other one between registers on each step, a third more instructions). After each block the
+// int32 sums are scaled into the fp32 tile t (in L1): t += (float)isum * (dw * dx).
+__attribute__((target("avx2,fma"))) static void ukernel_i16_avx2(int nblk, const int16_t* xg,
+                                                                 const float* dx,
+                                                                 int lddx, const int32_t* bq,
+                                                                 const float* bd, float* c,
+                                                                 int ldc, bool add, int mr,
+                                                                 int nr) {
+    alignas(32) float t[kQMR][kQNR];
+    for (int i = 0; i < kQMR; i++)
+        for (int j = 0; j < kQNR; j++)
+            t[i][j] = add && i < mr && j < nr ? c[(size_t)i * ldc + j] : 0.f;
+    for (int blk = 0; blk < nblk; blk++) {
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+                c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        const int32_t* bb = bq + (size_t)blk * (kQ8Block / 2) * kQNR;
+        const int16_t* xb = xg + (size_t)blk * kQ8Block * kQMR;
+        for (int p = 0; p < kQ8Block / 2; p++) {
+            __m256i b0, b1, a, tmp;
+            __asm__(
+                "vmovdqu (%[b]), %[b0]\n\t"
+                "vmovdqu 32(%[b]), %[b1]\n\t"
+#define MOE_QK_ROW(ADDR, C0, C1)                      \
+    "vpbroadcastd " ADDR ", %[a]\n\t"                 \
+    "vpmaddwd %[b0], %[a], %[t]\n\t"                  \
+    "vpaddd %[t], %[" C0 "], %[" C0 "]\n\t"           \
+    "vpmaddwd %[b1], %[a], %[a]\n\t"                  \
+    "vpaddd %[a], %[" C1 "], %[" C1 "]\n\t"
+                MOE_QK_ROW("(%[x])", "c00", "c01")
+                MOE_QK_ROW("4(%[x])", "c10", "c11")
+                MOE_QK_ROW("8(%[x])", "c20", "c21")
+                MOE_QK_ROW("12(%[x])", "c30", "c31")
+                MOE_QK_ROW("16(%[x])", "c40", "c41")
+                MOE_QK_ROW("20(%[x])", "c50", "c51")
+#undef MOE_QK_ROW
+                : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+                  [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+                  [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51),
+                  [b0] "=&x"(b0), [b1] "=&x"(b1), [a] "=&x"(a), [t] "=&x"(tmp)
+                : [b] "r"(bb + p * kQNR), [x] "r"(xb + (size_t)p * 2 * kQMR)
+                : "memory");
+        }
+        const __m256 d0 = _mm256_loadu_ps(bd + blk * kQNR), d1 = _mm256_loadu_ps(bd + blk * kQNR + 8);
+        const __m256i acc[kQMR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                                      {c30, c31}, {c40, c41}, {c50, c51}};
+        for (int i = 0; i < kQMR; i++) {
+            const __m256 s = _mm256_set1_ps(dx[(size_t)i * lddx + blk]);
+            _mm256_store_ps(t[i], _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]),
+                                                  _mm256_mul_ps(d0, s), _mm256_load_ps(t[i])));
+            _mm256_store_ps(t[i] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]),
+                                                      _mm256_mul_ps(d1, s),
+                                                      _mm256_load_ps(t[i] + 8)));
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) c[(size_t)i * ldc + j] = t[i][j];
+}
+
+// The same sums by plain loops (no AVX2): the panel's layout, one output at a time.
+static void ukernel_i16_scalar(int mr, int nblk, const int16_t* xg, const float* dx,
+                               int lddx, const int32_t* bq, const float* bd, float* c, int ldc,
+                               bool add, int nr) {
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            float acc = add ? c[(size_t)i * ldc + j] : 0.f;
+            for (int blk = 0; blk < nblk; blk++) {
+                int32_t s = 0;
+                for (int p = 0; p < kQ8Block / 2; p++) {
+                    int16_t w2[2];
+                    std::memcpy(w2, &bq[((size_t)blk * (kQ8Block / 2) + p) * kQNR + j], 4);
+                    const int16_t* a = xg + ((size_t)blk * (kQ8Block / 2) + p) * 2 * kQMR + 2 * i;
+                    s += (int32_t)a[0] * w2[0] + (int32_t)a[1] * w2[1];
+                }
+                acc = std::fma((float)s, bd[blk * kQNR + j] * dx[(size_t)i * lddx + blk], acc);
+            }
+            c[(size_t)i * ldc + j] = acc;
+        }
+}
+
+void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                     bool accumulate) {
+    const int N = (int)w.rows, K = (int)w.cols, nb = K / kQ8Block;
+    if (M <= 0 || N <= 0) return;
+    if (K == 0) {  // an empty sum
+        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
+        return;
+    }
+    // The inputs quantised as decode quantises them, widened to int16 for vpmaddwd's pairs.
+    static thread_local std::vector<int16_t> xq_buf;
+    static thread_local std::vector<float> dx_buf;
+    // (rows up to a multiple of kQMR, zero: the kernel always runs six rows)
+    const int Mp = (M + kQMR - 1) / kQMR * kQMR;
+    if (xq_buf.size() < (size_t)Mp * K) xq_buf.resize((size_t)Mp * K);
+    if (dx_buf.size() < (size_t)Mp * nb) dx_buf.resize((size_t)Mp * nb);
+    int16_t* xq = xq_buf.data();
+    float* dx = dx_buf.data();
+    std::fill(xq + (size_t)(Mp - kQMR) * K, xq + (size_t)Mp * K, (int16_t)0);  // the last group
+    std::fill(dx + (size_t)M * nb, dx + (size_t)Mp * nb, 0.f);
+#pragma omp parallel for schedule(static) if ((int64_t)M * K >= (1 << 16))
+    for (int m = 0; m < M; m++) {
+        static thread_local std::vector<int8_t> q;
+        if (q.size() < (size_t)K) q.resize((size_t)K);
+        q8_quantize_activation(x + (size_t)m * ldx, K, q.data(), &dx[(size_t)m * nb]);
+        // row m's pairs go to every kQMR-th int32 of its group, from slot m % kQMR
+        int16_t* g = xq + (size_t)(m / kQMR) * kQMR * K + 2 * (m % kQMR);
+        for (int k = 0; k < K; k += 2) {
+            const int16_t pair[2] = {q[k], q[k + 1]};
+            std::memcpy(g + (size_t)k * kQMR, pair, 4);
+        }
+    }
+    const bool avx2 = wgemm_isa() != WIsa::scalar;
+    const Q8Rows R = q8_rows(w);
+    const int n_chunks = (N + kQNC - 1) / kQNC;
+    // Threads take whole chunks of kQNC weight rows; each output's sum runs in block order
+    // whatever the split, so the numbers depend on neither the thread count nor the chunks.
+#pragma omp parallel if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
+    {
+        static thread_local std::vector<int32_t> bq;
+        static thread_local std::vector<float> bd;
+        if (bq.size() < (size_t)kQNC * kQKC / 2) bq.resize((size_t)kQNC * kQKC / 2);
+        if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < n_chunks; ch++) {
+            const int n0 = ch * kQNC, nc = std::min(kQNC, N - n0), np = (nc + kQNR - 1) / kQNR;
+            for (int k0 = 0; k0 < K; k0 += kQKC) {
+                const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
+                int32_t* bqp = bq.data();
+                float* bdp = bd.data();
+                for (int p = 0; p < np; p++)
+                    pack_q8_i16(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
+                                R, n0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
+                const bool add = accumulate || k0 > 0;
+                for (int m0 = 0; m0 < M; m0 += kQMR) {
+                    const int mr = std::min(kQMR, M - m0);
+                    for (int p = 0; p < np; p++) {
+                        const int16_t* xa = xq + (size_t)m0 * K + (size_t)k0 * kQMR;
+                        const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
+                        const int32_t* bqa = bqp + (size_t)p * (kQKC / 2) * kQNR;
+                        const float* bda = bdp + (size_t)p * (kQKC / kQ8Block) * kQNR;
+                        float* ya = y + (size_t)m0 * ldy + n0 + p * kQNR;
+                        const int nr = std::min(kQNR, nc - p * kQNR);
+                        if (avx2)
+                            ukernel_i16_avx2(nblk, xa, da, nb, bqa, bda, ya, ldy, add, mr, nr);
+                        else
+                            ukernel_i16_scalar(mr, nblk, xa, da, nb, bqa, bda, ya, ldy, add, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                         bool accumulate) {
+    const int N = (int)w.rows;
+    const int64_t K = w.cols, nb = K / kQ8Block;
+    const Q8Rows R = q8_rows(w);
+    std::vector<int8_t> q((size_t)K);
+    std::vector<float> dx((size_t)nb);
+    for (int m = 0; m < M; m++) {
+        q8_quantize_activation_ref(x + (size_t)m * ldx, K, q.data(), dx.data());
+        for (int n = 0; n < N; n++) {
+            float acc = accumulate ? y[(size_t)m * ldy + n] : 0.f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t s = 0;
+                for (int i = 0; i < kQ8Block; i++) s += (int32_t)R.qs(n, b)[i] * q[b * kQ8Block + i];
+                acc = std::fma((float)s, f16_to_f32(R.scale_bits(n, b)) * dx[b], acc);
+            }
+            y[(size_t)m * ldy + n] = acc;
+        }
+    }
 }
 
 // ---- the product ------------------------------------------------------------------------------

@@ -13,9 +13,10 @@
 // the activations costs an error of at most dx / 2 per input value (bounded in the tests); it is
 // what lets the inner loop run on int8 (measured against widening int8 -> fp32 FMAs in
 // bench/q8_dot.cpp: docs/formats.md has the figures).
-// Prefill (M >= 4): the inputs rounded the same way (q8_round_activation_rows: the values
-// dx * qx decode multiplies), then typed_gemm's panels (rows widened to fp32, FMA): the same
-// products as decode, summed in another order.
+// Prefill (M >= 4): the inputs quantised the same way and each block's integer sum taken
+// exactly, on int16 panels by vpmaddwd (AVX2: q8_gemm_prefill); on other CPUs the inputs rounded
+// to dx * qx (q8_round_activation_rows) and typed_gemm's widened fp32 panels. The same products
+// as decode either way, summed in another order.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -52,6 +53,15 @@ void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
 // typed_gemm's prefill panel (AVX2 path): rows n0 .. n0 + nr - 1 and columns k0 .. k0 + kc - 1
 // of w widened into bp[k * ldb + j] (j < ldb; rows past nr zero). k0 is a multiple of 32.
 void q8_pack_panel(float* bp, int ldb, const WeightView& w, int n0, int nr, int k0, int kc);
+
+// y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M >= 4 (prefill, grouped experts): the inputs
+// quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
+// vpmaddwd on int16 panels, or plain loops), then fma(isum, dw * dx) in block order. The _ref
+// is the plain loop: the same operations in the same order, so the two agree bit for bit.
+void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                     bool accumulate);
+void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                         bool accumulate);
 
 // y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M small (decode): see above.
 void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,

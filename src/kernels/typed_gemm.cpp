@@ -497,8 +497,11 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
     const int N = (int)w.rows, K = (int)w.cols;
     if (M <= 0 || N <= 0) return;
     if (M < 4 && w.type == WType::q8_0) return q8_gemm_decode(y, ldy, x, ldx, w, M, accumulate);
+    // Prefill at int8 on AVX2: integer block sums, as decode computes them (q8_gemm.cpp).
+    if (w.type == WType::q8_0 && wgemm_isa() == WIsa::avx2)
+        return q8_gemm_prefill(y, ldy, x, ldx, w, M, accumulate);
     if (w.type == WType::q8_0) {
-        // Prefill at int8 multiplies the inputs decode multiplies: each row quantised per
+        // AVX-512 and plain CPUs: prefill at int8 multiplies the inputs decode multiplies: each row quantised per
         // 32-block (q8_round_activation_rows), then the exact widened weights. So a prompt fed
         // at once and the same tokens decoded one by one give the same logits up to fp32
         // rounding (the KV-cache check), where fp32 inputs here would differ from decode's by

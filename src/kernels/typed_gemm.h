@@ -5,7 +5,8 @@
 //     inputs by an AVX-512, AVX2+F16C or scalar kernel chosen by CPUID at run time;
 //   M large (prefill, grouped experts): panels of W rows widened into a thread's scratch, then
 //     OpenBLAS sgemm on the panel.
-// Q8_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products, prefill by the panels.
+// Q8_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products; prefill by integer block
+// sums on int16 panels (AVX2), or the inputs rounded as decode rounds them and the panels above.
 // wgemm_ref is the plain loop (double accumulation) everything is tested against.
 #pragma once
 #include <cstdint>

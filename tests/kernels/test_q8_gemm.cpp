@@ -1,7 +1,8 @@
 // Q8_0 weights: the format (quantise / dequantise against its definition, both memory layouts),
 // the decode kernels (scalar, AVX2, AVX-512 VNNI where the CPU has it) against the plain
 // reference wgemm_ref with the bound that quantising the activations allows, the ISAs against
-// each other, and the prefill path (exact weights, fp32 sgemm) against the reference.
+// each other, and the prefill kernel (integer block sums on int16 panels) against its plain loop
+// bit for bit and against the reference on rounded inputs.
 #include <omp.h>
 
 #include <cstring>
@@ -292,6 +293,33 @@ TEST_P(Q8Isa, PrefillEqualsDecodeRowByRow) {
                 }
             }
         }
+    }
+}
+
+// The prefill kernel (int16 panels, integer block sums, one fma per block in block order)
+// against its plain loop, bit for bit: odd M (the kernel pads to groups of six rows), N across
+// panel (16) and chunk (128) edges, K across the 256-column passes, both layouts, = and +=,
+// one thread and two.
+TEST_P(Q8Isa, PrefillKernelEqualsItsReferenceBitForBit) {
+    const int shapes[][3] = {{1, 1, 32}, {4, 15, 64}, {5, 17, 288}, {7, 130, 256},
+                             {13, 257, 544}, {37, 33, 96}, {6, 144, 1024}};
+    const int saved = omp_get_max_threads();
+    for (auto& s : shapes) {
+        const int M = s[0], N = s[1], K = s[2];
+        Q8Matrix m = make_q8(N, K, 90 + N + K);
+        for (const WeightView& w : {m.ggml(), m.split()})
+            for (bool acc : {false, true})
+                for (int threads : {1, 2}) {
+                    std::vector<float> x = test::randn((size_t)M * (K + 3), 91 + M);
+                    std::vector<float> y0 = test::randn((size_t)M * (N + 2), 92), y = y0, y_ref = y0;
+                    omp_set_num_threads(threads);
+                    q8_gemm_prefill(y.data(), N + 2, x.data(), K + 3, w, M, acc);
+                    omp_set_num_threads(saved);
+                    q8_gemm_prefill_ref(y_ref.data(), N + 2, x.data(), K + 3, w, M, acc);
+                    EXPECT_EQ(0, std::memcmp(y.data(), y_ref.data(), y.size() * 4))
+                        << "M=" << M << " N=" << N << " K=" << K << " acc=" << acc
+                        << " threads=" << threads << " split=" << (w.scales != nullptr);
+                }
     }
 }
 
