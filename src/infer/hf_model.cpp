@@ -64,9 +64,10 @@ struct HfModel::Impl {
     std::vector<std::vector<int32_t>> last_exp;
     std::vector<std::vector<float>> last_w;
     // Routing scratch (sized once): nothing is allocated per token.
-    std::vector<int> order;
+    std::vector<int> order, eoff, ecur;
     std::vector<float> probs, tw;
-    std::vector<int32_t> toks;
+    std::vector<int32_t> toks, slot_row;
+    std::vector<WgemmJob> jobs;
 
     void grow(int n);
     void attention(int l, int n);
@@ -91,11 +92,13 @@ void HfModel::Impl::grow(int n) {
     resize(att, N * q_dim);
     resize(o, N * d);
     resize(ffn, N * d);
-    resize(g2, N * 2 * f);
-    resize(a, N * f);
+    // the experts' rows: every token once per chosen expert, all experts at once
+    const size_t R = N * std::max(c.top_k, 1);
+    resize(g2, R * 2 * f);
+    resize(a, R * f);
     resize(rl, N * std::max(c.n_experts, 1));
-    resize(xe, N * d);
-    resize(ye, N * d);
+    resize(xe, R * d);
+    resize(ye, R * d);
 }
 
 // HF computes RoPE's angles in fp32: inv_freq = 1 / theta^(2i/hd) (fp32 pow), angle = pos *
@@ -315,8 +318,9 @@ void HfModel::Impl::attention(int l, int n) {
 void HfModel::Impl::swiglu_mlp(const WeightView& g, const WeightView& u, const WeightView& dn,
                                const float* in, int m, float* out, bool accumulate) {
     const int f = (int)g.rows;
-    wgemm(g2.data(), 2 * f, in, d, g, m);
-    wgemm(g2.data() + f, 2 * f, in, d, u, m);
+    const WgemmJob gate_up[2] = {{g2.data(), 2 * f, in, d, g, m, false},
+                                 {g2.data() + f, 2 * f, in, d, u, m, false}};
+    wgemm_batch(gate_up, 2);
     swiglu_forward(g2.data(), a.data(), m, f);
     wgemm(out, d, a.data(), f, dn, m, accumulate);
 }
@@ -352,25 +356,58 @@ void HfModel::Impl::moe_block(const LayerWeights& L, int l, int n) {
             usage.count[l][order[i]]++;
         }
     }
-    std::fill(ffn.begin(), ffn.begin() + (size_t)n * d, 0.f);
+    // Every expert's tokens as consecutive rows (experts in order, tokens in order within one):
+    // rows eoff[e] .. eoff[e + 1] - 1 of xe; slot_row[t * K + i] is the row of token t's i-th
+    // choice. Then all gate and up products in one batch, all down products in another.
+    eoff.assign((size_t)E + 1, 0);
+    for (size_t s_ = 0; s_ < (size_t)n * K; s_++) eoff[ex[s_] + 1]++;
+    for (int e = 0; e < E; e++) eoff[e + 1] += eoff[e];
+    ecur.assign(eoff.begin(), eoff.end() - 1);
+    toks.resize((size_t)n * K);
+    tw.resize((size_t)n * K);
+    slot_row.resize((size_t)n * K);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < K; i++) {
+            const int r = ecur[ex[(size_t)t * K + i]]++;
+            toks[r] = t;
+            tw[r] = wt[(size_t)t * K + i];
+            slot_row[(size_t)t * K + i] = r;
+        }
+    const int rows = n * K, f = c.expert_ff;
+    for (int r = 0; r < rows; r++)
+        std::memcpy(&xe[(size_t)r * d], &h[(size_t)toks[r] * d], (size_t)d * 4);
+    jobs.clear();
     for (int e = 0; e < E; e++) {
-        toks.clear();
-        tw.clear();
-        for (int t = 0; t < n; t++)
-            for (int i = 0; i < K; i++)
-                if (ex[(size_t)t * K + i] == e) {
-                    toks.push_back(t);
-                    tw.push_back(wt[(size_t)t * K + i]);
-                }
-        if (toks.empty()) continue;
-        const int mrows = (int)toks.size();
-        for (int r = 0; r < mrows; r++)
-            std::memcpy(&xe[(size_t)r * d], &h[(size_t)toks[r] * d], (size_t)d * 4);
-        swiglu_mlp(L.eg[e], L.eu[e], L.ed[e], xe.data(), mrows, ye.data(), false);
-        for (int r = 0; r < mrows; r++) {
-            float* dst = &ffn[(size_t)toks[r] * d];
+        const int r0 = eoff[e], mrows = eoff[e + 1] - r0;
+        if (mrows == 0) continue;
+        jobs.push_back({&g2[(size_t)r0 * 2 * f], 2 * f, &xe[(size_t)r0 * d], d, L.eg[e], mrows, false});
+        jobs.push_back({&g2[(size_t)r0 * 2 * f + f], 2 * f, &xe[(size_t)r0 * d], d, L.eu[e], mrows, false});
+    }
+    wgemm_batch(jobs.data(), (int)jobs.size());
+    swiglu_forward(g2.data(), a.data(), rows, f);
+    jobs.clear();
+    for (int e = 0; e < E; e++) {
+        const int r0 = eoff[e], mrows = eoff[e + 1] - r0;
+        if (mrows == 0) continue;
+        jobs.push_back({&ye[(size_t)r0 * d], d, &a[(size_t)r0 * f], f, L.ed[e], mrows, false});
+    }
+    wgemm_batch(jobs.data(), (int)jobs.size());
+    // Weighted sums in expert order per token, as HF's expert loop adds them.
+#pragma omp parallel for schedule(static) if ((int64_t)n * K * d >= (1 << 16))
+    for (int t = 0; t < n; t++) {
+        float* dst = &ffn[(size_t)t * d];
+        std::fill(dst, dst + d, 0.f);
+        int done = -1;  // the last expert added
+        for (int i = 0; i < K; i++) {
+            int next = -1, slot = -1;  // the smallest expert above `done` among t's choices
+            for (int i2 = 0; i2 < K; i2++) {
+                const int e = ex[(size_t)t * K + i2];
+                if (e > done && (next < 0 || e < next)) next = e, slot = i2;
+            }
+            const int r = slot_row[(size_t)t * K + slot];
             const float* src = &ye[(size_t)r * d];
             for (int j = 0; j < d; j++) dst[j] += tw[r] * src[j];
+            done = next;
         }
     }
     if (c.shared_ff > 0) {
@@ -435,9 +472,10 @@ const float* HfModel::feed_chunk(const int32_t* ids, int n, int first, std::vect
     for (int l = 0; l < c.n_layers; l++) {
         const LayerWeights& L = m.layers[l];
         rmsnorm_forward(m.h.data(), m.rstd.data(), m.x.data(), L.ln1.data(), n, d, c.rms_eps);
-        wgemm(m.q.data(), m.q_dim, m.h.data(), d, L.wq, n);
-        wgemm(m.k.data(), m.kv_dim, m.h.data(), d, L.wk, n);
-        wgemm(m.v.data(), m.kv_dim, m.h.data(), d, L.wv, n);
+        const WgemmJob qkv[3] = {{m.q.data(), m.q_dim, m.h.data(), d, L.wq, n, false},
+                                 {m.k.data(), m.kv_dim, m.h.data(), d, L.wk, n, false},
+                                 {m.v.data(), m.kv_dim, m.h.data(), d, L.wv, n, false}};
+        wgemm_batch(qkv, 3);
         add_bias(m.q.data(), L.bq, n, m.q_dim);
         add_bias(m.k.data(), L.bk, n, m.kv_dim);
         add_bias(m.v.data(), L.bv, n, m.kv_dim);

@@ -457,24 +457,15 @@ static void ukernel_i16_scalar(int mr, int nblk, const int16_t* xg, const float*
         }
 }
 
-void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
-                     bool accumulate) {
-    const int N = (int)w.rows, K = (int)w.cols, nb = K / kQ8Block;
-    if (M <= 0 || N <= 0) return;
-    if (K == 0) {  // an empty sum
-        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
-        return;
-    }
-    // The inputs quantised as decode quantises them, widened to int16 for vpmaddwd's pairs.
-    static thread_local std::vector<int16_t> xq_buf;
-    static thread_local std::vector<float> dx_buf;
-    // (rows up to a multiple of kQMR, zero: the kernel always runs six rows)
+size_t q8_prefill_input_size(int M, int64_t K) {
+    return (size_t)((M + kQMR - 1) / kQMR * kQMR) * (size_t)K;
+}
+
+void q8_prefill_quantize(const float* x, int ldx, int M, int64_t K, int16_t* xg, float* dx) {
+    const int64_t nb = K / kQ8Block;
+    // rows up to a multiple of kQMR, zero: the kernel always runs six rows
     const int Mp = (M + kQMR - 1) / kQMR * kQMR;
-    if (xq_buf.size() < (size_t)Mp * K) xq_buf.resize((size_t)Mp * K);
-    if (dx_buf.size() < (size_t)Mp * nb) dx_buf.resize((size_t)Mp * nb);
-    int16_t* xq = xq_buf.data();
-    float* dx = dx_buf.data();
-    std::fill(xq + (size_t)(Mp - kQMR) * K, xq + (size_t)Mp * K, (int16_t)0);  // the last group
+    std::fill(xg + (size_t)(Mp - kQMR) * K, xg + (size_t)Mp * K, (int16_t)0);  // the last group
     std::fill(dx + (size_t)M * nb, dx + (size_t)Mp * nb, 0.f);
 #pragma omp parallel for schedule(static) if ((int64_t)M * K >= (1 << 16))
     for (int m = 0; m < M; m++) {
@@ -482,52 +473,73 @@ void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightVie
         if (q.size() < (size_t)K) q.resize((size_t)K);
         q8_quantize_activation(x + (size_t)m * ldx, K, q.data(), &dx[(size_t)m * nb]);
         // row m's pairs go to every kQMR-th int32 of its group, from slot m % kQMR
-        int16_t* g = xq + (size_t)(m / kQMR) * kQMR * K + 2 * (m % kQMR);
-        for (int k = 0; k < K; k += 2) {
+        int16_t* g = xg + (size_t)(m / kQMR) * kQMR * K + 2 * (m % kQMR);
+        for (int64_t k = 0; k < K; k += 2) {
             const int16_t pair[2] = {q[k], q[k + 1]};
             std::memcpy(g + (size_t)k * kQMR, pair, 4);
         }
     }
+}
+
+void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, const WeightView& w,
+                     int M, bool accumulate, int n0, int n1) {
+    const int K = (int)w.cols, nb = K / kQ8Block;
+    if (K == 0) {  // an empty sum
+        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy + n0, y + (size_t)m * ldy + n1, 0.f);
+        return;
+    }
+    static thread_local std::vector<int32_t> bq;
+    static thread_local std::vector<float> bd;
+    if (bq.size() < (size_t)kQNC * kQKC / 2) bq.resize((size_t)kQNC * kQKC / 2);
+    if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
     const bool avx2 = wgemm_isa() != WIsa::scalar;
     const Q8Rows R = q8_rows(w);
-    const int n_chunks = (N + kQNC - 1) / kQNC;
-    // Threads take whole chunks of kQNC weight rows; each output's sum runs in block order
-    // whatever the split, so the numbers depend on neither the thread count nor the chunks.
-#pragma omp parallel if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
-    {
-        static thread_local std::vector<int32_t> bq;
-        static thread_local std::vector<float> bd;
-        if (bq.size() < (size_t)kQNC * kQKC / 2) bq.resize((size_t)kQNC * kQKC / 2);
-        if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
-#pragma omp for schedule(static)
-        for (int ch = 0; ch < n_chunks; ch++) {
-            const int n0 = ch * kQNC, nc = std::min(kQNC, N - n0), np = (nc + kQNR - 1) / kQNR;
-            for (int k0 = 0; k0 < K; k0 += kQKC) {
-                const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
-                int32_t* bqp = bq.data();
-                float* bdp = bd.data();
-                for (int p = 0; p < np; p++)
-                    pack_q8_i16(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
-                                R, n0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
-                const bool add = accumulate || k0 > 0;
-                for (int m0 = 0; m0 < M; m0 += kQMR) {
-                    const int mr = std::min(kQMR, M - m0);
-                    for (int p = 0; p < np; p++) {
-                        const int16_t* xa = xq + (size_t)m0 * K + (size_t)k0 * kQMR;
-                        const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
-                        const int32_t* bqa = bqp + (size_t)p * (kQKC / 2) * kQNR;
-                        const float* bda = bdp + (size_t)p * (kQKC / kQ8Block) * kQNR;
-                        float* ya = y + (size_t)m0 * ldy + n0 + p * kQNR;
-                        const int nr = std::min(kQNR, nc - p * kQNR);
-                        if (avx2)
-                            ukernel_i16_avx2(nblk, xa, da, nb, bqa, bda, ya, ldy, add, mr, nr);
-                        else
-                            ukernel_i16_scalar(mr, nblk, xa, da, nb, bqa, bda, ya, ldy, add, nr);
-                    }
+    for (int c0 = n0; c0 < n1; c0 += kQNC) {
+        const int nc = std::min(kQNC, n1 - c0), np = (nc + kQNR - 1) / kQNR;
+        for (int k0 = 0; k0 < K; k0 += kQKC) {
+            const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
+            int32_t* bqp = bq.data();
+            float* bdp = bd.data();
+            for (int p = 0; p < np; p++)
+                pack_q8_i16(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
+                            R, c0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
+            const bool add = accumulate || k0 > 0;
+            for (int m0 = 0; m0 < M; m0 += kQMR) {
+                const int mr = std::min(kQMR, M - m0);
+                for (int p = 0; p < np; p++) {
+                    const int16_t* xa = xg + (size_t)m0 * K + (size_t)k0 * kQMR;
+                    const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
+                    const int32_t* bqa = bqp + (size_t)p * (kQKC / 2) * kQNR;
+                    const float* bda = bdp + (size_t)p * (kQKC / kQ8Block) * kQNR;
+                    float* ya = y + (size_t)m0 * ldy + c0 + p * kQNR;
+                    const int nr = std::min(kQNR, nc - p * kQNR);
+                    if (avx2)
+                        ukernel_i16_avx2(nblk, xa, da, nb, bqa, bda, ya, ldy, add, mr, nr);
+                    else
+                        ukernel_i16_scalar(mr, nblk, xa, da, nb, bqa, bda, ya, ldy, add, nr);
                 }
             }
         }
     }
+}
+
+void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                     bool accumulate) {
+    const int N = (int)w.rows, K = (int)w.cols;
+    if (M <= 0 || N <= 0) return;
+    static thread_local std::vector<int16_t> xg;
+    static thread_local std::vector<float> dx;
+    if (xg.size() < q8_prefill_input_size(M, K)) xg.resize(q8_prefill_input_size(M, K));
+    if (dx.size() < q8_prefill_input_size(M, K) / kQ8Block) dx.resize(q8_prefill_input_size(M, K) / kQ8Block);
+    q8_prefill_quantize(x, ldx, M, K, xg.data(), dx.data());
+    int16_t* xgp = xg.data();  // pointers, not the thread_local names, go into the threads
+    float* dxp = dx.data();
+    // Threads take whole chunks of kQNC weight rows; each output's sum runs in block order
+    // whatever the split, so the numbers depend on neither the thread count nor the chunks.
+    const int n_chunks = (N + kQNC - 1) / kQNC;
+#pragma omp parallel for schedule(static) if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
+    for (int ch = 0; ch < n_chunks; ch++)
+        q8_prefill_rows(y, ldy, xgp, dxp, w, M, accumulate, ch * kQNC, std::min(N, (ch + 1) * kQNC));
 }
 
 void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
@@ -553,6 +565,25 @@ void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const Weigh
 
 // ---- the product ------------------------------------------------------------------------------
 
+void q8_decode_quantize(const float* x, int ldx, int M, int64_t K, int8_t* qx, float* dx) {
+    for (int m = 0; m < M; m++)
+        q8_quantize_activation(x + (size_t)m * ldx, K, qx + (size_t)m * K, dx + (size_t)m * (K / kQ8Block));
+}
+
+void q8_decode_rows(float* y, int ldy, const int8_t* qx, const float* dx, const WeightView& w,
+                    int M, bool accumulate, int n0, int n1) {
+    const int64_t K = w.cols, nb = K / kQ8Block;
+    const WIsa isa = wgemm_isa();
+    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() ? 2 : isa == WIsa::scalar ? 0 : 1;
+    const Q8Rows R = q8_rows(w);
+    for (int n = n0; n < n1; n++)
+        for (int m = 0; m < M; m++) {
+            const float v = q8_dot_row(kern, R, n, qx + m * K, dx + m * nb, K);
+            float& o = y[(size_t)m * ldy + n];
+            o = accumulate ? o + v : v;
+        }
+}
+
 void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                     bool accumulate) {
     const int N = (int)w.rows;
@@ -565,18 +596,11 @@ void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView
     if (dx_buf.size() < (size_t)(M * nb)) dx_buf.resize((size_t)(M * nb));
     int8_t* qx = qx_buf.data();  // pointers, not the thread_local names, go into the threads
     float* dx = dx_buf.data();
-    for (int m = 0; m < M; m++)
-        q8_quantize_activation(x + (size_t)m * ldx, K, qx + m * K, dx + m * nb);
-    const WIsa isa = wgemm_isa();
-    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() ? 2 : isa == WIsa::scalar ? 0 : 1;
-    const Q8Rows R = q8_rows(w);
+    q8_decode_quantize(x, ldx, M, K, qx, dx);
+    const int n_pieces = (N + 63) / 64;
 #pragma omp parallel for schedule(static) if ((int64_t)N * K >= 65536)
-    for (int n = 0; n < N; n++)
-        for (int m = 0; m < M; m++) {
-            const float v = q8_dot_row(kern, R, n, qx + m * K, dx + m * nb, K);
-            float& o = y[(size_t)m * ldy + n];
-            o = accumulate ? o + v : v;
-        }
+    for (int p = 0; p < n_pieces; p++)
+        q8_decode_rows(y, ldy, qx, dx, w, M, accumulate, 64 * p, std::min(N, 64 * (p + 1)));
 }
 
 }  // namespace moe

@@ -67,6 +67,19 @@ void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const Weigh
 void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                     bool accumulate);
 
+// Both in pieces, for wgemm_batch (typed_gemm.h): the inputs quantised once per product, then
+// any range of output columns n0 .. n1 - 1 on any thread; a column's value does not depend on
+// the range it was computed in.
+// Prefill's input layout: int16 [q8_prefill_input_size(M, K)], fp32 scales [that / 32].
+size_t q8_prefill_input_size(int M, int64_t K);
+void q8_prefill_quantize(const float* x, int ldx, int M, int64_t K, int16_t* xg, float* dx);
+void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, const WeightView& w,
+                     int M, bool accumulate, int n0, int n1);
+// Decode's: int8 [M * K], fp32 scales [M * K / 32].
+void q8_decode_quantize(const float* x, int ldx, int M, int64_t K, int8_t* qx, float* dx);
+void q8_decode_rows(float* y, int ldy, const int8_t* qx, const float* dx, const WeightView& w,
+                    int M, bool accumulate, int n0, int n1);
+
 // The activation side, exposed for tests and bench/q8_dot.cpp: x [K] -> qx [K], dx [K / 32]
 // (fp32 scales), and one row's dot product by the kernel of `isa` (0 scalar, 1 AVX2, 2 AVX-512
 // VNNI; the caller checks the CPU has it).

@@ -448,8 +448,9 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float
 using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
 using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
 
-static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const WeightView& w,
-                              int M, bool accumulate) {
+// Output columns n0 .. n1 - 1 (whole kNC chunks but the last), in the thread's own panel.
+static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const WeightView& w,
+                             int M, bool accumulate, int n0, int n1) {
     static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
                                           ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
                                           ukernel_avx2<6>};
@@ -457,98 +458,79 @@ static void wgemm_packed_avx2(float* y, int ldy, const float* x, int ldx, const 
                         : w.type == WType::f16  ? pack_b<WType::f16>
                         : w.type == WType::bf16 ? pack_b<WType::bf16>
                                                 : pack_b_q8;
-    const int N = (int)w.rows, K = (int)w.cols;
+    const int K = (int)w.cols;
     if (K == 0) {  // an empty sum
-        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy, y + (size_t)m * ldy + N, 0.f);
+        for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy + n0, y + (size_t)m * ldy + n1, 0.f);
         return;
     }
-    const int n_chunks = (N + kNC - 1) / kNC;
-#pragma omp parallel if (n_chunks > 1 && (int64_t)M * N * K >= (1 << 20))
-    {
-        static thread_local std::vector<float> bp;
-        if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
-#pragma omp for schedule(static)
-        for (int ch = 0; ch < n_chunks; ch++) {
-            const int n0 = ch * kNC, nc = std::min(kNC, N - n0), np = (nc + kNR - 1) / kNR;
-            for (int k0 = 0; k0 < K; k0 += kKC) {
-                const int kc = std::min(kKC, K - k0);
+    static thread_local std::vector<float> bp;
+    if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
+    for (int c0 = n0; c0 < n1; c0 += kNC) {
+        const int nc = std::min(kNC, n1 - c0), np = (nc + kNR - 1) / kNR;
+        for (int k0 = 0; k0 < K; k0 += kKC) {
+            const int kc = std::min(kKC, K - k0);
+            for (int p = 0; p < np; p++)
+                pack(&bp[(size_t)p * kKC * kNR], w, c0 + p * kNR, std::min(kNR, nc - p * kNR),
+                     k0, kc);
+            const bool add = accumulate || k0 > 0;
+            for (int m0 = 0; m0 < M; m0 += kMR) {
+                const int mr = std::min(kMR, M - m0);
                 for (int p = 0; p < np; p++)
-                    pack(&bp[(size_t)p * kKC * kNR], w, n0 + p * kNR, std::min(kNR, nc - p * kNR),
-                         k0, kc);
-                const bool add = accumulate || k0 > 0;
-                for (int m0 = 0; m0 < M; m0 += kMR) {
-                    const int mr = std::min(kMR, M - m0);
-                    for (int p = 0; p < np; p++)
-                        uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
-                               y + (size_t)m0 * ldy + n0 + p * kNR, ldy, add,
-                               std::min(kNR, nc - p * kNR));
-                }
+                    uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
+                           y + (size_t)m0 * ldy + c0 + p * kNR, ldy, add,
+                           std::min(kNR, nc - p * kNR));
             }
         }
     }
+}
+
+// Decode (M < 4) of BF16/F16/F32 weights: output columns n0 .. n1 - 1 (n0 a multiple of 4),
+// groups of four weight rows, each bound by reading W once.
+static void decode_rows(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+                        bool accumulate, int n0, int n1) {
+    const DotFn dot = dot_fn();
+    const Dot4Fn dot4 = dot4_fn(w.type);
+    const int K = (int)w.cols;
+    const size_t rb = (size_t)K * wtype_size(w.type);
+    for (int g = n0; g < n1; g += 4)
+        for (int m = 0; m < M; m++) {
+            float v[4];
+            const float* xm = x + (size_t)m * ldx;
+            if (g + 4 <= n1) {
+                dot4(xm, w.row(g), rb, K, v);
+            } else {
+                for (int r = 0; g + r < n1; r++) v[r] = dot(xm, w.row(g + r), w.type, K);
+            }
+            for (int r = 0; r < 4 && g + r < n1; r++) {
+                float& o = y[(size_t)m * ldy + g + r];
+                o = accumulate ? o + v[r] : v[r];
+            }
+        }
 }
 
 // ---- the product ------------------------------------------------------------------------------
 
 static const int kPanelRows = 128;
 
-void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
-           bool accumulate) {
+// AVX-512 CPUs and the plain path, prefill: OpenBLAS (its AVX-512 kernels run at full width).
+// W's rows are cut into panels of kPanelRows (a count that does not depend on the thread count,
+// so neither do the numbers); each thread takes whole panels, widens them into its own scratch
+// (BF16/F16/Q8_0; F32 rows are used in place) and multiplies with one sgemm, which OpenBLAS runs
+// single-threaded inside our parallel region. One parallel region per product: letting OpenBLAS
+// thread these small products itself (M is a few dozen tokens per expert) made 2 threads spend
+// most of their time in its spin-waits. Q8_0 multiplies the inputs rounded as decode rounds them
+// (q8_round_activation_rows: dx * qx per 32-block), so prompt and decode compute the same
+// products.
+static void wgemm_sgemm_panels(float* y, int ldy, const float* x, int ldx, const WeightView& w,
+                               int M, bool accumulate) {
     const int N = (int)w.rows, K = (int)w.cols;
-    if (M <= 0 || N <= 0) return;
-    if (M < 4 && w.type == WType::q8_0) return q8_gemm_decode(y, ldy, x, ldx, w, M, accumulate);
-    // Prefill at int8 on AVX2: integer block sums, as decode computes them (q8_gemm.cpp).
-    if (w.type == WType::q8_0 && wgemm_isa() == WIsa::avx2)
-        return q8_gemm_prefill(y, ldy, x, ldx, w, M, accumulate);
     if (w.type == WType::q8_0) {
-        // AVX-512 and plain CPUs: prefill at int8 multiplies the inputs decode multiplies: each row quantised per
-        // 32-block (q8_round_activation_rows), then the exact widened weights. So a prompt fed
-        // at once and the same tokens decoded one by one give the same logits up to fp32
-        // rounding (the KV-cache check), where fp32 inputs here would differ from decode's by
-        // the input quantisation (a few % of the logits on small random models). The pass
-        // costs M x K of M x N x K.
         static thread_local std::vector<float> xq;
         if (xq.size() < (size_t)M * K) xq.resize((size_t)M * K);
         q8_round_activation_rows(xq.data(), K, x, ldx, M, K);
         x = xq.data();
         ldx = K;
     }
-    if (M < 4) {
-        // Decode: bound by reading W once; groups of four rows spread over the threads.
-        const DotFn dot = dot_fn();
-        const Dot4Fn dot4 = dot4_fn(w.type);
-        const size_t rb = (size_t)K * wtype_size(w.type);
-        const int n_groups = (N + 3) / 4;
-#pragma omp parallel for schedule(static) if ((int64_t)N * K >= 65536)
-        for (int g = 0; g < n_groups; g++) {
-            const int n0 = 4 * g;
-            for (int m = 0; m < M; m++) {
-                float v[4];
-                const float* xm = x + (size_t)m * ldx;
-                if (n0 + 4 <= N) {
-                    dot4(xm, w.row(n0), rb, K, v);
-                } else {
-                    for (int r = 0; n0 + r < N; r++) v[r] = dot(xm, w.row(n0 + r), w.type, K);
-                }
-                for (int r = 0; r < 4 && n0 + r < N; r++) {
-                    float& o = y[(size_t)m * ldy + n0 + r];
-                    o = accumulate ? o + v[r] : v[r];
-                }
-            }
-        }
-        return;
-    }
-    if (wgemm_isa() == WIsa::avx2) {
-        wgemm_packed_avx2(y, ldy, x, ldx, w, M, accumulate);
-        return;
-    }
-    // AVX-512 CPUs and the plain path: OpenBLAS (its AVX-512 kernels run at full width).
-    // Prefill and grouped experts: W's rows are cut into panels of kPanelRows (a count that does
-    // not depend on the thread count, so neither do the numbers); each thread takes whole panels,
-    // widens them into its own scratch (BF16/F16; F32 rows are used in place) and multiplies
-    // with one sgemm, which OpenBLAS runs single-threaded inside our parallel region. One
-    // parallel region per product: letting OpenBLAS thread these small products itself (M is a
-    // few dozen tokens per expert) made 2 threads spend most of their time in its spin-waits.
     const float beta = accumulate ? 1.f : 0.f;
     const bool in_place = w.type == WType::f32 && ((uintptr_t)w.data % 4) == 0;
     const int panel = kPanelRows;
@@ -570,6 +552,130 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
             sgemm(false, true, M, pn, K, 1.f, x, ldx, wp, K, beta, y + n0, ldy);
         }
     }
+}
+
+// How a job runs: decode kernels (every CPU), the packed AVX2 prefill kernels, or the
+// OpenBLAS panels (AVX-512 and plain prefill, a parallel region of its own).
+enum class JobKind { decode, decode_q8, packed, packed_q8, panels };
+
+void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
+           bool accumulate) {
+    const WgemmJob job{y, ldy, x, ldx, w, M, accumulate};
+    wgemm_batch(&job, 1);
+}
+
+// Every job is cut into pieces of output columns (decode: 64 rows of W; prefill: kNC / 128
+// rows, one packed panel's worth), and all pieces of all jobs go to the threads in one parallel
+// region, taken first come first served. Which thread computes a piece changes nothing: each
+// output is summed inside one piece in a fixed order. One region instead of one per product
+// saves the barrier after each product, where a thread that finished its share waited for
+// the other (a token's decode ran ~100 products; the expert products of a prompt are a few
+// dozen tokens each).
+void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
+    struct Prep {
+        JobKind kind = JobKind::decode;
+        int pieces = 0, rows_per_piece = 0;
+        size_t in_off = 0, sc_off = 0;  // the quantised inputs, in the arenas below
+        int shares = -1;                // a job with the same inputs whose quantisation is reused
+    };
+    static thread_local std::vector<Prep> prep;
+    static thread_local std::vector<int8_t> arena8;
+    static thread_local std::vector<int16_t> arena16;
+    static thread_local std::vector<float> arena_sc;
+    prep.assign((size_t)n_jobs, Prep{});
+    const WIsa isa = wgemm_isa();
+    size_t n8 = 0, n16 = 0, nsc = 0;
+    int64_t work = 0;
+    int total = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        const WgemmJob& J = jobs[j];
+        Prep& P = prep[j];
+        const int N = (int)J.w.rows;
+        const int64_t K = J.w.cols;
+        if (J.M <= 0 || N <= 0) continue;
+        const bool q8 = J.w.type == WType::q8_0;
+        if (J.M < 4) {
+            P.kind = q8 ? JobKind::decode_q8 : JobKind::decode;
+            P.rows_per_piece = 64;
+        } else if (isa == WIsa::avx2) {
+            P.kind = q8 ? JobKind::packed_q8 : JobKind::packed;
+            P.rows_per_piece = kNC;  // = q8_gemm.cpp's chunk
+        } else {
+            P.kind = JobKind::panels;
+            continue;
+        }
+        P.pieces = (N + P.rows_per_piece - 1) / P.rows_per_piece;
+        total += P.pieces;
+        work += (int64_t)J.M * N * K;
+        if (!q8) continue;
+        for (int i = 0; i < j && P.shares < 0; i++)
+            if (prep[i].kind == P.kind && prep[i].shares < 0 && jobs[i].x == J.x &&
+                jobs[i].ldx == J.ldx && jobs[i].M == J.M && jobs[i].w.cols == K)
+                P.shares = i;
+        if (P.shares >= 0) {
+            P.in_off = prep[P.shares].in_off;
+            P.sc_off = prep[P.shares].sc_off;
+            continue;
+        }
+        const size_t in = P.kind == JobKind::decode_q8 ? (size_t)J.M * K : q8_prefill_input_size(J.M, K);
+        P.sc_off = nsc;
+        nsc += in / kQ8Block;
+        if (P.kind == JobKind::decode_q8) {
+            P.in_off = n8;
+            n8 += in;
+        } else {
+            P.in_off = n16;
+            n16 += in;
+        }
+    }
+    if (arena8.size() < n8) arena8.resize(n8);
+    if (arena16.size() < n16) arena16.resize(n16);
+    if (arena_sc.size() < nsc) arena_sc.resize(nsc);
+    // The products OpenBLAS runs, one after another, each threaded inside.
+    for (int j = 0; j < n_jobs; j++)
+        if (prep[j].kind == JobKind::panels)
+            wgemm_sgemm_panels(jobs[j].y, jobs[j].ldy, jobs[j].x, jobs[j].ldx, jobs[j].w,
+                               jobs[j].M, jobs[j].accumulate);
+    if (total == 0) return;
+    // The q8_0 inputs quantised once per distinct input, as decode quantises them.
+    for (int j = 0; j < n_jobs; j++) {
+        const Prep& P = prep[j];
+        const WgemmJob& J = jobs[j];
+        if (P.shares >= 0 || P.pieces == 0) continue;
+        if (P.kind == JobKind::decode_q8)
+            q8_decode_quantize(J.x, J.ldx, J.M, J.w.cols, &arena8[P.in_off], &arena_sc[P.sc_off]);
+        else if (P.kind == JobKind::packed_q8)
+            q8_prefill_quantize(J.x, J.ldx, J.M, J.w.cols, &arena16[P.in_off], &arena_sc[P.sc_off]);
+    }
+    const Prep* pp = prep.data();  // pointers, not the thread_local names, go into the threads
+    const int8_t* a8 = arena8.data();
+    const int16_t* a16 = arena16.data();
+    const float* asc = arena_sc.data();
+    // Piece i of the whole list: the job it belongs to, found by a walk (a few dozen jobs).
+    auto run_piece = [&](int i) {
+        int j = 0;
+        while (i >= pp[j].pieces) i -= pp[j++].pieces;
+        const WgemmJob& J = jobs[j];
+        const Prep& P = pp[j];
+        const int n0 = i * P.rows_per_piece, n1 = std::min((int)J.w.rows, n0 + P.rows_per_piece);
+        switch (P.kind) {
+            case JobKind::decode:
+                decode_rows(J.y, J.ldy, J.x, J.ldx, J.w, J.M, J.accumulate, n0, n1);
+                break;
+            case JobKind::decode_q8:
+                q8_decode_rows(J.y, J.ldy, a8 + P.in_off, asc + P.sc_off, J.w, J.M, J.accumulate, n0, n1);
+                break;
+            case JobKind::packed:
+                packed_rows_avx2(J.y, J.ldy, J.x, J.ldx, J.w, J.M, J.accumulate, n0, n1);
+                break;
+            case JobKind::packed_q8:
+                q8_prefill_rows(J.y, J.ldy, a16 + P.in_off, asc + P.sc_off, J.w, J.M, J.accumulate, n0, n1);
+                break;
+            case JobKind::panels: break;
+        }
+    };
+#pragma omp parallel for schedule(dynamic, 1) if (total > 1 && work >= 65536)
+    for (int i = 0; i < total; i++) run_piece(i);
 }
 
 void wgemm_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,

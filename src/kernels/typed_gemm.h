@@ -18,6 +18,20 @@ namespace moe {
 // y [M, N] = x [M, K] W^T (accumulate: y +=), W [N, K] = w.rows x w.cols. ldx, ldy: row strides.
 void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
            bool accumulate = false);
+// Several products in one parallel region: the same numbers as wgemm on each job in turn, with
+// no barrier between them (the pieces of every job shared by the threads). A job must not read
+// what another writes (q, k and v of one input; an expert's gate and up; the experts' downs into
+// their own rows). Jobs with the same q8_0 input quantise it once.
+struct WgemmJob {
+    float* y;
+    int ldy;
+    const float* x;
+    int ldx;
+    WeightView w;
+    int M;
+    bool accumulate;
+};
+void wgemm_batch(const WgemmJob* jobs, int n_jobs);
 void wgemm_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                bool accumulate = false);
 // Rows r0 .. r0 + n - 1 of w widened to fp32 into out [n, w.cols] (embedding lookups).

@@ -1,8 +1,11 @@
 // wgemm (weights in F32/BF16/F16, widened on the fly) against the plain double-accumulating
 // reference, on random odd shapes, for every kernel this CPU can run (AVX-512, AVX2, scalar) and
 // both paths (decode M < 4, panel + sgemm M >= 4); and the float <-> bf16/f16 conversions.
+#include <omp.h>
+
 #include <cstring>
 
+#include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/rng.h"
 #include "test_util.h"
@@ -70,6 +73,58 @@ TEST_P(WgemmTest, DecodeKernelIsDeterministicAndIndependentOfThreads) {
     wgemm(y1.data(), 257, x.data(), 515, w.view(), 1);
     wgemm(y2.data(), 257, x.data(), 515, w.view(), 1);
     EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * 4));
+}
+
+// wgemm_batch: several products in one parallel region give the very bits of wgemm on each in
+// turn, whatever thread computes which piece: mixed types (q8_0 too), decode and prefill sizes,
+// jobs sharing one input (quantised once), = and +=, one thread and two.
+TEST_P(WgemmTest, BatchEqualsProductsOneByOne) {
+    struct Spec { WType t; int M, N, K; int input; bool acc; };
+    const Spec specs[] = {{WType::f32, 13, 300, 64, 0, false},  {WType::bf16, 13, 130, 64, 0, true},
+                          {WType::q8_0, 13, 257, 64, 0, false}, {WType::q8_0, 13, 40, 64, 0, true},
+                          {WType::f16, 1, 515, 96, 1, false},   {WType::q8_0, 1, 200, 96, 1, false},
+                          {WType::q8_0, 2, 70, 96, 2, true},    {WType::f16, 5, 33, 96, 3, false}};
+    const int n = (int)(sizeof(specs) / sizeof(specs[0]));
+    std::vector<std::vector<uint8_t>> wbytes(n);
+    std::vector<WeightView> views(n);
+    for (int j = 0; j < n; j++) {
+        const Spec& s = specs[j];
+        if (s.t == WType::q8_0) {
+            std::vector<float> v = test::randn((size_t)s.N * s.K, 40 + j);
+            wbytes[j].resize((size_t)s.N * (s.K / 32) * kQ8BlockBytes);
+            for (int r = 0; r < s.N; r++)
+                quantize_row_q8_0(&v[(size_t)r * s.K], s.K, &wbytes[j][(size_t)r * (s.K / 32) * kQ8BlockBytes]);
+        } else {
+            wbytes[j] = make_matrix(s.t, s.N, s.K, 40 + j).bytes;
+        }
+        views[j] = {s.t, s.N, s.K, wbytes[j].data()};
+    }
+    // four inputs (row stride 100: every K fits), each product its own output
+    std::vector<std::vector<float>> xs(4);
+    for (int i = 0; i < 4; i++) xs[i] = test::randn(13 * 100, 50 + i);
+    std::vector<std::vector<float>> y0(n);
+    for (int j = 0; j < n; j++) y0[j] = test::randn((size_t)specs[j].M * (specs[j].N + 1), 60 + j);
+    auto jobs_for = [&](std::vector<std::vector<float>>& ys) {
+        std::vector<WgemmJob> jobs;
+        for (int j = 0; j < n; j++)
+            jobs.push_back({ys[j].data(), specs[j].N + 1, xs[specs[j].input].data(), 100, views[j],
+                            specs[j].M, specs[j].acc});
+        return jobs;
+    };
+    std::vector<std::vector<float>> one = y0;
+    for (const WgemmJob& J : jobs_for(one)) wgemm(J.y, J.ldy, J.x, J.ldx, J.w, J.M, J.accumulate);
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2}) {
+        std::vector<std::vector<float>> batch = y0;
+        std::vector<WgemmJob> jobs = jobs_for(batch);
+        omp_set_num_threads(threads);
+        wgemm_batch(jobs.data(), n);
+        omp_set_num_threads(saved);
+        for (int j = 0; j < n; j++)
+            EXPECT_EQ(0, std::memcmp(one[j].data(), batch[j].data(), one[j].size() * 4))
+                << "job " << j << " (" << wtype_name(specs[j].t) << " M=" << specs[j].M
+                << ") threads=" << threads;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, WgemmTest,
