@@ -46,7 +46,11 @@ static int run_generate_hf(const GenerateOptions& o) {
     if (!o.prompt_ids.empty()) {
         prompt = parse_prompt_ids(o.prompt_ids, c.vocab_size, "--prompt-ids");
     } else {
-        if (!tok) fail("{}; give --prompt-ids to run without a tokenizer", tok_error);
+        if (!tok) {
+            // (the GGUF reader's messages already name the flag)
+            if (tok_error.find("--prompt-ids") != std::string::npos) fail("{}", tok_error);
+            fail("{}; give --prompt-ids to run without a tokenizer", tok_error);
+        }
         if (o.prompt.empty()) usage_fail("--prompt: is empty; give some text to continue");
         // BOS first when the tokenizer's config says so (Mixtral yes, Qwen no), as HF does.
         if (tok->special().add_bos && tok->special().bos >= 0) prompt.push_back(tok->special().bos);

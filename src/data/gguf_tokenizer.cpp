@@ -229,7 +229,18 @@ std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f) {
 
 bool save_gguf_tokenizer(const GgufFile& f, const std::string& dir) {
     if (!f.find("tokenizer.ggml.tokens")) return false;  // runs with --prompt-ids, as the .gguf
-    const std::unique_ptr<Tokenizer> tok = gguf_tokenizer(f);
+    std::unique_ptr<Tokenizer> tok;
+    try {
+        tok = gguf_tokenizer(f);
+    } catch (const Error& e) {
+        // the reader's hint is for running the file; here the folder cannot be written at all
+        std::string why = e.what();
+        const size_t hint = why.find(" (give --prompt-ids");
+        if (hint != std::string::npos) why.erase(hint);
+        fail("{}; a folder cannot hold this vocabulary: run the .gguf itself (moe generate and "
+             "eval take it, with --prompt-ids)",
+             why);
+    }
     tok->save(dir);  // vocab.json, tokenizer.model or tokenizer.json
     // moe.cpp's own vocabularies are read back from vocab.json / a bare tokenizer.model in moe's
     // settings: a tokenizer_config.json would turn the latter into an HF SentencePiece.

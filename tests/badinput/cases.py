@@ -907,6 +907,12 @@ case("gguf/tokenizer model unknown", ["tokenize", "model.gguf", "--text", "ab"],
      "'tokenizer.ggml.model': 'rwkv' is not supported",
      gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
                           gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
+# generate with text but a vocabulary it cannot read: the reader's hint once, not twice
+case("gguf/generate --prompt with an unreadable vocabulary",
+     ["generate", "model.gguf", "--prompt", "ab", "--max-tokens", "1", "--threads", "1"], 1,
+     "vocabularies (give --prompt-ids to run without the tokenizer)\n",
+     gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
+                          gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
 # A .gguf as the source of moe quantize / convert --to hf: refused naming the file, nothing written.
 GG_QZ = ["quantize", "model.gguf", "q8out", "--type", "int8", "--threads", "1"]
 GG_HF = ["convert", "model.gguf", "--to", "hf", "--out", "hfout"]
@@ -921,7 +927,9 @@ for args, what in ((GG_QZ, "quantize"), (GG_HF, "convert --to hf")):
          "model.gguf: norm_topk_prob of this mixtral model cannot be written",
          gguf_edit(lambda g: g["kv"].append(("llama.expert_weights_norm", 7, b"\0"))))
 case("gguf/convert --to hf: a vocabulary the folder cannot hold", GG_HF, 1,
-     "model.gguf: key 'tokenizer.ggml.model': 'rwkv' is not supported",
+     "model.gguf: key 'tokenizer.ggml.model': 'rwkv' is not supported; moe.cpp reads gpt2 "
+     "(byte-level BPE) and llama (SentencePiece) vocabularies; a folder cannot hold this "
+     "vocabulary: run the .gguf itself",
      gguf_edit(lambda g: (gg_del("moe.tokenizer.kind")(g),
                           gg_set("tokenizer.ggml.model", 8, gg_str("rwkv"))(g))))
 case("convert/q8_0 of rows not in blocks of 32",
