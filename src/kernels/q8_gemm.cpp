@@ -362,6 +362,17 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_i16_avx2(int32_t* bq, 
             bd[kb * kQNR + j0 + j] = _cvtsh_ss(R.scale_bits(n0 + j0 + j, k0 / kQ8Block + kb));
 }
 
+// Rows n0 .. n0 + nr - 1, columns k0 .. k0 + kc - 1 (whole blocks) asked into the cache.
+static void prefetch_q8_rows(const Q8Rows& R, int n0, int nr, int k0, int kc) {
+    const int64_t b0 = k0 / kQ8Block, b1 = (k0 + kc) / kQ8Block;
+    for (int j = 0; j < nr; j++) {
+        const char* first = (const char*)R.qs(n0 + j, b0);
+        const char* last = (const char*)R.qs(n0 + j, b1 - 1) + kQ8Block - 1;
+        for (const char* p = first; p <= last; p += 64) __builtin_prefetch(p, 0, 3);
+        __builtin_prefetch(last, 0, 3);
+    }
+}
+
 static void pack_q8_i16(int32_t* bq, float* bd, const Q8Rows& R, int n0, int nr, int k0, int kc,
                         bool avx2) {
     int j0 = 0;
@@ -508,9 +519,17 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
             const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
             int32_t* bqp = bq.data();
             float* bdp = bd.data();
-            for (int p = 0; p < np; p++)
+            for (int p = 0; p < np; p++) {
+                // the next panel's bytes (or the next column block's first panel) while this
+                // one is packed: each row is read 256 columns at a time, too short a stream
+                // for the hardware prefetcher to learn
+                if (p + 1 < np)
+                    prefetch_q8_rows(R, c0 + (p + 1) * kQNR, std::min(kQNR, nc - (p + 1) * kQNR), k0, kc);
+                else if (k0 + kQKC < K)
+                    prefetch_q8_rows(R, c0, std::min(kQNR, nc), k0 + kQKC, std::min(kQKC, K - k0 - kQKC));
                 pack_q8_i16(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
                             R, c0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
+            }
             const bool add = accumulate || k0 > 0;
             for (int m0 = 0; m0 < M; m0 += kQMR) {
                 const int mr = std::min(kQMR, M - m0);
