@@ -86,43 +86,6 @@ void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
         }
 }
 
-// The prefill micro-kernel's packed panel (typed_gemm.cpp): rows n0 .. n0 + nr - 1, columns
-// k0 .. k0 + kc - 1 (whole blocks) widened into bp[k * ldb + j]; rows nr .. ldb - 1 zero. Eight
-// rows x eight columns are widened and transposed in registers (every store 8 contiguous floats).
-__attribute__((target("avx2,fma,f16c"))) static void pack_avx2(float* bp, int ldb,
-                                                               const Q8Rows& R, int n0, int k0,
-                                                               int kc, int j0) {
-    for (int k = 0; k < kc; k += 8) {
-        const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
-        __m256 r[8];
-        for (int j = 0; j < 8; j++) {
-            const __m128i q8 = _mm_loadl_epi64((const __m128i*)(R.qs(n0 + j0 + j, b) + i));
-            r[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)),
-                                 _mm256_set1_ps(_cvtsh_ss(R.scale_bits(n0 + j0 + j, b))));
-        }
-        transpose8_store_avx2(r, bp + (size_t)k * ldb + j0, ldb);
-    }
-}
-
-void q8_pack_panel(float* bp, int ldb, const WeightView& w, int n0, int nr, int k0, int kc) {
-    const Q8Rows R = q8_rows(w);
-    int j0 = 0;
-    if (kc % 8 == 0)  // groups of eight whole rows by the transposing kernel
-        for (; j0 + 8 <= nr; j0 += 8) pack_avx2(bp, ldb, R, n0, k0, kc, j0);
-    for (int j = 0; j < ldb; j++) {
-        if (j < j0) continue;
-        for (int k = 0; k < kc; k++) {
-            if (j >= nr) {
-                bp[(size_t)k * ldb + j] = 0.f;
-                continue;
-            }
-            const int64_t b = (k0 + k) / kQ8Block;
-            bp[(size_t)k * ldb + j] = f16_to_f32(R.scale_bits(n0 + j, b)) *
-                                      (float)R.qs(n0 + j, b)[(k0 + k) % kQ8Block];
-        }
-    }
-}
-
 // ---- the activation side ----------------------------------------------------------------------
 
 // As the weights, but the scale stays fp32 (it never goes to a file). The plain loop is the

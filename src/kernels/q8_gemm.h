@@ -50,10 +50,6 @@ Q8Rows q8_rows(const WeightView& w);
 // Rows r0 .. r0 + n - 1 widened to fp32 into out [n, w.cols] (a plain loop: wgemm_ref's too).
 void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
 
-// typed_gemm's prefill panel (AVX2 path): rows n0 .. n0 + nr - 1 and columns k0 .. k0 + kc - 1
-// of w widened into bp[k * ldb + j] (j < ldb; rows past nr zero). k0 is a multiple of 32.
-void q8_pack_panel(float* bp, int ldb, const WeightView& w, int n0, int nr, int k0, int kc);
-
 // y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M >= 4 (prefill, grouped experts): the inputs
 // quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
 // vpmaddwd on int16 panels, or plain loops), then fma(isum, dw * dx) in block order. The _ref

@@ -391,13 +391,6 @@ __attribute__((target("avx2,fma,f16c"))) static void pack_b(float* bp, const Wei
     }
 }
 
-// Q8_0 (either layout): each 32-block is d * q widened exactly as q8_widen_rows does; kc and k0
-// are multiples of 32 (K % 32 == 0 for q8_0, kKC = 256).
-// (q8_pack_panel, src/kernels/q8_gemm.cpp: 8 x 8 blocks widened and transposed in registers.)
-static void pack_b_q8(float* bp, const WeightView& w, int n0, int nr, int k0, int kc) {
-    q8_pack_panel(bp, kNR, w, n0, nr, k0, kc);
-}
-
 // Twelve named accumulators (an array of __m256 was spilled to the stack by g++ 12 on every
 // step); rows past MR are compiled out.
 template <int MR>
@@ -454,10 +447,10 @@ static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const W
     static const UkernelFn uk[kMR + 1] = {nullptr,         ukernel_avx2<1>, ukernel_avx2<2>,
                                           ukernel_avx2<3>, ukernel_avx2<4>, ukernel_avx2<5>,
                                           ukernel_avx2<6>};
-    const PackFn pack = w.type == WType::f32    ? pack_b<WType::f32>
-                        : w.type == WType::f16  ? pack_b<WType::f16>
-                        : w.type == WType::bf16 ? pack_b<WType::bf16>
-                                                : pack_b_q8;
+    // (Q8_0 never comes here: q8_gemm.cpp's integer kernel runs its prefill)
+    const PackFn pack = w.type == WType::f32   ? pack_b<WType::f32>
+                        : w.type == WType::f16 ? pack_b<WType::f16>
+                                               : pack_b<WType::bf16>;
     const int K = (int)w.cols;
     if (K == 0) {  // an empty sum
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy + n0, y + (size_t)m * ldy + n1, 0.f);
