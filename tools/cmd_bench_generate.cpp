@@ -130,6 +130,7 @@ static int run_bench_generate(const BenchGenOptions& o) {
     WType t = o.type == "f32"                       ? WType::f32
               : o.type == "f16"                     ? WType::f16
               : o.type == "q8_0" || o.type == "int8" ? WType::q8_0
+              : o.type == "q4_0"                    ? WType::q4_0
                                                     : WType::bf16;
     if (!o.random.empty()) {
         HfConfig c = random_shape(o.random);
@@ -204,7 +205,7 @@ static void register_bench_generate(CLI::App& bench) {
         "Example: moe bench generate --random mixtral-795m --type bf16 --threads 2");
     sub->add_option("model", o->model, "Hugging Face model folder");
     add_choice(sub, "--random", o->random, "mixtral-795m|tiny", "random weights of this shape");
-    add_choice(sub, "--type", o->type, "f32|bf16|f16|q8_0|int8",
+    add_choice(sub, "--type", o->type, "f32|bf16|f16|q8_0|q4_0|int8",
                "with --random: the stored weight type (int8 = q8_0; router and norms f32)");
     add_checked(sub, "--prefill", o->prefill, Range::in(1, 1 << 16), "prompt tokens (pp)");
     add_checked(sub, "--decode", o->decode, Range::in(1, 1 << 16), "decoded tokens (tg)");

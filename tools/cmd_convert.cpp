@@ -1,5 +1,5 @@
 // moe convert: a model into another format.
-//   moe convert SRC --to gguf --type f32|f16|bf16|q8_0 --out X.gguf
+//   moe convert SRC --to gguf --type f32|f16|bf16|q8_0|q4_0 --out X.gguf
 //   moe convert SRC --to hf --out DIR [--dtype f32|bf16|f16] [--shard-size 2GB]
 // SRC: a Hugging Face folder of the four families, a moe.cpp checkpoint (Mixtral family, char or
 // SentencePiece tokenizer), or a .gguf (retyped). The GGUF is what llama.cpp reads for the family:
@@ -30,14 +30,15 @@ static GgmlType parse_type(const std::string& t) {
     if (t == "f16") return GgmlType::f16;
     if (t == "bf16") return GgmlType::bf16;
     if (t == "q8_0") return GgmlType::q8_0;
-    usage_fail("--type: '{}' is not allowed (expected one of: f32 | f16 | bf16 | q8_0)", t);
+    if (t == "q4_0") return GgmlType::q4_0;
+    usage_fail("--type: '{}' is not allowed (expected one of: f32 | f16 | bf16 | q8_0 | q4_0)", t);
 }
 
 static void convert_to_gguf(const ConvertOptions& o) {
     if (!o.dtype.empty() || !o.shard_size.empty())
         usage_fail("--dtype/--shard-size: for --to hf; a GGUF's type is --type");
     if (o.out.empty()) usage_fail("--out: give the .gguf file to write");
-    if (o.type.empty()) usage_fail("--type: give f32, f16, bf16 or q8_0");
+    if (o.type.empty()) usage_fail("--type: give f32, f16, bf16, q8_0 or q4_0");
     const GgmlType type = parse_type(o.type);
     const GgufExportSummary r = write_gguf_model(o.src, type, o.out);
     std::fprintf(stderr, "moe convert: %s -> %s (arch %s, %s, %zu GGUF tensors, %.3g M params)\n",
@@ -79,7 +80,7 @@ static void register_convert(CLI::App& app) {
         "          moe convert olmoe.gguf --to hf --out olmoe-hf --dtype bf16");
     c->add_option("src", o->src, "model folder, moe.cpp checkpoint or .gguf")->required();
     add_choice(c, "--to", o->to, "gguf|hf", "target format");
-    add_choice(c, "--type", o->type, "f32|f16|bf16|q8_0",
+    add_choice(c, "--type", o->type, "f32|f16|bf16|q8_0|q4_0",
                "weight type of the matrices (vectors, routers stay f32)");
     c->add_option("--out", o->out, "the file (gguf) or folder (hf, must not exist) to write");
     add_choice(c, "--dtype", o->dtype, "f32|bf16|f16",

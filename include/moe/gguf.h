@@ -26,9 +26,9 @@ enum class GgufType : uint32_t {
 const char* gguf_type_name(GgufType t);
 
 // ggml tensor types moe.cpp reads and writes (the numbers are ggml's).
-enum class GgmlType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
-const char* ggml_type_name(GgmlType t);  // "F32", "F16", "Q8_0", "BF16"
-// Bytes of `n` elements along a row (Q8_0: n % 32 == 0, 34 bytes per block of 32).
+enum class GgmlType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, bf16 = 30 };
+const char* ggml_type_name(GgmlType t);  // "F32", "F16", "Q4_0", "Q8_0", "BF16"
+// Bytes of `n` elements along a row (Q8_0, Q4_0: n % 32 == 0, 34 / 18 bytes per block of 32).
 uint64_t ggml_row_bytes(GgmlType t, uint64_t n);
 
 // One metadata value: a scalar (its bits, little-endian, in `bits`: integers as two's

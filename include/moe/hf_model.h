@@ -27,10 +27,13 @@ class GgufFile;
 //   split (scales != nullptr): `data` holds the int8 values [rows, cols] and `scales` the fp16 d
 //     [rows, cols / 32], as moe.cpp's int8 safetensors hold them (docs/formats.md).
 // cols % 32 == 0 always (refused at load otherwise).
-enum class WType { f32, f16, bf16, q8_0 };
-const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling), "Q8_0"
-size_t wtype_size(WType t);           // bytes per value (q8_0: 1, the int8; scales aside)
-// Bytes of one row of `cols` values in GGML's layout (q8_0: cols / 32 blocks of 34 bytes).
+// q4_0 is GGML's Q4_0 (blocks of 32: an fp16 d and 16 bytes of 4-bit q, value = d * (q - 8);
+// src/kernels/q8_gemm.h), GGML's block_q4_0 layout only (18 bytes a block; scales == nullptr).
+enum class WType { f32, f16, bf16, q8_0, q4_0 };
+const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling), "Q8_0", "Q4_0"
+size_t wtype_size(WType t);           // bytes per value (q8_0: 1, the int8; scales aside; q4_0: 0)
+// Bytes of one row of `cols` values in GGML's layout (q8_0: cols / 32 blocks of 34 bytes;
+// q4_0: cols / 32 blocks of 18).
 size_t wtype_row_bytes(WType t, int64_t cols);
 
 // A matrix [rows, cols] row-major (HF orientation [out, in]) or a vector (rows = 1) in a file.

@@ -36,11 +36,13 @@ namespace {
 
 const char* kSpace = "\xe2\x96\x81";
 
-// llama.cpp's general.file_type (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_BF16).
+// llama.cpp's general.file_type (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0,
+// MOSTLY_BF16).
 uint32_t file_type(GgmlType t) {
     switch (t) {
         case GgmlType::f32: return 0;
         case GgmlType::f16: return 1;
+        case GgmlType::q4_0: return 2;
         case GgmlType::q8_0: return 7;
         case GgmlType::bf16: return 32;
     }
@@ -264,6 +266,7 @@ void fill_tensor(WeightStore& store, const std::vector<const GgufSlot*>& parts, 
                 if (type == GgmlType::f16 || type == GgmlType::bf16) std::memcpy(o + 2 * i, &h, 2);
             }
             if (type == GgmlType::q8_0) quantize_row_q8_0(row.data(), v.cols, o);
+            if (type == GgmlType::q4_0) quantize_row_q4_0(row.data(), v.cols, o);
         }
         const size_t bytes = rb * (size_t)v.rows;
         if (s->permute_heads > 0) {
@@ -334,10 +337,12 @@ GgufExportSummary write_gguf_model(const std::string& src, GgmlType type, const 
         // them so: they are small and routing is sensitive).
         const bool small = ne.size() == 1 || g.find("ffn_gate_inp") != std::string::npos;
         const GgmlType t = small ? GgmlType::f32 : type;
-        if (t == GgmlType::q8_0 && ne[0] % 32 != 0)
-            fail("--type q8_0: tensor {} has rows of {} values, not a multiple of 32 (Q8_0 blocks); "
-                 "this model cannot be held in q8_0: choose f16, bf16 or f32",
-                 g, ne[0]);
+        if ((t == GgmlType::q8_0 || t == GgmlType::q4_0) && ne[0] % 32 != 0) {
+            const std::string q = t == GgmlType::q8_0 ? "q8_0" : "q4_0";
+            fail("--type {}: tensor {} has rows of {} values, not a multiple of 32 ({} blocks); "
+                 "this model cannot be held in {}: choose f16, bf16 or f32",
+                 q, g, ne[0], ggml_type_name(t), q);
+        }
         w.add_tensor(g, ne, t, [st, ps, t](uint8_t* dst) { fill_tensor(*st, ps, t, dst); });
     }
     w.write(o.out);

@@ -237,6 +237,7 @@ static const char* st_dtype(GgmlType t) {
         case GgmlType::f16: return "F16";
         case GgmlType::bf16: return "BF16";
         case GgmlType::q8_0: return "Q8_0";
+        case GgmlType::q4_0: return "Q4_0";
     }
     return "?";
 }

@@ -20,6 +20,7 @@ const char* wtype_name(WType t) {
         case WType::f16: return "F16";
         case WType::bf16: return "BF16";
         case WType::q8_0: return "Q8_0";
+        case WType::q4_0: return "Q4_0";
     }
     return "?";
 }
@@ -30,12 +31,14 @@ size_t wtype_size(WType t) {
         case WType::f16:
         case WType::bf16: return 2;
         case WType::q8_0: return 1;
+        case WType::q4_0: return 0;  // two values a byte: only whole blocks have a size
     }
     return 0;
 }
 
 size_t wtype_row_bytes(WType t, int64_t cols) {
     if (t == WType::q8_0) return (size_t)(cols / 32) * 34;
+    if (t == WType::q4_0) return (size_t)(cols / 32) * 18;
     return (size_t)cols * wtype_size(t);
 }
 

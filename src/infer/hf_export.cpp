@@ -254,7 +254,7 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
     for (auto& [name, shape] : hf_tensor_shapes(c)) {
         const WeightView v = store.get(name, shape);
         // Vectors and the router are never narrowed: they stay as stored (int8 ones widen to F32).
-        const WType kept = v.type == WType::q8_0 ? WType::f32 : v.type;
+        const WType kept = v.type == WType::q8_0 || v.type == WType::q4_0 ? WType::f32 : v.type;
         const bool small = shape.size() == 1 || is_router(name);
         OutTensor t{name, shape, want, false, v};
         if (small) t.type = want == WType::f32 ? WType::f32 : kept;

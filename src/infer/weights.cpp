@@ -89,10 +89,10 @@ WeightStore::~WeightStore() = default;
 
 std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uint64_t seed) {
     auto shapes = hf_tensor_shapes(c);
-    // Each tensor's type: q8_0 only where `moe quantize` would put it, the rest F32.
+    // Each tensor's type: q8_0 (q4_0) only where `moe quantize` would put int8, the rest F32.
     auto type_of = [&](const std::string& name, const std::vector<int64_t>& shape) {
-        if (t != WType::q8_0) return t;
-        return hf_q8_eligible(name, shape) ? WType::q8_0 : WType::f32;
+        if (t != WType::q8_0 && t != WType::q4_0) return t;
+        return hf_q8_eligible(name, shape) ? t : WType::f32;
     };
     auto size_of = [&](const std::string& name, const std::vector<int64_t>& shape) {
         const int64_t rows = shape.size() == 1 ? 1 : shape[0];
@@ -140,10 +140,11 @@ std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uin
         for (int64_t r = 0; r < rows; r++) {
             uint8_t* o = dst + (size_t)r * row_bytes;
             const uint64_t i0 = (uint64_t)(r * cols);
-            if (tt == WType::q8_0) {
+            if (tt == WType::q8_0 || tt == WType::q4_0) {
                 std::vector<float> row((size_t)cols);
                 for (int64_t k = 0; k < cols; k++) row[k] = value(i0 + k);
-                quantize_row_q8_0(row.data(), cols, o);
+                if (tt == WType::q8_0) quantize_row_q8_0(row.data(), cols, o);
+                else quantize_row_q4_0(row.data(), cols, o);
             } else if (tt == WType::f32) {
                 for (int64_t k = 0; k < cols; k++) {
                     const float v = value(i0 + k);
@@ -194,6 +195,8 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
         w.type = WType::f16;
     else if (e.dtype == "Q8_0")  // GGML blocks (random weights)
         w.type = WType::q8_0;
+    else if (e.dtype == "Q4_0")
+        w.type = WType::q4_0;
     else if (e.dtype == "I8")
         return get_int8(name, shape, m.base + at);
     else
@@ -202,7 +205,7 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
              m.path, name, e.dtype);
     // Safetensors does not promise alignment; the kernels read rows with unaligned loads, but a
     // 2-byte type must at least sit on an even address (a Q8_0 block starts with its fp16 d).
-    const size_t align = w.type == WType::q8_0 ? 2 : wtype_size(w.type);
+    const size_t align = w.type == WType::q8_0 || w.type == WType::q4_0 ? 2 : wtype_size(w.type);
     if (at % align != 0)
         fail("{}: tensor {} starts at byte {}, not a multiple of its {}-byte elements; rewrite "
              "the file with a standard writer",

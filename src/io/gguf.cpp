@@ -56,6 +56,7 @@ const char* ggml_type_name(GgmlType t) {
         case GgmlType::f32: return "F32";
         case GgmlType::f16: return "F16";
         case GgmlType::q8_0: return "Q8_0";
+        case GgmlType::q4_0: return "Q4_0";
         case GgmlType::bf16: return "BF16";
     }
     return "?";
@@ -66,6 +67,7 @@ uint64_t ggml_row_bytes(GgmlType t, uint64_t n) {
         case GgmlType::f32: return 4 * n;
         case GgmlType::f16: case GgmlType::bf16: return 2 * n;
         case GgmlType::q8_0: return n / 32 * 34;
+        case GgmlType::q4_0: return n / 32 * 18;
     }
     return 0;
 }
@@ -365,16 +367,16 @@ void GgufFile::parse_all() {
             t.ne.push_back((int64_t)e);
         }
         const uint32_t ty = c.u32("a tensor type");
-        if (ty != 0 && ty != 1 && ty != 8 && ty != 30)
-            fail("{}: tensor {}: ggml type {} is not supported; moe.cpp reads F32, F16, BF16 and "
-                 "Q8_0 (requantize with llama-quantize to Q8_0, or convert from the original "
-                 "weights)",
+        if (ty != 0 && ty != 1 && ty != 2 && ty != 8 && ty != 30)
+            fail("{}: tensor {}: ggml type {} is not supported; moe.cpp reads F32, F16, BF16, "
+                 "Q8_0 and Q4_0 (requantize with llama-quantize to Q8_0, or convert from the "
+                 "original weights)",
                  where_, t.name, ggml_any_type_name(ty));
         t.type = (GgmlType)ty;
-        if (t.type == GgmlType::q8_0 && t.ne[0] % 32 != 0)
-            fail("{}: tensor {}: Q8_0 rows of {} values are not whole blocks of 32; the file is "
+        if ((t.type == GgmlType::q8_0 || t.type == GgmlType::q4_0) && t.ne[0] % 32 != 0)
+            fail("{}: tensor {}: {} rows of {} values are not whole blocks of 32; the file is "
                  "damaged",
-                 where_, t.name, t.ne[0]);
+                 where_, t.name, ggml_type_name(t.type), t.ne[0]);
         t.bytes = ggml_row_bytes(t.type, (uint64_t)t.ne[0]) * (n / (uint64_t)t.ne[0]);
         t.offset = c.u64("a tensor offset");
         if (t.offset % alignment_ != 0)
@@ -519,7 +521,8 @@ void GgufWriter::add_tensor(const std::string& name, std::vector<int64_t> ne, Gg
     uint64_t rows = 1;
     for (size_t i = 1; i < ne.size(); i++) rows *= (uint64_t)ne[i];
     MOE_CHECK(!ne.empty() && ne.size() <= kMaxDims, "tensor {}: {} dims", name, ne.size());
-    MOE_CHECK(type != GgmlType::q8_0 || ne[0] % 32 == 0, "tensor {}: Q8_0 row {}", name, ne[0]);
+    MOE_CHECK((type != GgmlType::q8_0 && type != GgmlType::q4_0) || ne[0] % 32 == 0,
+              "tensor {}: {} row {}", name, ggml_type_name(type), ne[0]);
     const uint64_t bytes = ggml_row_bytes(type, (uint64_t)ne[0]) * rows;
     tensors_.push_back({name, std::move(ne), type, bytes, std::move(fill)});
 }

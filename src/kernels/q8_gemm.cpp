@@ -49,6 +49,49 @@ void dequantize_row_q8_0(const void* in, int64_t k, float* out) {
     }
 }
 
+// Q4_0, from GGML's definition (see q8_gemm.h). The first value of largest |x| sets d (strict >,
+// so the first of equal magnitudes wins, as in GGML); x * id + 8.5 truncated as an int8, then
+// clamped to 15 (x * id is in [-8, 8] up to rounding, so the sum lies in [0.5, 16.5]).
+uint16_t quantize_block_q4_0(const float* x, uint8_t* qs) {
+    float amax = 0, m = 0;
+    for (int i = 0; i < kQ8Block; i++)
+        if (std::fabs(x[i]) > amax) {
+            amax = std::fabs(x[i]);
+            m = x[i];
+        }
+    const float d = m / -8.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    for (int j = 0; j < kQ8Block / 2; j++) {
+        const int q0 = std::min(15, (int)(int8_t)(x[j] * id + 8.5f));
+        const int q1 = std::min(15, (int)(int8_t)(x[j + 16] * id + 8.5f));
+        qs[j] = (uint8_t)(q0 | (q1 << 4));
+    }
+    return f32_to_f16(d);
+}
+
+void quantize_row_q4_0(const float* x, int64_t k, void* out) {
+    uint8_t* o = (uint8_t*)out;
+    for (int64_t b = 0; b < k / kQ8Block; b++, o += kQ4BlockBytes) {
+        const uint16_t d = quantize_block_q4_0(x + b * kQ8Block, o + 2);
+        std::memcpy(o, &d, 2);
+    }
+}
+
+// Value i of a Q4_0 block's nibbles qs, as the int8 q_i - 8 in [-8, 7].
+static inline int8_t q4_value(const uint8_t* qs, int i) {
+    return (int8_t)((i < 16 ? qs[i] & 15 : qs[i - 16] >> 4) - 8);
+}
+
+void dequantize_row_q4_0(const void* in, int64_t k, float* out) {
+    const uint8_t* p = (const uint8_t*)in;
+    for (int64_t b = 0; b < k / kQ8Block; b++, p += kQ4BlockBytes) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        const float d = f16_to_f32(h);
+        for (int i = 0; i < kQ8Block; i++) out[b * kQ8Block + i] = d * (float)q4_value(p + 2, i);
+    }
+}
+
 uint16_t Q8Rows::scale_bits(int64_t r, int64_t b) const {
     uint16_t h;
     std::memcpy(&h, d + (size_t)r * d_row + (size_t)b * d_blk, 2);
@@ -65,11 +108,12 @@ Q8Rows q8_rows(const WeightView& w) {
         r.d = (const uint8_t*)w.scales;
         r.d_row = nb * 2;
         r.d_blk = 2;
-    } else {  // GGML blocks {d, q[32]}
+    } else {  // GGML blocks {d, q[32]} (Q4_0: {d, qs[16]})
+        const size_t bb = w.type == WType::q4_0 ? kQ4BlockBytes : kQ8BlockBytes;
         r.d = (const uint8_t*)w.data;
         r.q = r.d + 2;
-        r.q_row = r.d_row = nb * kQ8BlockBytes;
-        r.q_blk = r.d_blk = kQ8BlockBytes;
+        r.q_row = r.d_row = nb * bb;
+        r.q_blk = r.d_blk = bb;
     }
     return r;
 }
@@ -77,6 +121,16 @@ Q8Rows q8_rows(const WeightView& w) {
 void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
     const Q8Rows R = q8_rows(w);
     const int64_t nb = w.cols / kQ8Block;
+    if (w.type == WType::q4_0) {
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t b = 0; b < nb; b++) {
+                const float d = f16_to_f32(R.scale_bits(r0 + r, b));
+                const uint8_t* qs = (const uint8_t*)R.qs(r0 + r, b);
+                float* o = out + r * w.cols + b * kQ8Block;
+                for (int i = 0; i < kQ8Block; i++) o[i] = d * (float)q4_value(qs, i);
+            }
+        return;
+    }
     for (int64_t r = 0; r < n; r++)
         for (int64_t b = 0; b < nb; b++) {
             const float d = f16_to_f32(R.scale_bits(r0 + r, b));
@@ -163,25 +217,45 @@ void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t l
 
 // ---- one row's dot product ------------------------------------------------------------------
 
+// Value i of block b of row r as an int8: the stored q (Q8_0) or q_i - 8 (Q4_0).
+template <bool Q4>
+static inline int8_t q_at(const Q8Rows& w, int64_t r, int64_t b, int i) {
+    if constexpr (Q4) return q4_value((const uint8_t*)w.qs(r, b), i);
+    return w.qs(r, b)[i];
+}
+
 // Integer sum per block (exact), then the block's two scales in fp32.
 // Blocks b0 .. b1 - 1.
+template <bool Q4>
 static float dot_scalar(const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t b0,
                         int64_t b1) {
     float acc = 0;
     for (int64_t b = b0; b < b1; b++) {
-        const int8_t* q = w.qs(r, b);
         const int8_t* a = qx + b * kQ8Block;
         int32_t s = 0;
-        for (int i = 0; i < kQ8Block; i++) s += (int32_t)q[i] * (int32_t)a[i];
+        for (int i = 0; i < kQ8Block; i++) s += (int32_t)q_at<Q4>(w, r, b, i) * (int32_t)a[i];
         acc += f16_to_f32(w.scale_bits(r, b)) * dx[b] * (float)s;
     }
     return acc;
 }
 
+// A block's 32 weights as int8: loaded (Q8_0), or unpacked from 16 bytes of nibbles (Q4_0: the
+// low nibbles are values 0..15, the high ones 16..31, each minus 8, so in [-8, 7]).
+template <bool Q4>
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i load_block_avx2(const int8_t* q) {
+    if constexpr (Q4) {
+        const __m128i raw = _mm_loadu_si128((const __m128i*)q), m4 = _mm_set1_epi8(15);
+        const __m128i lo = _mm_and_si128(raw, m4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+    }
+    return _mm256_loadu_si256((const __m256i*)q);
+}
+
+template <bool Q4>
 __attribute__((target("avx2,fma,f16c"))) static inline __m256 block_avx2(const int8_t* q,
                                                                          const int8_t* a,
                                                                          __m256i ones) {
-    const __m256i qw = _mm256_loadu_si256((const __m256i*)q);
+    const __m256i qw = load_block_avx2<Q4>(q);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
     // maddubs multiplies unsigned by signed bytes: move the weight's sign onto the activation.
     // Pairs sum to at most 2 * 128 * 127 < 32768: no saturation.
@@ -196,6 +270,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 block_avx2(const i
 // three rounds; 512 bytes ahead: 14-15, 1 KB: 16-19).
 static const int kQ8PrefetchBytes = 2048;
 
+template <bool Q4>
 __attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const Q8Rows& w, int64_t r,
                                                                const int8_t* qx, const float* dx,
                                                                int64_t nb) {
@@ -206,14 +281,14 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const Q8Rows& w, 
         _mm_prefetch((const char*)w.qs(r, b) + kQ8PrefetchBytes, _MM_HINT_T0);
         const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
         const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
-        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
+        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
                              a0);
-        a1 = _mm256_fmadd_ps(block_avx2(w.qs(r, b + 1), qx + (b + 1) * kQ8Block, ones),
+        a1 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b + 1), qx + (b + 1) * kQ8Block, ones),
                              _mm256_set1_ps(s1), a1);
     }
     if (b < nb) {
         const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
+        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
                              a0);
     }
     a0 = _mm256_add_ps(a0, a1);
@@ -243,7 +318,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c"))) static floa
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc);
     }
     float out = _mm512_reduce_add_ps(acc);
-    if (b < nb) out += dot_scalar(w, r, qx, dx, b, nb);  // an odd last block
+    if (b < nb) out += dot_scalar<false>(w, r, qx, dx, b, nb);  // an odd last block
     return out;
 }
 
@@ -251,8 +326,15 @@ float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const fl
                  int64_t k) {
     const int64_t nb = k / kQ8Block;
     if (isa == 2) return dot_vnni(w, r, qx, dx, nb);
-    if (isa == 1) return dot_avx2(w, r, qx, dx, nb);
-    return dot_scalar(w, r, qx, dx, 0, nb);
+    if (isa == 1) return dot_avx2<false>(w, r, qx, dx, nb);
+    return dot_scalar<false>(w, r, qx, dx, 0, nb);
+}
+
+float q4_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
+                 int64_t k) {
+    const int64_t nb = k / kQ8Block;
+    if (isa >= 1) return dot_avx2<true>(w, r, qx, dx, nb);
+    return dot_scalar<true>(w, r, qx, dx, 0, nb);
 }
 
 static bool detect_vnni() {
@@ -309,15 +391,26 @@ static const int kQMR = 6, kQNR = 16, kQKC = 256, kQNC = 128;
 
 // Eight weight rows j0 .. j0 + 7 of the panel, whole 16-column steps: int8 -> int16 per row,
 // then the 8 x 8 transpose of int32 pairs (the fp32 transpose on the same bits); their scales.
+// Q4_0: the 16 values at i = 0 of a block are its low nibbles, those at i = 16 the high ones.
+template <bool Q4>
 __attribute__((target("avx2,fma,f16c"))) static void pack_i16_avx2(int32_t* bq, float* bd, const Q8Rows& R,
                                                                    int n0, int j0, int k0,
                                                                    int kc) {
     for (int k = 0; k < kc; k += 16) {
         const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
         __m256 r[8];
-        for (int j = 0; j < 8; j++)
-            r[j] = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(
-                _mm_loadu_si128((const __m128i*)(R.qs(n0 + j0 + j, b) + i))));
+        for (int j = 0; j < 8; j++) {
+            __m128i q;
+            if constexpr (Q4) {
+                const __m128i raw = _mm_loadu_si128((const __m128i*)R.qs(n0 + j0 + j, b));
+                q = _mm_sub_epi8(_mm_and_si128(i == 0 ? raw : _mm_srli_epi16(raw, 4),
+                                               _mm_set1_epi8(15)),
+                                 _mm_set1_epi8(8));
+            } else {
+                q = _mm_loadu_si128((const __m128i*)(R.qs(n0 + j0 + j, b) + i));
+            }
+            r[j] = _mm256_castsi256_ps(_mm256_cvtepi8_epi16(q));
+        }
         transpose8_store_avx2(r, (float*)(bq + (size_t)(k / 2) * kQNR + j0), kQNR);
     }
     for (int kb = 0; kb < kc / kQ8Block; kb++)
@@ -336,18 +429,19 @@ static void prefetch_q8_rows(const Q8Rows& R, int n0, int nr, int k0, int kc) {
     }
 }
 
+template <bool Q4>
 static void pack_q8_i16(int32_t* bq, float* bd, const Q8Rows& R, int n0, int nr, int k0, int kc,
                         bool avx2) {
     int j0 = 0;
     if (avx2)
-        for (; j0 + 8 <= nr; j0 += 8) pack_i16_avx2(bq, bd, R, n0, j0, k0, kc);
+        for (; j0 + 8 <= nr; j0 += 8) pack_i16_avx2<Q4>(bq, bd, R, n0, j0, k0, kc);
     for (int j = j0; j < kQNR; j++)
         for (int k = 0; k < kc; k += 2) {
             int16_t pair[2] = {0, 0};
             if (j < nr) {
                 const int64_t b = (k0 + k) / kQ8Block, i = (k0 + k) % kQ8Block;
-                pair[0] = R.qs(n0 + j, b)[i];
-                pair[1] = R.qs(n0 + j, b)[i + 1];
+                pair[0] = q_at<Q4>(R, n0 + j, b, (int)i);
+                pair[1] = q_at<Q4>(R, n0 + j, b, (int)i + 1);
             }
             std::memcpy(&bq[(size_t)(k / 2) * kQNR + j], pair, 4);
         }
@@ -476,6 +570,7 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
     if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
     const bool avx2 = wgemm_isa() != WIsa::scalar;
     const Q8Rows R = q8_rows(w);
+    const auto pack = w.type == WType::q4_0 ? pack_q8_i16<true> : pack_q8_i16<false>;
     for (int c0 = n0; c0 < n1; c0 += kQNC) {
         const int nc = std::min(kQNC, n1 - c0), np = (nc + kQNR - 1) / kQNR;
         for (int k0 = 0; k0 < K; k0 += kQKC) {
@@ -490,7 +585,7 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
                     prefetch_q8_rows(R, c0 + (p + 1) * kQNR, std::min(kQNR, nc - (p + 1) * kQNR), k0, kc);
                 else if (k0 + kQKC < K)
                     prefetch_q8_rows(R, c0, std::min(kQNR, nc), k0 + kQKC, std::min(kQKC, K - k0 - kQKC));
-                pack_q8_i16(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
+                pack(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
                             R, c0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
             }
             const bool add = accumulate || k0 > 0;
@@ -537,6 +632,7 @@ void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const Weigh
     const int N = (int)w.rows;
     const int64_t K = w.cols, nb = K / kQ8Block;
     const Q8Rows R = q8_rows(w);
+    const bool q4 = w.type == WType::q4_0;
     std::vector<int8_t> q((size_t)K);
     std::vector<float> dx((size_t)nb);
     for (int m = 0; m < M; m++) {
@@ -545,7 +641,9 @@ void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const Weigh
             float acc = accumulate ? y[(size_t)m * ldy + n] : 0.f;
             for (int64_t b = 0; b < nb; b++) {
                 int32_t s = 0;
-                for (int i = 0; i < kQ8Block; i++) s += (int32_t)R.qs(n, b)[i] * q[b * kQ8Block + i];
+                for (int i = 0; i < kQ8Block; i++)
+                    s += (int32_t)(q4 ? q_at<true>(R, n, b, i) : q_at<false>(R, n, b, i)) *
+                         q[b * kQ8Block + i];
                 acc = std::fma((float)s, f16_to_f32(R.scale_bits(n, b)) * dx[b], acc);
             }
             y[(size_t)m * ldy + n] = acc;
@@ -564,11 +662,13 @@ void q8_decode_rows(float* y, int ldy, const int8_t* qx, const float* dx, const 
                     int M, bool accumulate, int n0, int n1) {
     const int64_t K = w.cols, nb = K / kQ8Block;
     const WIsa isa = wgemm_isa();
-    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() ? 2 : isa == WIsa::scalar ? 0 : 1;
+    const bool q4 = w.type == WType::q4_0;
+    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() && !q4 ? 2 : isa == WIsa::scalar ? 0 : 1;
     const Q8Rows R = q8_rows(w);
     for (int n = n0; n < n1; n++)
         for (int m = 0; m < M; m++) {
-            const float v = q8_dot_row(kern, R, n, qx + m * K, dx + m * nb, K);
+            const float v = q4 ? q4_dot_row(kern, R, n, qx + m * K, dx + m * nb, K)
+                               : q8_dot_row(kern, R, n, qx + m * K, dx + m * nb, K);
             float& o = y[(size_t)m * ldy + n];
             o = accumulate ? o + v : v;
         }

@@ -35,7 +35,14 @@ void quantize_row_q8_0(const float* x, int64_t k, void* out);
 // The inverse: k / 32 GGML blocks -> k floats (d * q, exact in fp32).
 void dequantize_row_q8_0(const void* in, int64_t k, float* out);
 
-// Where block b of row r of a q8_0 view lives, for either layout (byte strides).
+constexpr size_t kQ4BlockBytes = 18;  // GGML block_q4_0: fp16 d + 16 bytes of nibbles
+
+// One Q4_0 block: qs[16] and the fp16 bits of d (d = m / -8, computed in fp32).
+uint16_t quantize_block_q4_0(const float* x, uint8_t* qs);
+void quantize_row_q4_0(const float* x, int64_t k, void* out);      // k / 32 * 18 bytes
+void dequantize_row_q4_0(const void* in, int64_t k, float* out);  // d * (q - 8), exact in fp32
+
+// Where block b of row r of a q8_0 or q4_0 view lives (q4_0: qs() is the block's 16 bytes), for either layout (byte strides).
 struct Q8Rows {
     const uint8_t* q = nullptr;  // int8 values of block (0, 0)
     const uint8_t* d = nullptr;  // fp16 scale of block (0, 0)
@@ -47,10 +54,10 @@ struct Q8Rows {
 };
 Q8Rows q8_rows(const WeightView& w);
 
-// Rows r0 .. r0 + n - 1 widened to fp32 into out [n, w.cols] (a plain loop: wgemm_ref's too).
+// Rows r0 .. r0 + n - 1 (q8_0 or q4_0) widened to fp32 into out [n, w.cols] (a plain loop: wgemm_ref's too).
 void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
 
-// y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M >= 4 (prefill, grouped experts): the inputs
+// y [M, N] (= or +=) x [M, K] W^T for a q8_0 or q4_0 W, M >= 4 (prefill, grouped experts): the inputs
 // quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
 // vpmaddwd on int16 panels, or plain loops), then fma(isum, dw * dx) in block order. The _ref
 // is the plain loop: the same operations in the same order, so the two agree bit for bit.
@@ -59,7 +66,7 @@ void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightVie
 void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                          bool accumulate);
 
-// y [M, N] (= or +=) x [M, K] W^T for a q8_0 W, M small (decode): see above.
+// y [M, N] (= or +=) x [M, K] W^T for a q8_0 or q4_0 W, M small (decode): see above.
 void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                     bool accumulate);
 
@@ -86,6 +93,8 @@ void q8_quantize_activation_ref(const float* x, int64_t k, int8_t* qx, float* dx
 void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,
                               int64_t k);
 float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
+// The same for a q4_0 row (isa 0 scalar or 1 AVX2).
+float q4_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
 bool q8_cpu_has_vnni();  // AVX-512 F, BW, VL and VNNI
 // The alternative measured in bench/q8_dot.cpp: int8 widened to fp32, FMA with fp32 x (AVX2).
 float q8_dot_row_widen_avx2(const Q8Rows& w, int64_t r, const float* x, int64_t k);

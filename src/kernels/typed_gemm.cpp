@@ -316,7 +316,7 @@ static Dot4Fn dot4_fn(WType t) {
 // ---- widening rows ----------------------------------------------------------------------------
 
 void widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n) {
-    if (w.type == WType::q8_0) return q8_widen_rows(out, w, r0, n);
+    if (w.type == WType::q8_0 || w.type == WType::q4_0) return q8_widen_rows(out, w, r0, n);
     const int64_t K = w.cols;
     for (int64_t r = 0; r < n; r++) {
         const uint8_t* src = w.row(r0 + r);
@@ -517,7 +517,7 @@ static const int kPanelRows = 128;
 static void wgemm_sgemm_panels(float* y, int ldy, const float* x, int ldx, const WeightView& w,
                                int M, bool accumulate) {
     const int N = (int)w.rows, K = (int)w.cols;
-    if (w.type == WType::q8_0) {
+    if (w.type == WType::q8_0 || w.type == WType::q4_0) {
         static thread_local std::vector<float> xq;
         if (xq.size() < (size_t)M * K) xq.resize((size_t)M * K);
         q8_round_activation_rows(xq.data(), K, x, ldx, M, K);
@@ -586,7 +586,7 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         const int N = (int)J.w.rows;
         const int64_t K = J.w.cols;
         if (J.M <= 0 || N <= 0) continue;
-        const bool q8 = J.w.type == WType::q8_0;
+        const bool q8 = J.w.type == WType::q8_0 || J.w.type == WType::q4_0;  // int8 inputs
         if (J.M < 4) {
             P.kind = q8 ? JobKind::decode_q8 : JobKind::decode;
             P.rows_per_piece = 64;

@@ -64,7 +64,8 @@ GgufWriter sample_writer(std::vector<std::vector<uint8_t>>* datas) {
     const T ts[] = {{"a", {3, 5}, GgmlType::f32},
                     {"b", {7}, GgmlType::f16},
                     {"c", {5, 3, 2}, GgmlType::bf16},
-                    {"d", {64, 3}, GgmlType::q8_0}};
+                    {"d", {64, 3}, GgmlType::q8_0},
+                    {"e", {96, 2}, GgmlType::q4_0}};
     uint64_t seed = 1;
     for (const T& t : ts) {
         uint64_t rows = 1;
@@ -86,8 +87,8 @@ TEST(Gguf, WriteReadRoundTripsEveryTypeBitForBit) {
     w.write(dir + "/a.gguf");
     const GgufFile f = GgufFile::open(dir + "/a.gguf");
     EXPECT_EQ(f.version(), 3u);
-    ASSERT_EQ(f.tensors().size(), 4u);
-    for (size_t i = 0; i < 4; i++) {
+    ASSERT_EQ(f.tensors().size(), 5u);
+    for (size_t i = 0; i < 5; i++) {
         const GgufTensor& t = f.tensors()[i];
         ASSERT_EQ(t.bytes, datas[i].size()) << t.name;
         EXPECT_EQ(std::memcmp(t.data, datas[i].data(), t.bytes), 0) << t.name;
@@ -224,27 +225,39 @@ INSTANTIATE_TEST_SUITE_P(Gguf, GgufFamily,
 // logits are those of an f32 folder holding the same dequantised values, up to the activation
 // quantisation of q8's small-M path (an expert with fewer than 4 tokens: q8_gemm.h), 2e-2 of
 // the largest logit; a wrong block or row layout would be off by the logits' own size.
-TEST(Gguf, Q8ZeroFileRunsInTheEngine) {
+// Q4_0 likewise (the same activation quantisation; the weights' own rounding is in both sides).
+class GgufQuant : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgufQuant, FileRunsInTheEngine) {
+    const GgmlType gt = GetParam();
+    const bool q4 = gt == GgmlType::q4_0;
     json j = test::tiny_hf_config("mixtral");
     j["intermediate_size"] = 32;
-    const std::string dir = test::temp_model_dir("gguf_q8"), deq = dir + "/deq";
+    const std::string dir = test::temp_model_dir(q4 ? "gguf_q4" : "gguf_q8"), deq = dir + "/deq";
     std::vector<test::HfTensor> ts = test::tiny_hf_tensors(j, 5);
     test::write_hf_dir(dir, j, ts, WType::f32);
     write_char_vocab(dir, (int)j["vocab_size"]);
-    write_gguf_model(dir, GgmlType::q8_0, dir + "/q.gguf");
+    write_gguf_model(dir, gt, dir + "/q.gguf");
     for (auto& t : ts) {  // what the file holds, as f32
         const bool router = t.name.size() > 12 && t.name.compare(t.name.size() - 12, 12, ".gate.weight") == 0;
         if (t.shape.size() != 2 || router) continue;
-        std::vector<uint8_t> q((size_t)t.shape[1] / 32 * 34);
+        std::vector<uint8_t> q((size_t)ggml_row_bytes(gt, (uint64_t)t.shape[1]));
         for (int64_t r = 0; r < t.shape[0]; r++) {
-            quantize_row_q8_0(&t.data[(size_t)(r * t.shape[1])], t.shape[1], q.data());
-            dequantize_row_q8_0(q.data(), t.shape[1], &t.data[(size_t)(r * t.shape[1])]);
+            float* row = &t.data[(size_t)(r * t.shape[1])];
+            if (q4) {
+                quantize_row_q4_0(row, t.shape[1], q.data());
+                dequantize_row_q4_0(q.data(), t.shape[1], row);
+            } else {
+                quantize_row_q8_0(row, t.shape[1], q.data());
+                dequantize_row_q8_0(q.data(), t.shape[1], row);
+            }
         }
     }
     std::filesystem::create_directories(deq);
     test::write_hf_dir(deq, j, ts, WType::f32);
     const GgufFile f = GgufFile::open(dir + "/q.gguf");
-    EXPECT_EQ(f.tensor("blk.0.ffn_up_exps.weight")->type, GgmlType::q8_0);
+    EXPECT_EQ(f.tensor("blk.0.ffn_up_exps.weight")->type, gt);
+    EXPECT_EQ(f.tensor("token_embd.weight")->type, gt);
     EXPECT_EQ(f.tensor("blk.0.ffn_gate_inp.weight")->type, GgmlType::f32);
     HfModel a(deq), b(dir + "/q.gguf");
     const std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44};
@@ -258,6 +271,9 @@ TEST(Gguf, Q8ZeroFileRunsInTheEngine) {
     std::filesystem::remove_all(dir);
 }
 
+INSTANTIATE_TEST_SUITE_P(Gguf, GgufQuant, ::testing::Values(GgmlType::q8_0, GgmlType::q4_0),
+                         [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
 TEST(Gguf, RefusesWhatItCannotHoldOrRead) {
     const json j = test::tiny_hf_config("mixtral");  // expert width 24: not whole Q8_0 blocks
     const std::string dir = test::temp_model_dir("gguf_refuse");
@@ -265,6 +281,8 @@ TEST(Gguf, RefusesWhatItCannotHoldOrRead) {
     write_char_vocab(dir, (int)j["vocab_size"]);
     EXPECT_THROW_MSG(write_gguf_model(dir, GgmlType::q8_0, dir + "/q.gguf"),
                      "not a multiple of 32");
+    EXPECT_THROW_MSG(write_gguf_model(dir, GgmlType::q4_0, dir + "/q.gguf"),
+                     "--type q4_0: tensor");
     EXPECT_FALSE(file_exists(dir + "/q.gguf"));
     std::filesystem::remove_all(dir);
 }
