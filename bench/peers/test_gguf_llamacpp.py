@@ -16,6 +16,9 @@ llama.cpp (llama_peer, F32 KV cache) and moe.cpp (`moe eval X.gguf --prompt-ids 
   moe.cpp (the same bounds), and to Q8_0, whose blocks must equal our own q8_0 export's bit for
   bit (the same quantiser) and which moe.cpp runs within 3e-2 of llama.cpp on the same file
   (llama.cpp quantises the activations to Q8_0 as well, moe.cpp's prefill keeps them fp32).
+  q4_0: our export run by llama.cpp and by moe.cpp within 3e-2 of each other (both quantise the
+  activations to int8 per 32 values), and llama-quantize --pure Q4_0 of our f32 file equal to
+  our q4_0 export bit for bit (the same quantiser), run by moe.cpp within 3e-2 of llama.cpp.
 """
 import json
 import os
@@ -110,7 +113,7 @@ def gguf_tensors(path):
     out = {}
     for name, ne, t, off in infos:
         n = int(np.prod(ne))
-        nb = {0: 4 * n, 1: 2 * n, 30: 2 * n, 8: n // 32 * 34}[t]
+        nb = {0: 4 * n, 1: 2 * n, 30: 2 * n, 8: n // 32 * 34, 2: n // 32 * 18}[t]
         out[name] = (t, buf[start + off:start + off + nb])
     return out
 
@@ -149,7 +152,7 @@ def main():
         prompt = PROMPT if name != "moe_trained" else [18, 27, 39, 13]
         ids = ",".join(map(str, prompt))
         g = {}
-        for t in ("f32", "f16", "bf16", "q8_0"):
+        for t in ("f32", "f16", "bf16", "q8_0", "q4_0"):
             g[t] = os.path.join(work, "%s.%s.gguf" % (name, t))
             run([moe, "convert", src, "--to", "gguf", "--type", t, "--out", g[t]])
 
@@ -200,8 +203,26 @@ def main():
                 tol2 = 2e-3 if t == "f16" else 1.5e-2
                 check(e2 <= tol2, "%s %s: moe.cpp vs llama.cpp on the same file rel %.2e (<= %g)"
                       % (name, t, e2, tol2))
+        # Q4_0: the same blocks in both engines, the activations quantised per 32 values in both
+        # (llama.cpp's vec_dot_type for Q4_0 is Q8_0); far from f32 on these random weights.
+        p = peer_run(g["q4_0"])
+        e = float(np.abs(moe_logits(g["q4_0"], "q4_0") - np.array(p["prompt_logits"])).max()) / scale
+        check(e <= 3e-2, "%s q4_0: moe.cpp vs llama.cpp on the same file rel %.2e (<= 3e-2)"
+              % (name, e))
         # Files written by llama.cpp's tools.
         if os.path.exists(quant):
+            q = os.path.join(work, "%s.lq.Q4_0.gguf" % name)
+            run([quant, "--pure", g["f32"], q, "Q4_0"])
+            a, b = gguf_tensors(q), gguf_tensors(g["q4_0"])
+            same = [k for k in a if a[k][0] == 2 and b.get(k, (0,))[0] == 2]
+            diff = [k for k in same if a[k][1] != b[k][1]]
+            check(len(same) > 0 and not diff and len(same) == sum(v[0] == 2 for v in b.values()),
+                  "%s: llama-quantize --pure Q4_0 == moe convert q4_0 on %d tensors (differ: %s)"
+                  % (name, len(same), diff[:3]))
+            p = peer_run(q)
+            e = float(np.abs(moe_logits(q, "lqQ4_0") - np.array(p["prompt_logits"])).max()) / scale
+            check(e <= 3e-2, "%s: llama-quantize Q4_0 read by moe.cpp vs llama.cpp rel %.2e "
+                  "(<= 3e-2)" % (name, e))
             for qt in ("F16", "BF16", "Q8_0"):
                 q = os.path.join(work, "%s.lq.%s.gguf" % (name, qt))
                 run([quant, g["f32"], q, qt])

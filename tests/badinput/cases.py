@@ -855,6 +855,12 @@ for name, setup, frag in [
          "ggml type type 99 is not supported"),
         ("Q8_0 weights", gguf_edit(gg_tensor("blk.0.ffn_up_exps.weight", type=8)),
          "Q8_0 rows of 16 values are not whole blocks of 32"),
+        ("Q4_0 weights", gguf_edit(gg_tensor("blk.0.ffn_up_exps.weight", type=2)),
+         "Q4_0 rows of 16 values are not whole blocks of 32"),
+        # a Q4_0 tensor of 4096 rows of 32 (73728 bytes) where the file holds far fewer
+        ("truncated Q4_0 tensor", gguf_edit(gg_tensor("blk.1.ffn_down_exps.weight", type=2,
+                                                      ne=[32, 4096])),
+         "tensor blk.1.ffn_down_exps.weight (73728 bytes at data offset"),
         ("expert_count vs tensor shape", gguf_edit(gg_set("llama.expert_count", 4,
                                                           struct.pack("<I", 3))),
          "but the metadata implies"),
@@ -882,8 +888,8 @@ for name, setup, frag in [
         ("expert_count vs tensor shape", gguf_edit(gg_set("llama.expert_count", 4,
                                                           struct.pack("<I", 5))),
          "but the metadata implies"),
-        ("unknown tensor type", gguf_edit(gg_tensor("token_embd.weight", type=2)),
-         "ggml type Q4_0 is not supported")]:
+        ("unknown tensor type", gguf_edit(gg_tensor("token_embd.weight", type=3)),
+         "ggml type Q4_1 is not supported")]:
     case("gguf/" + name + " (eval)", GG_EV, 1, frag, setup)
 
 
@@ -935,8 +941,11 @@ case("gguf/convert --to hf: a vocabulary the folder cannot hold", GG_HF, 1,
 case("convert/q8_0 of rows not in blocks of 32",
      ["convert", "run/best", "--to", "gguf", "--type", "q8_0", "--out", "q.gguf"], 1,
      "not a multiple of 32")
-case("convert/bad type", ["convert", "run/best", "--to", "gguf", "--type", "q4_0", "--out",
-                          "q.gguf"], 2, "q4_0")
+case("convert/q4_0 of rows not in blocks of 32",
+     ["convert", "run/best", "--to", "gguf", "--type", "q4_0", "--out", "q.gguf"], 1,
+     "--type q4_0: tensor token_embd.weight has rows of 16 values, not a multiple of 32")
+case("convert/bad type", ["convert", "run/best", "--to", "gguf", "--type", "q4_1", "--out",
+                          "q.gguf"], 2, "q4_1")
 case("convert/no out", ["convert", "run/best", "--to", "gguf", "--type", "f16"], 2, "--out")
 case("convert/missing source", ["convert", "nope", "--to", "gguf", "--type", "f16", "--out",
                                 "q.gguf"], 1, "nope")

@@ -105,6 +105,23 @@ def back_from_gguf(moe, d, g, a, ids, gtype, tag):
         x, y = logits(moe, g16, ids, g16 + ".st"), logits(moe, h16, ids, h16 + ".st")
         check(np.array_equal(x, y), "%s: F16 GGUF -> hf f32: logits identical (max diff %.2e)"
               % (tag, float(np.abs(x - y).max())))
+        # Q4_0: requantising its own dequantised values gives the same blocks (each block's
+        # largest |x| is stored exactly as -8 d, the rest land on their nibbles again), so
+        # GGUF q4_0 -> hf f32 -> GGUF q4_0 runs identically; the f32 folder in between holds the
+        # same weights, run without the activation quantisation (a few % apart).
+        g4, h4, g4b = g + ".q4_0.gguf", g + ".q4_0.hf", g + ".q4_0.again.gguf"
+        run([moe, "convert", d, "--to", "gguf", "--type", "q4_0", "--out", g4])
+        run([moe, "convert", g4, "--to", "hf", "--out", h4])
+        run([moe, "convert", h4, "--to", "gguf", "--type", "q4_0", "--out", g4b])
+        x, y = logits(moe, g4, ids, g4 + ".st"), logits(moe, g4b, ids, g4b + ".st")
+        check(np.array_equal(x, y), "%s: Q4_0 GGUF -> hf -> Q4_0 GGUF: logits identical (max "
+              "diff %.2e)" % (tag, float(np.abs(x - y).max())))
+        z = logits(moe, h4, ids, h4 + ".st")
+        e = float(np.abs(x - z).max() / np.abs(z).max())
+        check(e < 5e-2, "%s: Q4_0 GGUF vs its f32 folder rel %.2e (< 5e-2)" % (tag, e))
+        e = float(np.abs(x - a).max() / np.abs(a).max())
+        check(0 < e < 0.5, "%s: Q4_0 GGUF within the int4 tolerance of f32 (rel %.2e < 0.5)"
+              % (tag, e))
 
 
 def main():
