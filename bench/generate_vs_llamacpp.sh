@@ -7,7 +7,7 @@
 #   bench/generate_vs_llamacpp.sh LLAMA_BIN_DIR MODEL_PREFIX [ROUNDS] [THREADS]
 #
 # LLAMA_BIN_DIR holds llama-bench (a llama.cpp built outside this repository, see
-# scripts/build_llama_peer.sh). MODEL_PREFIX.{f32,f16,q8_0}.gguf are the files (from
+# scripts/build_llama_peer.sh). MODEL_PREFIX.{f32,f16,q8_0,q4_0}.gguf are the files (from
 # `moe convert DIR --to gguf --type T --out MODEL_PREFIX.T.gguf`); a missing one is skipped.
 # moe.cpp runs each file as it is (f16 as f16); with MODEL_PREFIX.bf16.gguf present it also runs
 # bf16 beside llama.cpp's f16 (the "bf16 vs f16").
@@ -25,7 +25,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 for r in $(seq 1 "$ROUNDS"); do
-  for t in f32 f16 q8_0; do
+  for t in f32 f16 q8_0 q4_0; do
     f="$PREFIX.$t.gguf"
     [ -f "$f" ] || continue
     "$LB" -m "$f" -p "$PP" -n "$TG" -t "$THREADS" -r 1 -o json > "$OUT/llama.$t.$r.json" 2>/dev/null
@@ -63,7 +63,7 @@ def ours(t):
     return med(p), med(d), med(bw)
 print("| precision (moe.cpp / llama.cpp) | moe pp%d | llama pp%d | ratio | moe tg%d | llama tg%d | ratio | moe tg / bound |" % (pp, pp, tg, tg))
 print("|---|---|---|---|---|---|---|---|")
-for mine, theirs in (("f32", "f32"), ("f16", "f16"), ("bf16", "f16"), ("q8_0", "q8_0")):
+for mine, theirs in (("f32", "f32"), ("f16", "f16"), ("bf16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")):
     mp, md, mb = ours(mine)
     lp, ld = llama(theirs)
     if mp != mp or lp != lp:
