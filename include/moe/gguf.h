@@ -5,9 +5,9 @@
 // The reader validates everything against the file's size before it is used: every count and
 // string length is bounded by the bytes left (never an allocation sized by an unchecked number),
 // every tensor's data lies inside the file, at an aligned offset, of a known ggml type (F32, F16,
-// BF16, Q8_0, Q4_0; any other is refused naming the tensor and its type). Tensor data is never copied:
-// a tensor is a pointer into the read-only mapping, which stays alive as long as any GgufFile
-// sharing it.
+// BF16, Q8_0, Q4_0; any other is refused naming the tensor and its type). Tensor data is never
+// copied: a tensor is a pointer into the read-only mapping, which stays alive as long as any
+// GgufFile sharing it.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -281,15 +281,15 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const Q8Rows& w, 
         _mm_prefetch((const char*)w.qs(r, b) + kQ8PrefetchBytes, _MM_HINT_T0);
         const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
         const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
-        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
-                             a0);
+        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones),
+                             _mm256_set1_ps(s0), a0);
         a1 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b + 1), qx + (b + 1) * kQ8Block, ones),
                              _mm256_set1_ps(s1), a1);
     }
     if (b < nb) {
         const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones), _mm256_set1_ps(s0),
-                             a0);
+        a0 = _mm256_fmadd_ps(block_avx2<Q4>(w.qs(r, b), qx + b * kQ8Block, ones),
+                             _mm256_set1_ps(s0), a0);
     }
     a0 = _mm256_add_ps(a0, a1);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
@@ -585,8 +585,9 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
                     prefetch_q8_rows(R, c0 + (p + 1) * kQNR, std::min(kQNR, nc - (p + 1) * kQNR), k0, kc);
                 else if (k0 + kQKC < K)
                     prefetch_q8_rows(R, c0, std::min(kQNR, nc), k0 + kQKC, std::min(kQKC, K - k0 - kQKC));
-                pack(bqp + (size_t)p * (kQKC / 2) * kQNR, bdp + (size_t)p * (kQKC / kQ8Block) * kQNR,
-                            R, c0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
+                pack(bqp + (size_t)p * (kQKC / 2) * kQNR,
+                     bdp + (size_t)p * (kQKC / kQ8Block) * kQNR, R, c0 + p * kQNR,
+                     std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
             }
             const bool add = accumulate || k0 > 0;
             for (int m0 = 0; m0 < M; m0 += kQMR) {
@@ -663,7 +664,8 @@ void q8_decode_rows(float* y, int ldy, const int8_t* qx, const float* dx, const 
     const int64_t K = w.cols, nb = K / kQ8Block;
     const WIsa isa = wgemm_isa();
     const bool q4 = w.type == WType::q4_0;
-    const int kern = isa == WIsa::avx512 && q8_cpu_has_vnni() && !q4 ? 2 : isa == WIsa::scalar ? 0 : 1;
+    const bool vnni = isa == WIsa::avx512 && q8_cpu_has_vnni() && !q4;  // no VNNI kernel for q4_0
+    const int kern = vnni ? 2 : isa == WIsa::scalar ? 0 : 1;
     const Q8Rows R = q8_rows(w);
     for (int n = n0; n < n1; n++)
         for (int m = 0; m < M; m++) {

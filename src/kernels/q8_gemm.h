@@ -42,7 +42,8 @@ uint16_t quantize_block_q4_0(const float* x, uint8_t* qs);
 void quantize_row_q4_0(const float* x, int64_t k, void* out);      // k / 32 * 18 bytes
 void dequantize_row_q4_0(const void* in, int64_t k, float* out);  // d * (q - 8), exact in fp32
 
-// Where block b of row r of a q8_0 or q4_0 view lives (q4_0: qs() is the block's 16 bytes), for either layout (byte strides).
+// Where block b of row r of a q8_0 or q4_0 view lives, for either layout (byte strides; q4_0:
+// qs() is the block's 16 bytes of nibbles).
 struct Q8Rows {
     const uint8_t* q = nullptr;  // int8 values of block (0, 0)
     const uint8_t* d = nullptr;  // fp16 scale of block (0, 0)
@@ -54,11 +55,12 @@ struct Q8Rows {
 };
 Q8Rows q8_rows(const WeightView& w);
 
-// Rows r0 .. r0 + n - 1 (q8_0 or q4_0) widened to fp32 into out [n, w.cols] (a plain loop: wgemm_ref's too).
+// Rows r0 .. r0 + n - 1 (q8_0 or q4_0) widened to fp32 into out [n, w.cols] (a plain loop:
+// wgemm_ref's too).
 void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
 
-// y [M, N] (= or +=) x [M, K] W^T for a q8_0 or q4_0 W, M >= 4 (prefill, grouped experts): the inputs
-// quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
+// y [M, N] (= or +=) x [M, K] W^T for a q8_0 or q4_0 W, M >= 4 (prefill, grouped experts): the
+// inputs quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
 // vpmaddwd on int16 panels, or plain loops), then fma(isum, dw * dx) in block order. The _ref
 // is the plain loop: the same operations in the same order, so the two agree bit for bit.
 void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,

@@ -1,12 +1,13 @@
-// y = x W^T with W stored in the file's type (F32, BF16, F16, Q8_0, Q4_0; a WeightView into a mapped file):
-// the inference engine's one matrix product (src/infer/). Arithmetic is fp32; BF16/F16 weights
-// are widened on the fly, so nothing is converted or copied at load time.
+// y = x W^T with W stored in the file's type (F32, BF16, F16, Q8_0, Q4_0; a WeightView into a
+// mapped file): the inference engine's one matrix product (src/infer/). Arithmetic is fp32;
+// BF16/F16 weights are widened on the fly, so nothing is converted or copied at load time.
 //   M small (decode, M < 4): threads over output rows, each row widened and dotted with the M
 //     inputs by an AVX-512, AVX2+F16C or scalar kernel chosen by CPUID at run time;
 //   M large (prefill, grouped experts): panels of W rows widened into a thread's scratch, then
 //     OpenBLAS sgemm on the panel.
-// Q8_0 and Q4_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products; prefill by integer block
-// sums on int16 panels (AVX2), or the inputs rounded as decode rounds them and the panels above.
+// Q8_0 and Q4_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products; prefill by
+// integer block sums on int16 panels (AVX2), or the inputs rounded as decode rounds them and the
+// panels above.
 // wgemm_ref is the plain loop (double accumulation) everything is tested against.
 #pragma once
 #include <cstdint>
