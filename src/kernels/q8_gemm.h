@@ -17,6 +17,14 @@
 // exactly, on int16 panels by vpmaddwd (AVX2: q8_gemm_prefill); on other CPUs the inputs rounded
 // to dx * qx (q8_round_activation_rows) and typed_gemm's widened fp32 panels. The same products
 // as decode either way, summed in another order.
+//
+// Int4 weights in GGML's Q4_0 format (written from its definition) run on the same kernels: a
+// block is 18 bytes, an fp16 d = m / -8 (m the first value of largest |x|, its sign kept) and
+// 16 bytes qs[j] = q_j | q_(j+16) << 4 with q_i = min(15, trunc(x_i * (1 / d) + 8.5)) (all 8
+// when d = 0); value i is d * (q_i - 8). GGML's layout only (WeightView::scales null). The inputs
+// are quantised as for Q8_0, a block's integer sum is sum_i (q_i - 8) * qx_i, and only the
+// weight side differs: the nibbles unpacked to int8 in [-8, 7] (AVX2 decode by and/shift, then
+// the same maddubs; the prefill panels packed from nibbles; plain loops; no VNNI kernel).
 #pragma once
 #include <cstddef>
 #include <cstdint>
