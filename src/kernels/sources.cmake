@@ -9,6 +9,7 @@ list(APPEND MOE_SOURCES
   src/kernels/embedding.cpp
   src/kernels/typed_gemm.cpp
   src/kernels/q8_gemm.cpp
+  src/kernels/bf16_gemm.cpp
 )
 # AdamW, gradient norm (train helper).
 list(APPEND MOE_SOURCES src/kernels/adamw.cpp)

@@ -18,6 +18,7 @@
 #include "kernels/gemm.h"
 #include "kernels/transpose_avx2.h"
 #include "kernels/q8_gemm.h"
+#include "kernels/bf16_gemm.h"
 #include "moe/runtime.h"
 
 namespace moe {
@@ -438,6 +439,42 @@ __attribute__((target("avx2,fma"))) static void ukernel_avx2(int kc, const float
     }
 }
 
+// AVX-512: the same panels, two at a time: 8 rows x 32 columns (sixteen zmm accumulators of
+// the 32 registers), each step two panel vectors and 8 broadcasts for 16 FMAs. Per output the
+// same fp32 FMA chain in k order from zero, then added to y, as the AVX2 kernel: the same bits.
+template <int MR, int NP>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void ukernel_avx512(
+    int kc, const float* x, int ldx, const float* bp, size_t panel, float* c, int ldc, bool add,
+    int nc) {
+    __m512 acc[MR][NP];
+    __mmask16 mk[NP];
+    for (int p = 0; p < NP; p++) {
+        const int n = std::min(kNR, nc - p * kNR);
+        mk[p] = n <= 0 ? 0 : n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    }
+    for (int i = 0; i < MR; i++)
+        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m512 b[NP];
+        for (int p = 0; p < NP; p++) b[p] = _mm512_loadu_ps(bp + p * panel + (size_t)k * kNR);
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_set1_ps(x[(size_t)i * ldx + k]);
+            for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(a, b[p], acc[i][p]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int p = 0; p < NP; p++) {
+            if (!mk[p]) continue;
+            float* ci = c + (size_t)i * ldc + p * kNR;
+            const __m512 r = add ? _mm512_add_ps(_mm512_maskz_loadu_ps(mk[p], ci), acc[i][p]) : acc[i][p];
+            _mm512_mask_storeu_ps(ci, mk[p], r);
+        }
+}
+
+static const int kMR512 = 8;
+
+using Ukernel512Fn = void (*)(int, const float*, int, const float*, size_t, float*, int, bool, int);
+
 using UkernelFn = void (*)(int, const float*, int, const float*, float*, int, bool, int);
 using PackFn = void (*)(float*, const WeightView&, int, int, int, int);
 
@@ -456,6 +493,14 @@ static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const W
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy + n0, y + (size_t)m * ldy + n1, 0.f);
         return;
     }
+    static const Ukernel512Fn uk512[2][kMR512 + 1] = {
+        {nullptr, ukernel_avx512<1, 1>, ukernel_avx512<2, 1>, ukernel_avx512<3, 1>,
+         ukernel_avx512<4, 1>, ukernel_avx512<5, 1>, ukernel_avx512<6, 1>, ukernel_avx512<7, 1>,
+         ukernel_avx512<8, 1>},
+        {nullptr, ukernel_avx512<1, 2>, ukernel_avx512<2, 2>, ukernel_avx512<3, 2>,
+         ukernel_avx512<4, 2>, ukernel_avx512<5, 2>, ukernel_avx512<6, 2>, ukernel_avx512<7, 2>,
+         ukernel_avx512<8, 2>}};
+    const bool z = wgemm_isa() == WIsa::avx512;
     static thread_local std::vector<float> bp;
     if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
     for (int c0 = n0; c0 < n1; c0 += kNC) {
@@ -466,7 +511,15 @@ static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const W
                 pack(&bp[(size_t)p * kKC * kNR], w, c0 + p * kNR, std::min(kNR, nc - p * kNR),
                      k0, kc);
             const bool add = accumulate || k0 > 0;
-            for (int m0 = 0; m0 < M; m0 += kMR) {
+            for (int m0 = 0; m0 < M && z; m0 += kMR512) {
+                const int mr = std::min(kMR512, M - m0);
+                const size_t panel = (size_t)kKC * kNR;
+                for (int p = 0; p < np; p += 2)
+                    uk512[p + 1 < np][mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[p * panel], panel,
+                                          y + (size_t)m0 * ldy + c0 + p * kNR, ldy, add,
+                                          nc - p * kNR);
+            }
+            for (int m0 = 0; m0 < M && !z; m0 += kMR) {
                 const int mr = std::min(kMR, M - m0);
                 for (int p = 0; p < np; p++)
                     uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
@@ -549,7 +602,8 @@ static void wgemm_sgemm_panels(float* y, int ldy, const float* x, int ldx, const
 
 // How a job runs: decode kernels (every CPU), the packed AVX2 prefill kernels, or the
 // OpenBLAS panels (AVX-512 and plain prefill, a parallel region of its own).
-enum class JobKind { decode, decode_q8, packed, packed_q8, panels };
+// BF16 on CPUs with AVX-512 BF16: vdpbf16ps kernels on bf16-rounded inputs (bf16_gemm.h).
+enum class JobKind { decode, decode_q8, decode_bf16, packed, packed_q8, packed_bf16, panels };
 
 void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
            bool accumulate) {
@@ -573,10 +627,11 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
     };
     static thread_local std::vector<Prep> prep;
     static thread_local std::vector<int8_t> arena8;
-    static thread_local std::vector<int16_t> arena16;
+    static thread_local std::vector<int16_t> arena16;  // q8 prefill's int16, or bf16 bits
     static thread_local std::vector<float> arena_sc;
     prep.assign((size_t)n_jobs, Prep{});
     const WIsa isa = wgemm_isa();
+    const bool bf16_on = bf16_dp_active();
     size_t n8 = 0, n16 = 0, nsc = 0;
     int64_t work = 0;
     int total = 0;
@@ -587,10 +642,14 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         const int64_t K = J.w.cols;
         if (J.M <= 0 || N <= 0) continue;
         const bool q8 = J.w.type == WType::q8_0 || J.w.type == WType::q4_0;  // int8 inputs
+        const bool bf = J.w.type == WType::bf16 && bf16_on;                // bf16 inputs
         if (J.M < 4) {
-            P.kind = q8 ? JobKind::decode_q8 : JobKind::decode;
+            P.kind = q8 ? JobKind::decode_q8 : bf ? JobKind::decode_bf16 : JobKind::decode;
             P.rows_per_piece = 64;
-        } else if (isa == WIsa::avx2) {
+        } else if (bf) {
+            P.kind = JobKind::packed_bf16;
+            P.rows_per_piece = kNC;
+        } else if (isa == WIsa::avx2 || isa == WIsa::avx512) {
             P.kind = q8 ? JobKind::packed_q8 : JobKind::packed;
             P.rows_per_piece = kNC;  // = q8_gemm.cpp's chunk
         } else {
@@ -600,7 +659,7 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         P.pieces = (N + P.rows_per_piece - 1) / P.rows_per_piece;
         total += P.pieces;
         work += (int64_t)J.M * N * K;
-        if (!q8) continue;
+        if (!q8 && !bf) continue;
         for (int i = 0; i < j && P.shares < 0; i++)
             if (prep[i].kind == P.kind && prep[i].shares < 0 && jobs[i].x == J.x &&
                 jobs[i].ldx == J.ldx && jobs[i].M == J.M && jobs[i].w.cols == K)
@@ -608,6 +667,12 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         if (P.shares >= 0) {
             P.in_off = prep[P.shares].in_off;
             P.sc_off = prep[P.shares].sc_off;
+            continue;
+        }
+        if (bf) {  // bf16 bits in the int16 arena, no scales
+            P.in_off = n16;
+            n16 += P.kind == JobKind::decode_bf16 ? (size_t)J.M * bf16_row_stride(K)
+                                                  : bf16_prefill_input_size(J.M, K);
             continue;
         }
         const size_t in = P.kind == JobKind::decode_q8 ? (size_t)J.M * K : q8_prefill_input_size(J.M, K);
@@ -639,6 +704,10 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
             q8_decode_quantize(J.x, J.ldx, J.M, J.w.cols, &arena8[P.in_off], &arena_sc[P.sc_off]);
         else if (P.kind == JobKind::packed_q8)
             q8_prefill_quantize(J.x, J.ldx, J.M, J.w.cols, &arena16[P.in_off], &arena_sc[P.sc_off]);
+        else if (P.kind == JobKind::decode_bf16)
+            bf16_decode_convert(J.x, J.ldx, J.M, J.w.cols, (uint16_t*)&arena16[P.in_off]);
+        else if (P.kind == JobKind::packed_bf16)
+            bf16_prefill_convert(J.x, J.ldx, J.M, J.w.cols, (uint16_t*)&arena16[P.in_off]);
     }
     const Prep* pp = prep.data();  // pointers, not the thread_local names, go into the threads
     const int8_t* a8 = arena8.data();
@@ -664,6 +733,12 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
             case JobKind::packed_q8:
                 q8_prefill_rows(J.y, J.ldy, a16 + P.in_off, asc + P.sc_off, J.w, J.M, J.accumulate, n0, n1);
                 break;
+            case JobKind::decode_bf16:
+                bf16_decode_rows(J.y, J.ldy, (const uint16_t*)(a16 + P.in_off), J.w, J.M, J.accumulate, n0, n1);
+                break;
+            case JobKind::packed_bf16:
+                bf16_prefill_rows(J.y, J.ldy, (const uint16_t*)(a16 + P.in_off), J.w, J.M, J.accumulate, n0, n1);
+                break;
             case JobKind::panels: break;
         }
     };
@@ -673,6 +748,8 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
 
 void wgemm_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                bool accumulate) {
+    // BF16 weights where wgemm multiplies bf16-rounded inputs: those inputs
+    if (w.type == WType::bf16 && bf16_dp_active()) return bf16_gemm_ref(y, ldy, x, ldx, w, M, accumulate);
     const int N = (int)w.rows, K = (int)w.cols;
     std::vector<float> row(K);
     for (int n = 0; n < N; n++) {

@@ -3,8 +3,11 @@
 // both paths (decode M < 4, panel + sgemm M >= 4); and the float <-> bf16/f16 conversions.
 #include <omp.h>
 
+#include <array>
+#include <cmath>
 #include <cstring>
 
+#include "kernels/bf16_gemm.h"
 #include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/rng.h"
@@ -125,6 +128,93 @@ TEST_P(WgemmTest, BatchEqualsProductsOneByOne) {
                 << "job " << j << " (" << wtype_name(specs[j].t) << " M=" << specs[j].M
                 << ") threads=" << threads;
     }
+}
+
+// The AVX-512 prefill kernel (8 x 32 tiles on the AVX2 kernel's panels) gives the AVX2 kernel's
+// bits: the same FMA chain per output (F32, F16; BF16 too where the CPU lacks BF16 dot products).
+TEST(WgemmAvx512, PrefillEqualsTheAvx2KernelBitForBit) {
+    const WIsa saved = wgemm_isa();
+    wgemm_set_isa(WIsa::avx512);
+    if (wgemm_isa() != WIsa::avx512) GTEST_SKIP() << "this CPU lacks AVX-512";
+    wgemm_set_isa(saved);
+    const int shapes[][3] = {{4, 9, 100}, {7, 70, 129}, {33, 65, 31}, {17, 300, 520}, {9, 257, 64}};
+    for (WType t : {WType::f32, WType::f16, WType::bf16}) {
+        if (t == WType::bf16 && bf16_cpu_has_dp()) continue;  // its own kernels (below)
+        for (auto& s : shapes)
+            for (bool acc : {false, true}) {
+                const int M = s[0], N = s[1], K = s[2];
+                TypedMatrix w = make_matrix(t, N, K, 400 + N + K);
+                std::vector<float> x = test::randn((size_t)M * (K + 1), 401 + M);
+                std::vector<float> y = test::randn((size_t)M * (N + 3), 402), y2 = y;
+                wgemm_set_isa(WIsa::avx512);
+                wgemm(y.data(), N + 3, x.data(), K + 1, w.view(), M, acc);
+                wgemm_set_isa(WIsa::avx2);
+                wgemm(y2.data(), N + 3, x.data(), K + 1, w.view(), M, acc);
+                wgemm_set_isa(saved);
+                EXPECT_EQ(0, std::memcmp(y.data(), y2.data(), y.size() * 4))
+                    << wtype_name(t) << " M=" << M << " N=" << N << " K=" << K << " acc=" << acc;
+            }
+    }
+}
+
+// BF16 weights on a CPU with AVX-512 BF16 (vdpbf16ps on bf16-rounded inputs): prefill (M >= 4,
+// packed pairs) and decode (one row at a time) multiply the same rounded inputs, so they agree to
+// fp32 rounding; and against the fp32-input product the difference is the inputs' rounding
+// (at most 2^-9 of each |x|, so of sum |x||w|).
+TEST(WgemmBf16Dot, PrefillEqualsDecodeAndTheInputsRoundingIsBounded) {
+    const WIsa saved = wgemm_isa();
+    wgemm_set_isa(WIsa::avx512);
+    bf16_dot_enable(true);
+    const bool on = bf16_dp_active();
+    wgemm_set_isa(saved);
+    if (!on) {
+        bf16_dot_enable(false);
+        GTEST_SKIP() << "this CPU lacks AVX-512 BF16";
+    }
+    const int shapes[][3] = {{6, 16, 32}, {13, 33, 63}, {8, 130, 300}, {20, 257, 1025}};
+    for (auto& s : shapes) {
+        const int M = s[0], N = s[1], K = s[2];
+        TypedMatrix w = make_matrix(WType::bf16, N, K, 500 + K);
+        std::vector<float> x = test::randn((size_t)M * K, 501 + M), y((size_t)M * N), yd = y;
+        wgemm_set_isa(WIsa::avx512);
+        wgemm(y.data(), N, x.data(), K, w.view(), M);
+        for (int m = 0; m < M; m++) wgemm(&yd[(size_t)m * N], N, &x[(size_t)m * K], K, w.view(), 1);
+        wgemm_set_isa(saved);
+        double max_abs = 0;
+        for (float v : y) max_abs = std::max(max_abs, (double)std::fabs(v));
+        EXPECT_TRUE(test::all_close(y, yd, 0, 1e-6 * max_abs + 1e-6 * std::sqrt((double)K)))
+            << "prefill vs decode, M=" << M << " N=" << N << " K=" << K;
+        // against the fp32 inputs: each |x_k w_k| moves by at most 2^-9 of itself
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double exact = 0, bound = 0;
+                for (int k = 0; k < K; k++) {
+                    uint16_t h;
+                    std::memcpy(&h, w.bytes.data() + 2 * ((size_t)n * K + k), 2);
+                    const double p = (double)x[(size_t)m * K + k] * bf16_to_f32(h);
+                    exact += p;
+                    bound += std::fabs(p);
+                }
+                ASSERT_LE(std::fabs(y[(size_t)m * N + n] - exact), bound * (1.0 / 512 + 1e-6))
+                    << "m=" << m << " n=" << n << " K=" << K;
+            }
+    }
+    // and against their plain loop on odd shapes (= and +=), as MatchesReferenceOnOddShapes
+    for (auto& s : {std::array<int, 3>{4, 9, 100}, {7, 70, 129}, {33, 65, 31}, {1, 300, 1001},
+                    {2, 31, 15}, {9, 257, 64}})
+        for (bool acc : {false, true}) {
+            const int M = s[0], N = s[1], K = s[2];
+            TypedMatrix w = make_matrix(WType::bf16, N, K, 600 + N * K);
+            std::vector<float> x = test::randn((size_t)M * (K + 3), 601 + M);
+            std::vector<float> y = test::randn((size_t)M * (N + 5), 602), y_ref = y;
+            wgemm_set_isa(WIsa::avx512);
+            wgemm(y.data(), N + 5, x.data(), K + 3, w.view(), M, acc);
+            wgemm_set_isa(saved);
+            bf16_gemm_ref(y_ref.data(), N + 5, x.data(), K + 3, w.view(), M, acc);
+            EXPECT_TRUE(test::all_close(y, y_ref, 1e-4, 2e-5 * std::sqrt((double)K)))
+                << "M=" << M << " N=" << N << " K=" << K << " acc=" << acc;
+        }
+    bf16_dot_enable(false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, WgemmTest,
