@@ -273,8 +273,14 @@ __attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float*
                                                                     int K, float* out) {
     __m512 a[4][2];
     for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    // the next four rows fetched at the rate this loop reads its own, as in dot4_avx2 (without
+    // it the loop read bf16 m795 at 27 tok/s, the AVX2 loop with it at 35-40)
+    const char* next = (const char*)w + 4 * rb;
+    const size_t step_bytes = 4 * 32 * wtype_size(T);  // 4 rows x 32 values
     int k = 0;
     for (; k + 32 <= K; k += 32) {
+        for (size_t o = 0; o < step_bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+        next += step_bytes;
         const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
         for (int r = 0; r < 4; r++) {
             a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
