@@ -239,17 +239,6 @@ static float dot_scalar(const Q8Rows& w, int64_t r, const int8_t* qx, const floa
     return acc;
 }
 
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 block_avx2(const int8_t* q,
-                                                                         const int8_t* a,
-                                                                         __m256i ones) {
-    const __m256i qw = _mm256_loadu_si256((const __m256i*)q);
-    const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
-    // maddubs multiplies unsigned by signed bytes: move the weight's sign onto the activation.
-    // Pairs sum to at most 2 * 128 * 127 < 32768: no saturation.
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-}
-
 // Decode reads each weight row once, front to back, and the rows of a piece follow each other in
 // memory: one stream per thread. The hardware prefetcher alone kept it at 13-14 GB/s on one
 // thread here (the loads of the weights stalled; perf put half the kernel's samples on them);
@@ -257,76 +246,94 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256 block_avx2(const i
 // three rounds; 512 bytes ahead: 14-15, 1 KB: 16-19).
 static const int kQ8PrefetchBytes = 2048;
 
-__attribute__((target("avx2,fma,f16c"))) static float dot_avx2(const Q8Rows& w, int64_t r,
-                                                               const int8_t* qx, const float* dx,
-                                                               int64_t nb) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        _mm_prefetch((const char*)w.qs(r, b) + kQ8PrefetchBytes, _MM_HINT_T0);
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
-        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones),
-                             _mm256_set1_ps(s0), a0);
-        a1 = _mm256_fmadd_ps(block_avx2(w.qs(r, b + 1), qx + (b + 1) * kQ8Block, ones),
-                             _mm256_set1_ps(s1), a1);
-    }
-    if (b < nb) {
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        a0 = _mm256_fmadd_ps(block_avx2(w.qs(r, b), qx + b * kQ8Block, ones),
-                             _mm256_set1_ps(s0), a0);
-    }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-// AVX-512 VNNI (with VL): the AVX2 loop with maddubs + madd fused into one dpbusd on 256-bit
-// vectors, and the same prefetch. (A 512-bit version, two blocks per vector and their scales
-// blended, decoded m795 q8_0 at 44-49 tok/s beside the AVX2 loop's 62-68 on the Intel machine of
-// session 8: the loads of two 34-byte-strided blocks into one vector and the blend cost more
-// than the wider multiply saves, and it had no prefetch.)
-__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m256 block_vnni(
-    const int8_t* q, const int8_t* a) {
+// Eight blocks at a time (AVX2, and AVX-512 VNNI with dpbusd for maddubs + madd): each block's
+// integer sum as eight int32 lanes, the eight blocks reduced into one vector (lane j = block
+// b + j) by a tree of hadds, then one convert and one FMA with the eight blocks' scales
+// d_w * dx, loaded as a vector (the fp16 d's by one gather in GGML's 34-byte blocks, one load
+// in the split layout). A loop over single blocks spent ~20 instructions per 34-byte block, most
+// on its scalar scale (load, convert, multiply, broadcast), and read only ~10-13 GB/s on one
+// thread even from L2 (bench_q8_dot, session 8's Intel machine): compute-bound; this loop reads
+// 16-20 GB/s there. Each block's product isum * (d_w * dx) is the same; lane j sums the blocks
+// j, j + 8, ... and the lanes are added at the end.
+// both multiply unsigned by signed bytes: |w| and a with w's sign (pairs in maddubs sum to at
+// most 2 * 128 * 127 < 32768: no saturation; dpbusd's four per lane fit int32)
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i block_isum_avx2(const int8_t* q,
+                                                                             const int8_t* a,
+                                                                             __m256i ones) {
     const __m256i qw = _mm256_loadu_si256((const __m256i*)q);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
-    // dpbusd multiplies unsigned by signed bytes: |w| and a with w's sign; four products per
-    // int32 lane, at most 4 * 128 * 127: no overflow
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw),
-                                                  _mm256_sign_epi8(qa, qw)));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw)),
+                             ones);
 }
 
-__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static float dot_vnni(
-    const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t nb) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        _mm_prefetch((const char*)w.qs(r, b) + kQ8PrefetchBytes, _MM_HINT_T0);
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
-        a0 = _mm256_fmadd_ps(block_vnni(w.qs(r, b), qx + b * kQ8Block), _mm256_set1_ps(s0), a0);
-        a1 = _mm256_fmadd_ps(block_vnni(w.qs(r, b + 1), qx + (b + 1) * kQ8Block),
-                             _mm256_set1_ps(s1), a1);
-    }
-    if (b < nb) {
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        a0 = _mm256_fmadd_ps(block_vnni(w.qs(r, b), qx + b * kQ8Block), _mm256_set1_ps(s0), a0);
-    }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m256i block_isum_vnni(
+    const int8_t* q, const int8_t* a, __m256i) {
+    const __m256i qw = _mm256_loadu_si256((const __m256i*)q);
+    const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw),
+                               _mm256_sign_epi8(qa, qw));
 }
+
+#define MOE_DOT_G8_BODY(BLOCK_ISUM)                                                                      \
+    const uint8_t* q = w.q + (size_t)r * w.q_row;                                                  \
+    const uint8_t* d = w.d + (size_t)r * w.d_row;                                                  \
+    const size_t qb = w.q_blk, db = w.d_blk;                                                       \
+    const __m256i ones = _mm256_set1_epi16(1);                                                     \
+    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),            \
+                                            _mm256_set1_epi32((int)db));                          \
+    __m256 acc = _mm256_setzero_ps();                                                              \
+    int64_t b = 0;                                                                                 \
+    for (; b + 8 <= nb; b += 8) {                                                                  \
+        const uint8_t* qg = q + b * qb;                                                            \
+        for (size_t o = 0; o < 8 * qb; o += 64)                                                    \
+            _mm_prefetch((const char*)qg + kQ8PrefetchBytes + o, _MM_HINT_T0);                     \
+        const int8_t* ag = qx + b * kQ8Block;                                                      \
+        __m256i p[8];                                                                              \
+        for (int j = 0; j < 8; j++)                                                                \
+            p[j] = BLOCK_ISUM((const int8_t*)(qg + j * qb), ag + j * kQ8Block, ones);              \
+        /* hadds within 128-bit halves: u0 = [s0 s1 s2 s3 | s0' s1' s2' s3'] (half sums) */        \
+        const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]),                        \
+                                             _mm256_hadd_epi32(p[2], p[3]));                       \
+        const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]),                        \
+                                             _mm256_hadd_epi32(p[6], p[7]));                       \
+        const __m256i v = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                \
+                                           _mm256_permute2x128_si256(u0, u1, 0x31));               \
+        __m128i h;                                                                                 \
+        if (db == 2) { /* split layout: the row's fp16 scales side by side */                      \
+            h = _mm_loadu_si128((const __m128i*)(d + 2 * b));                                      \
+        } else { /* GGML blocks: 32 bits at each d (d and the block's first two values) */         \
+            const __m256i g = _mm256_and_si256(                                                    \
+                _mm256_i32gather_epi32((const int*)(d + b * db), gidx, 1),                         \
+                _mm256_set1_epi32(0xffff));                                                        \
+            h = _mm_packus_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));       \
+        }                                                                                          \
+        const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(dx + b));             \
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);                                     \
+    }                                                                                              \
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));            \
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                                    \
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));                                                      \
+    float out = _mm_cvtss_f32(s4);                                                                 \
+    if (b < nb) out += dot_scalar<false>(w, r, qx, dx, b, nb); /* blocks past the last group */    \
+    return out;
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_g8_avx2(const Q8Rows& w, int64_t r,
+                                                                  const int8_t* qx,
+                                                                  const float* dx, int64_t nb) {
+    MOE_DOT_G8_BODY(block_isum_avx2)
+}
+
+__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static float dot_g8_vnni(
+    const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t nb) {
+    MOE_DOT_G8_BODY(block_isum_vnni)
+}
+#undef MOE_DOT_G8_BODY
 
 float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
                  int64_t k) {
     const int64_t nb = k / kQ8Block;
-    if (isa == 2) return dot_vnni(w, r, qx, dx, nb);
-    if (isa == 1) return dot_avx2(w, r, qx, dx, nb);
+    if (isa == 2) return dot_g8_vnni(w, r, qx, dx, nb);
+    if (isa == 1) return dot_g8_avx2(w, r, qx, dx, nb);
     return dot_scalar<false>(w, r, qx, dx, 0, nb);
 }
 
