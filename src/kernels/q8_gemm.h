@@ -9,14 +9,16 @@
 // Decode (M < 4): threads over output rows. The input row is quantised the same way per 32-block
 // (fp32 scale dx, int8 qx), so a block's dot product is an exact integer sum:
 //   y_n = sum_b d_w[n, b] * dx[b] * sum_i q_w[n, 32b + i] * qx[32b + i]
-// AVX2 (maddubs with the sign trick), AVX-512 VNNI (dpbusd) or scalar, by wgemm_isa(). Quantising
+// Eight blocks per step: their integer sums (AVX2 maddubs with the sign trick, or AVX-512 VNNI
+// dpbusd; else scalar, by wgemm_isa()) reduced into one vector, times the eight scales. Quantising
 // the activations costs an error of at most dx / 2 per input value (bounded in the tests); it is
 // what lets the inner loop run on int8 (measured against widening int8 -> fp32 FMAs in
 // bench/q8_dot.cpp: docs/formats.md has the figures).
 // Prefill (M >= 4): the inputs quantised the same way and each block's integer sum taken
-// exactly, on int16 panels by vpmaddwd (AVX2: q8_gemm_prefill); on other CPUs the inputs rounded
-// to dx * qx (q8_round_activation_rows) and typed_gemm's widened fp32 panels. The same products
-// as decode either way, summed in another order.
+// exactly, on int16 panels by vpmaddwd (AVX2, 6 x 16 tiles) or vpdpwssd (AVX-512 VNNI, 6 x 32
+// tiles): q8_gemm_prefill, the same bits either way; without AVX2 the inputs rounded to dx * qx
+// (q8_round_activation_rows) and typed_gemm's widened fp32 panels. The same products as decode
+// either way, summed in another order.
 //
 // Int4 weights in GGML's Q4_0 format (written from its definition) run on the same kernels: a
 // block is 18 bytes, an fp16 d = m / -8 (m the first value of largest |x|, its sign kept) and

@@ -564,7 +564,9 @@ static void decode_rows(float* y, int ldy, const float* x, int ldx, const Weight
 
 static const int kPanelRows = 128;
 
-// AVX-512 CPUs and the plain path, prefill: OpenBLAS (its AVX-512 kernels run at full width).
+// CPUs without AVX2, prefill: OpenBLAS. (AVX-512 CPUs ran here until session 8; the packed
+// micro-kernels above now serve them: on m795 pp128 the AVX-512 tile and the integer VNNI tile
+// beat OpenBLAS's SkylakeX sgemm on widened panels, which also paid for the widening copy.)
 // W's rows are cut into panels of kPanelRows (a count that does not depend on the thread count,
 // so neither do the numbers); each thread takes whole panels, widens them into its own scratch
 // (BF16/F16/Q8_0; F32 rows are used in place) and multiplies with one sgemm, which OpenBLAS runs
@@ -606,8 +608,8 @@ static void wgemm_sgemm_panels(float* y, int ldy, const float* x, int ldx, const
     }
 }
 
-// How a job runs: decode kernels (every CPU), the packed AVX2 prefill kernels, or the
-// OpenBLAS panels (AVX-512 and plain prefill, a parallel region of its own).
+// How a job runs: decode kernels (every CPU), the packed AVX2 / AVX-512 prefill kernels, or the
+// OpenBLAS panels (prefill without AVX2, a parallel region of its own).
 // BF16 on CPUs with AVX-512 BF16: vdpbf16ps kernels on bf16-rounded inputs (bf16_gemm.h).
 enum class JobKind { decode, decode_q8, decode_bf16, packed, packed_q8, packed_bf16, panels };
 

@@ -1,13 +1,18 @@
 // y = x W^T with W stored in the file's type (F32, BF16, F16, Q8_0, Q4_0; a WeightView into a
 // mapped file): the inference engine's one matrix product (src/infer/). Arithmetic is fp32;
 // BF16/F16 weights are widened on the fly, so nothing is converted or copied at load time.
-//   M small (decode, M < 4): threads over output rows, each row widened and dotted with the M
-//     inputs by an AVX-512, AVX2+F16C or scalar kernel chosen by CPUID at run time;
-//   M large (prefill, grouped experts): panels of W rows widened into a thread's scratch, then
-//     OpenBLAS sgemm on the panel.
+//   M small (decode, M < 4): threads over output rows, four rows at a time widened and dotted
+//     with the M inputs (prefetching the next rows) by an AVX-512, AVX2+F16C or scalar kernel
+//     chosen by CPUID at run time;
+//   M large (prefill, grouped experts): panels of 16 W rows widened and transposed into a
+//     thread's scratch, then a register-tile micro-kernel (AVX-512: 8 x 32, AVX2: 6 x 16 fp32
+//     FMA tiles; the same FMA chain per output, so the same bits); without AVX2, OpenBLAS sgemm
+//     on widened panels.
 // Q8_0 and Q4_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products; prefill by
-// integer block sums on int16 panels (AVX2), or the inputs rounded as decode rounds them and the
-// panels above.
+// integer block sums on int16 panels (AVX-512 VNNI vpdpwssd or AVX2 vpmaddwd), or without AVX2
+// the inputs rounded as decode rounds them and the OpenBLAS panels above.
+// BF16 on AVX-512 BF16 CPUs can run vdpbf16ps kernels on bf16-rounded inputs instead
+// (src/kernels/bf16_gemm.h, opt-in: MOE_BF16_DOT=1).
 // wgemm_ref is the plain loop (double accumulation) everything is tested against.
 #pragma once
 #include <cstdint>
@@ -22,7 +27,7 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
 // Several products in one parallel region: the same numbers as wgemm on each job in turn, with
 // no barrier between them (the pieces of every job shared by the threads). A job must not read
 // what another writes (q, k and v of one input; an expert's gate and up; the experts' downs into
-// their own rows). Jobs with the same q8_0 input quantise it once.
+// their own rows). Jobs with the same q8_0 (or bf16-dot) input quantise (round) it once.
 struct WgemmJob {
     float* y;
     int ldy;
