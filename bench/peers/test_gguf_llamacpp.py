@@ -12,6 +12,8 @@ llama.cpp (llama_peer, F32 KV cache) and moe.cpp (`moe eval X.gguf --prompt-ids 
   f16, bf16, q8_0 exports: llama.cpp's logits on them within 3e-2 / 6e-2 / 6e-2 of moe.cpp's f32,
   and moe.cpp's on the f16 / bf16 files within 2e-3 / 1.5e-2 of llama.cpp's on the same file
   (llama.cpp rounds activations to the weight type before each product, moe.cpp keeps fp32);
+  on CPUs with AVX-512 BF16, moe.cpp's opt-in bf16 dot products (MOE_BF16_DOT=1, activations
+  rounded as llama.cpp rounds them) within 1e-5 of llama.cpp on the bf16 file;
   files written by llama.cpp's own tools: llama-quantize of our f32 file to F16 and BF16, read by
   moe.cpp (the same bounds), and to Q8_0, whose blocks must equal our own q8_0 export's bit for
   bit (the same quantiser) and which moe.cpp runs within 3e-2 of llama.cpp on the same file
@@ -41,6 +43,15 @@ def run(cmd, **kw):
     if r.returncode != 0:
         raise SystemExit("FAIL: %s\n%s" % (" ".join(cmd), r.stderr.decode(errors="replace")[-2000:]))
     return r.stdout.decode(errors="replace")  # generated text may end inside a UTF-8 character
+
+
+def cpu_has_bf16_dot():
+    """The CPU flags moe.cpp's opt-in bf16 dot-product kernels need (bf16_gemm.h)."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
 
 
 passed = []
@@ -203,6 +214,16 @@ def main():
                 tol2 = 2e-3 if t == "f16" else 1.5e-2
                 check(e2 <= tol2, "%s %s: moe.cpp vs llama.cpp on the same file rel %.2e (<= %g)"
                       % (name, t, e2, tol2))
+            if t == "bf16" and cpu_has_bf16_dot():
+                # MOE_BF16_DOT=1: moe.cpp's vdpbf16ps kernels round the activations to bf16
+                # too, as llama.cpp does: the same arithmetic, fp32 summation order apart
+                # (measured 7.5e-8 .. 1.4e-7 on an Intel AVX-512 BF16 machine)
+                out = os.path.join(work, "%s.bf16dot.logits.safetensors" % name)
+                run([moe, "eval", g[t], "--prompt-ids", ids, "--dump-logits", out],
+                    env=dict(os.environ, MOE_BF16_DOT="1"))
+                e3 = float(np.abs(read_logits(out) - np.array(p["prompt_logits"])).max()) / scale
+                check(e3 <= 1e-5, "%s bf16 with MOE_BF16_DOT=1 (bf16 activations): moe.cpp vs "
+                      "llama.cpp on the same file rel %.2e (<= 1e-5)" % (name, e3))
         # Q4_0: the same blocks in both engines, the activations quantised per 32 values in both
         # (llama.cpp's vec_dot_type for Q4_0 is Q8_0); far from f32 on these random weights.
         p = peer_run(g["q4_0"])
