@@ -274,7 +274,10 @@ __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m25
                                _mm256_sign_epi8(qa, qw));
 }
 
-#define MOE_DOT_G8_BODY(BLOCK_ISUM)                                                                      \
+// Q4_0 runs the same loop (Q4 true): BLOCK_ISUM gives sum_i q_i * qx_i with the nibbles q_i in
+// 0..15, and after the reduction 8 * sum_i qx_i of each block (sx8, once per input row) comes off
+// each lane: the integers of (q_i - 8) * qx_i, exactly.
+#define MOE_DOT_G8_BODY(BLOCK_ISUM, Q4, SX8)                                                      \
     const uint8_t* q = w.q + (size_t)r * w.q_row;                                                  \
     const uint8_t* d = w.d + (size_t)r * w.d_row;                                                  \
     const size_t qb = w.q_blk, db = w.d_blk;                                                       \
@@ -296,8 +299,9 @@ __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m25
                                              _mm256_hadd_epi32(p[2], p[3]));                       \
         const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]),                        \
                                              _mm256_hadd_epi32(p[6], p[7]));                       \
-        const __m256i v = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                \
-                                           _mm256_permute2x128_si256(u0, u1, 0x31));               \
+        __m256i v = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),                      \
+                                     _mm256_permute2x128_si256(u0, u1, 0x31));                     \
+        if (Q4) v = _mm256_sub_epi32(v, _mm256_loadu_si256((const __m256i*)(SX8 + b)));            \
         __m128i h;                                                                                 \
         if (db == 2) { /* split layout: the row's fp16 scales side by side */                      \
             h = _mm_loadu_si128((const __m128i*)(d + 2 * b));                                      \
@@ -314,20 +318,65 @@ __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m25
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                                    \
     s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));                                                      \
     float out = _mm_cvtss_f32(s4);                                                                 \
-    if (b < nb) out += dot_scalar<false>(w, r, qx, dx, b, nb); /* blocks past the last group */    \
+    if (b < nb) out += dot_scalar<Q4>(w, r, qx, dx, b, nb); /* blocks past the last group */       \
     return out;
 
 __attribute__((target("avx2,fma,f16c"))) static float dot_g8_avx2(const Q8Rows& w, int64_t r,
                                                                   const int8_t* qx,
                                                                   const float* dx, int64_t nb) {
-    MOE_DOT_G8_BODY(block_isum_avx2)
+    MOE_DOT_G8_BODY(block_isum_avx2, false, (const int32_t*)nullptr)
 }
 
 __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static float dot_g8_vnni(
     const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t nb) {
-    MOE_DOT_G8_BODY(block_isum_vnni)
+    MOE_DOT_G8_BODY(block_isum_vnni, false, (const int32_t*)nullptr)
+}
+
+// A Q4_0 block's nibbles in value order (the low nibbles are values 0..15, the high 16..31): a
+// 128-bit broadcast load, a shift by 0 (low half) or 4 (high half), an and.
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i q4_nibbles(const int8_t* q) {
+    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)q));
+    return _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                            _mm256_set1_epi8(15));
+}
+
+// The nibbles go in as the unsigned side against the signed activations: no sign trick
+// (maddubs pairs at most 2 * 15 * 127 < 32768).
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i q4_isum_avx2(const int8_t* q,
+                                                                            const int8_t* a,
+                                                                            __m256i ones) {
+    return _mm256_madd_epi16(
+        _mm256_maddubs_epi16(q4_nibbles(q), _mm256_loadu_si256((const __m256i*)a)), ones);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m256i q4_isum_vnni(
+    const int8_t* q, const int8_t* a, __m256i) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q4_nibbles(q),
+                               _mm256_loadu_si256((const __m256i*)a));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_q4_g8_avx2(const Q8Rows& w, int64_t r,
+                                                                     const int8_t* qx,
+                                                                     const int32_t* sx8,
+                                                                     const float* dx, int64_t nb) {
+    MOE_DOT_G8_BODY(q4_isum_avx2, true, sx8)
+}
+
+__attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static float dot_q4_g8_vnni(
+    const Q8Rows& w, int64_t r, const int8_t* qx, const int32_t* sx8, const float* dx,
+    int64_t nb) {
+    MOE_DOT_G8_BODY(q4_isum_vnni, true, sx8)
 }
 #undef MOE_DOT_G8_BODY
+
+// 8 * the sum of each block's quantised inputs (what the nibbles' offset of 8 contributes).
+static void q4_input_sums8(const int8_t* qx, int64_t nb, int32_t* sx8) {
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t t = 0;
+        for (int i = 0; i < kQ8Block; i++) t += qx[b * kQ8Block + i];
+        sx8[b] = 8 * t;
+    }
+}
 
 float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
                  int64_t k) {
@@ -337,75 +386,14 @@ float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const fl
     return dot_scalar<false>(w, r, qx, dx, 0, nb);
 }
 
-// Q4_0 on AVX2. The nibbles q (0..15) go into maddubs as they are, the unsigned side, against
-// the signed activations; 8 * (the activations' sums in the same groups of four) is then taken
-// off each int32 lane: the very integers the sign trick gives for (q - 8) * qx, with no sign
-// instructions and no cross-lane insert (a 128-bit broadcast load, a per-lane shift by 0 or 4,
-// an and). The sums c (8 int32 per block) depend on the input only: q4_input_sums_avx2, once
-// per input row for all weight rows. (The sign-trick version of this loop decoded m795 at
-// 107 tok/s, 2 threads, beside llama.cpp's 162.)
-__attribute__((target("avx2,fma,f16c"))) static void q4_input_sums_avx2(const int8_t* qx,
-                                                                        int64_t nb, int32_t* c) {
-    const __m256i eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < nb; b++) {
-        const __m256i a = _mm256_loadu_si256((const __m256i*)(qx + b * kQ8Block));
-        _mm256_storeu_si256((__m256i*)(c + b * 8),
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(eight, a), ones));
-    }
-}
-
-__attribute__((target("avx2,fma,f16c"))) static inline __m256i q4_block_avx2(const int8_t* q,
-                                                                             const int8_t* a,
-                                                                             const int32_t* c,
-                                                                             __m256i ones) {
-    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)q));
-    const __m256i u = _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                                       _mm256_set1_epi8(15));
-    const __m256i qa = _mm256_loadu_si256((const __m256i*)a);
-    // pairs: at most 2 * 15 * 127 < 32768, no saturation
-    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qa), ones);
-    return _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i*)c));
-}
-
-__attribute__((target("avx2,fma,f16c"))) static float dot_q4_avx2(const Q8Rows& w, int64_t r,
-                                                                  const int8_t* qx,
-                                                                  const int32_t* c,
-                                                                  const float* dx, int64_t nb) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        _mm_prefetch((const char*)w.qs(r, b) + kQ8PrefetchBytes, _MM_HINT_T0);
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        const float s1 = _cvtsh_ss(w.scale_bits(r, b + 1)) * dx[b + 1];
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_block_avx2(w.qs(r, b), qx + b * kQ8Block,
-                                                              c + b * 8, ones)),
-                             _mm256_set1_ps(s0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_block_avx2(w.qs(r, b + 1),
-                                                              qx + (b + 1) * kQ8Block,
-                                                              c + (b + 1) * 8, ones)),
-                             _mm256_set1_ps(s1), a1);
-    }
-    if (b < nb) {
-        const float s0 = _cvtsh_ss(w.scale_bits(r, b)) * dx[b];
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_block_avx2(w.qs(r, b), qx + b * kQ8Block,
-                                                              c + b * 8, ones)),
-                             _mm256_set1_ps(s0), a0);
-    }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 float q4_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
                  int64_t k) {
     const int64_t nb = k / kQ8Block;
     if (isa >= 1) {
-        std::vector<int32_t> c((size_t)nb * 8);
-        q4_input_sums_avx2(qx, nb, c.data());
-        return dot_q4_avx2(w, r, qx, c.data(), dx, nb);
+        std::vector<int32_t> sx8((size_t)nb);
+        q4_input_sums8(qx, nb, sx8.data());
+        return isa == 2 ? dot_q4_g8_vnni(w, r, qx, sx8.data(), dx, nb)
+                        : dot_q4_g8_avx2(w, r, qx, sx8.data(), dx, nb);
     }
     return dot_scalar<true>(w, r, qx, dx, 0, nb);
 }
@@ -805,16 +793,18 @@ void q8_decode_rows(float* y, int ldy, const int8_t* qx, const float* dx, const 
     const int64_t K = w.cols, nb = K / kQ8Block;
     const WIsa isa = wgemm_isa();
     const bool q4 = w.type == WType::q4_0;
-    const bool vnni = isa == WIsa::avx512 && q8_cpu_has_vnni() && !q4;  // no VNNI kernel for q4_0
+    const bool vnni = isa == WIsa::avx512 && q8_cpu_has_vnni();
     const int kern = vnni ? 2 : isa == WIsa::scalar ? 0 : 1;
     const Q8Rows R = q8_rows(w);
-    if (q4 && kern == 1) {  // the inputs' group sums once for the piece's rows
+    if (q4 && kern >= 1) {  // the inputs' block sums once for the piece's rows
         static thread_local std::vector<int32_t> c;
-        if (c.size() < (size_t)(M * nb * 8)) c.resize((size_t)(M * nb * 8));
-        for (int m = 0; m < M; m++) q4_input_sums_avx2(qx + m * K, nb, c.data() + m * nb * 8);
+        if (c.size() < (size_t)(M * nb)) c.resize((size_t)(M * nb));
+        for (int m = 0; m < M; m++) q4_input_sums8(qx + m * K, nb, c.data() + m * nb);
         for (int n = n0; n < n1; n++)
             for (int m = 0; m < M; m++) {
-                const float v = dot_q4_avx2(R, n, qx + m * K, c.data() + m * nb * 8, dx + m * nb, nb);
+                const int32_t* sx = c.data() + m * nb;
+                const float v = kern == 2 ? dot_q4_g8_vnni(R, n, qx + m * K, sx, dx + m * nb, nb)
+                                          : dot_q4_g8_avx2(R, n, qx + m * K, sx, dx + m * nb, nb);
                 float& o = y[(size_t)m * ldy + n];
                 o = accumulate ? o + v : v;
             }

@@ -25,8 +25,9 @@
 // 16 bytes qs[j] = q_j | q_(j+16) << 4 with q_i = min(15, trunc(x_i * (1 / d) + 8.5)) (all 8
 // when d = 0); value i is d * (q_i - 8). GGML's layout only (WeightView::scales null). The inputs
 // are quantised as for Q8_0, a block's integer sum is sum_i (q_i - 8) * qx_i, and only the
-// weight side differs: the nibbles unpacked to int8 in [-8, 7] (AVX2 decode by and/shift, then
-// the same maddubs; the prefill panels packed from nibbles; plain loops; no VNNI kernel).
+// weight side differs: decode takes the nibbles (0..15) as the unsigned side of maddubs / dpbusd
+// and subtracts 8 * each block's input sum; the prefill panels are packed from nibbles as int8 in
+// [-8, 7]; plain loops.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -105,7 +106,7 @@ void q8_quantize_activation_ref(const float* x, int64_t k, int8_t* qx, float* dx
 void q8_round_activation_rows(float* out, int64_t ldo, const float* x, int64_t ldx, int M,
                               int64_t k);
 float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
-// The same for a q4_0 row (isa 0 scalar or 1 AVX2).
+// The same for a q4_0 row (isa as above).
 float q4_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
 bool q8_cpu_has_vnni();  // AVX-512 F, BW, VL and VNNI
 // The alternative measured in bench/q8_dot.cpp: int8 widened to fp32, FMA with fp32 x (AVX2).

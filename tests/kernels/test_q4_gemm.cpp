@@ -137,6 +137,8 @@ class Q4Isa : public ::testing::TestWithParam<WIsa> {
         saved_ = wgemm_isa();
         wgemm_set_isa(GetParam());
         if (wgemm_isa() != GetParam()) GTEST_SKIP() << "this CPU lacks " << wisa_name(GetParam());
+        if (GetParam() == WIsa::avx512 && !q8_cpu_has_vnni())
+            GTEST_SKIP() << "this CPU has AVX-512 but not VNNI";
     }
     void TearDown() override { wgemm_set_isa(saved_); }
     WIsa saved_ = WIsa::scalar;
@@ -189,14 +191,14 @@ TEST_P(Q4Isa, DecodeMatchesReferenceWithinTheActivationBound) {
 }
 
 TEST_P(Q4Isa, AgreesWithTheScalarKernel) {
-    for (int K : {32, 64, 96, 1056}) {
+    for (int K : {32, 64, 96, 256, 288, 1056}) {  // the eight-block steps and their tails
         Q4Matrix m = make_q4(13, K, 7 + K);
         std::vector<float> x = test::randn(K, 8);
         std::vector<int8_t> qx(K);
         std::vector<float> dx(K / 32);
         q8_quantize_activation(x.data(), K, qx.data(), dx.data());
         const Q8Rows R = q8_rows(m.view());
-        const int kern = GetParam() == WIsa::scalar ? 0 : 1;
+        const int kern = GetParam() == WIsa::avx512 ? 2 : GetParam() == WIsa::scalar ? 0 : 1;
         std::vector<float> wf(K);
         for (int r = 0; r < 13; r++) {
             const float a = q4_dot_row(kern, R, r, qx.data(), dx.data(), K);
@@ -261,7 +263,7 @@ TEST_P(Q4Isa, PrefillEqualsDecodeRowByRow) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, Q4Isa, ::testing::Values(WIsa::scalar, WIsa::avx2),
+INSTANTIATE_TEST_SUITE_P(Isa, Q4Isa, ::testing::Values(WIsa::scalar, WIsa::avx2, WIsa::avx512),
                          [](const auto& info) { return std::string(wisa_name(info.param)); });
 
 }  // namespace
