@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "io/file_map.h"
 #include "moe/error.h"
 #include "moe/hf_model.h"
 #include "moe/safetensors.h"
@@ -26,6 +27,8 @@ struct Mapping {
     size_t size = 0;
     uint64_t data_start = 0;  // 8 + header length
     bool owned = true;        // unmapped by the store (false: kept alive by `keep`)
+    void* map_base = nullptr;  // a file's mapping or huge-page copy (io/file_map.h): what munmap
+    size_t map_len = 0;        // takes; null: base and size are the mapping
 };
 
 struct TensorLoc {
@@ -42,7 +45,10 @@ struct WeightStore::Impl {
 
     ~Impl() {
         for (auto& m : maps)
-            if (m.base && m.owned) munmap((void*)m.base, m.size);
+            if (m.base && m.owned) {
+                if (m.map_base) munmap(m.map_base, m.map_len);
+                else munmap((void*)m.base, m.size);
+            }
     }
 
     void map_file(const std::string& path) {
@@ -56,11 +62,18 @@ struct WeightStore::Impl {
         }
         Mapping m;
         m.path = path;
-        m.size = (size_t)st.st_size;
-        void* p = mmap(nullptr, m.size, PROT_READ, MAP_SHARED, fd, 0);
+        FileMap fm;
+        try {
+            fm = map_file_readonly(path, fd, (size_t)st.st_size);
+        } catch (...) {
+            ::close(fd);
+            throw;
+        }
         ::close(fd);
-        if (p == MAP_FAILED) fail("{}: cannot map: {}; check the file", path, std::strerror(errno));
-        m.base = (const uint8_t*)p;
+        m.base = fm.data;
+        m.size = fm.size;
+        m.map_base = fm.map_base;
+        m.map_len = fm.map_len;
         uint64_t hlen;
         std::memcpy(&hlen, m.base, 8);
         m.data_start = 8 + hlen;

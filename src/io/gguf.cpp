@@ -3,6 +3,8 @@
 // allocated or read, so a hostile file costs at most its own size in memory.
 #include "moe/gguf.h"
 
+#include "io/file_map.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -182,11 +184,8 @@ bool GgufValue::operator==(const GgufValue& o) const {
 // ---- reading ----
 
 struct GgufFile::Mapping {
-    const uint8_t* base = nullptr;
-    size_t size = 0;
-    ~Mapping() {
-        if (base) munmap((void*)base, size);
-    }
+    FileMap map;
+    ~Mapping() { unmap_file(map); }
 };
 
 namespace {
@@ -282,15 +281,17 @@ GgufFile GgufFile::open(const std::string& path) {
              (long long)st.st_size);
     }
     auto m = std::make_shared<Mapping>();
-    void* p = mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    try {
+        m->map = map_file_readonly(path, fd, (size_t)st.st_size);
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
     ::close(fd);
-    if (p == MAP_FAILED) fail("{}: cannot map: {}; check the file", path, std::strerror(errno));
-    m->base = (const uint8_t*)p;
-    m->size = (size_t)st.st_size;
     GgufFile f;
     f.map_ = m;
-    f.base_ = m->base;
-    f.size_ = m->size;
+    f.base_ = m->map.data;
+    f.size_ = m->map.size;
     f.where_ = path;
     f.parse_all();
     return f;

@@ -218,6 +218,38 @@ TEST_P(GgufFamily, ExportedFileHasTheFoldersLogits) {
     }
 }
 
+// MOE_HUGEPAGES=1 (io/file_map.h): the files copied into huge-page memory instead of mapped give
+// the same bits, for a GGUF file and a safetensors folder; the copy is read-only as the mapping.
+TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
+    const json j = test::tiny_hf_config("mixtral");
+    const std::string dir = test::temp_model_dir("gguf_huge");
+    test::write_hf_dir(dir, j, test::tiny_hf_tensors(j, 12), WType::bf16);
+    write_char_vocab(dir, (int)j["vocab_size"]);
+    const std::string out = dir + "/m.gguf";
+    write_gguf_model(dir, GgmlType::bf16, out);
+    std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44, 96, 0};
+    const int V = j["vocab_size"];
+    auto logits = [&](const std::string& path) {
+        HfModel m(path);
+        const float* p = m.cache_feed(ids.data(), 8, true);
+        return std::vector<float>(p, p + 8 * V);
+    };
+    for (const std::string& path : {out, dir}) {
+        const std::vector<float> mapped = logits(path);
+        ASSERT_EQ(0, setenv("MOE_HUGEPAGES", "1", 1));
+        std::vector<float> copied;
+        try {
+            copied = logits(path);
+        } catch (...) {
+            unsetenv("MOE_HUGEPAGES");
+            throw;
+        }
+        unsetenv("MOE_HUGEPAGES");
+        EXPECT_EQ(0, std::memcmp(mapped.data(), copied.data(), mapped.size() * 4)) << path;
+    }
+    std::filesystem::remove_all(dir);
+}
+
 INSTANTIATE_TEST_SUITE_P(Gguf, GgufFamily,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"));
 
