@@ -6,7 +6,9 @@
 // m795 q8_0 model decoded at 57-65 tok/s beside 64-77 from huge pages (session 8, Intel VM,
 // alternated): a page walk every 4 KiB of a 250 MB stream per token. The copy costs the file's
 // size in RAM (not shared with the page cache's copy) and a read at start-up; where the anonymous
-// memory cannot be had, the file is mapped as usual and a note says so.
+// memory cannot be had, the file is mapped as usual and a note says so (under Linux's default
+// overcommit the reservation rarely fails: a model larger than free RAM may instead be killed
+// while it is read, so MOE_HUGEPAGES is for models that fit).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -88,7 +88,8 @@ static bool cpu_has_f16c() {
 
 static WIsa best_isa() {
     const CpuFeatures& f = cpu_features();
-    if (f.avx512f && f.avx512bw) return WIsa::avx512;
+    // VL too: the AVX-512 kernels are compiled with it (every CPU with F and BW has it)
+    if (f.avx512f && f.avx512bw && __builtin_cpu_supports("avx512vl")) return WIsa::avx512;
     if (f.avx2 && f.fma && cpu_has_f16c()) return WIsa::avx2;
     return WIsa::scalar;
 }

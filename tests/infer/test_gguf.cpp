@@ -219,7 +219,7 @@ TEST_P(GgufFamily, ExportedFileHasTheFoldersLogits) {
 }
 
 // MOE_HUGEPAGES=1 (io/file_map.h): the files copied into huge-page memory instead of mapped give
-// the same bits, for a GGUF file and a safetensors folder; the copy is read-only as the mapping.
+// the same bits, for a GGUF file and a safetensors folder.
 TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
     const json j = test::tiny_hf_config("mixtral");
     const std::string dir = test::temp_model_dir("gguf_huge");
