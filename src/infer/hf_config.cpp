@@ -176,7 +176,13 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
     c.n_kv_heads = (int)json_int(j, "num_key_value_heads", where, Range::in(1, 4096));
     c.max_positions = (int)json_int(j, "max_position_embeddings", where, Range::in(1, 1 << 24));
     const double eps_default = (mt == "mixtral" || mt == "olmoe") ? 1e-5 : 1e-6;
-    c.rms_eps = (float)json_num(j, "rms_norm_eps", where, Range::in_open(0, 1), eps_default);
+    const double eps = json_num(j, "rms_norm_eps", where, Range::in_open(0, 1), eps_default);
+    c.rms_eps = (float)eps;
+    // the engine keeps it in fp32: a value just under 1 (or a tiny one) must not round onto the
+    // open range's ends (found by fuzz_hf_config: the written config.json was then refused)
+    if (!(c.rms_eps > 0.f && c.rms_eps < 1.f))
+        fail("{}: key 'rms_norm_eps': {:.17g} rounds to {} in fp32, outside (0, 1); give a value "
+             "in that range", where, eps, c.rms_eps);
     c.rope_theta = (float)json_num(j, "rope_theta", where, Range::in(1, 1e12),
                                    mt == "mixtral" ? 1e6 : 10000.0);
     c.tie_embeddings = json_bool(j, "tie_word_embeddings", where, false);
