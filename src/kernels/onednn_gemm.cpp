@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 namespace moe {
 
@@ -31,7 +32,7 @@ Ctx& ctx() {
 using Key = std::tuple<bool, bool, int, int, int, int, int, int>;
 struct Prim {
     dnnl::matmul mm;
-    dnnl::memory::desc a, b, c;
+    dnnl::memory::desc a, b, c, scratch;
 };
 
 dnnl::memory::desc mat_desc(int rows, int cols, bool col_major, int ld, dnnl::memory::data_type t) {
@@ -48,7 +49,14 @@ Prim make_prim(const Key& k) {
     p.a = mat_desc(M, K, ta, lda, dt::bf16);
     p.b = mat_desc(K, N, tb, ldb, dt::bf16);
     p.c = mat_desc(M, N, false, ldc, dt::f32);
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a, p.b, p.c), ctx().eng);
+    // The scratchpad is ours (one per thread, below): with the library's, concurrent executions
+    // shared one buffer (Debian's oneDNN is built without DNNL_ENABLE_CONCURRENT_EXEC), and bf16
+    // products run from several OpenMP threads at once returned garbage on an AVX-512 BF16 CPU
+    // (test GemmEngine.Bf16CorrectInsideParallelRegion; AVX2-only CPUs never reach this path).
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a, p.b, p.c), attr, ctx().eng);
+    p.scratch = pd.scratchpad_desc();
     p.mm = dnnl::matmul(pd);
     return p;
 }
@@ -93,9 +101,13 @@ bool onednn_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const uin
     dnnl::memory am(p.a, ctx().eng, const_cast<uint16_t*>(A));
     dnnl::memory bm(p.b, ctx().eng, const_cast<uint16_t*>(B));
     dnnl::memory cm(p.c, ctx().eng, C);
+    static thread_local std::vector<uint8_t> scratch;
+    if (scratch.size() < p.scratch.get_size()) scratch.resize(p.scratch.get_size());
+    dnnl::memory sm(p.scratch, ctx().eng, scratch.data());
     // A stream per call: calls come from several OpenMP threads at once (experts in parallel).
     dnnl::stream s(ctx().eng);
-    p.mm.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    p.mm.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm},
+                     {DNNL_ARG_SCRATCHPAD, sm}});
     s.wait();
     return true;
 }
