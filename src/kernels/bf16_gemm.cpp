@@ -4,7 +4,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "kernels/bf16.h"
+#include "kernels/q8_gemm.h"
 #include "kernels/transpose_avx2.h"
 #include "kernels/typed_gemm.h"
 #include "moe/runtime.h"
@@ -22,13 +22,8 @@ namespace moe {
 
 static bool detect_bf16_dp() {
     const CpuFeatures& f = cpu_features();
-    if (!(f.avx512f && f.avx512bw && f.avx512bf16 && __builtin_cpu_supports("avx512vl")))
-        return false;
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 0xe6) == 0xe6;  // the OS saves the x87/SSE/AVX and the three AVX-512 states
+    return f.avx512f && f.avx512bw && f.avx512bf16 && __builtin_cpu_supports("avx512vl") &&
+           cpu_os_saves_zmm();
 }
 
 bool bf16_cpu_has_dp() {

@@ -402,8 +402,11 @@ static bool detect_vnni() {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
     const bool f = b & (1u << 16), bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
-    if (!(f && bw && vl && vnni)) return false;
-    // and the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7)
+    return f && bw && vl && vnni && cpu_os_saves_zmm();
+}
+
+bool cpu_os_saves_zmm() {  // XCR0 bits 1, 2, 5, 6, 7: SSE, AVX and the three AVX-512 states
+    unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
     unsigned lo, hi;
     __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));

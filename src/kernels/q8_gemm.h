@@ -109,6 +109,7 @@ float q8_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const fl
 // The same for a q4_0 row (isa as above).
 float q4_dot_row(int isa, const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx, int64_t k);
 bool q8_cpu_has_vnni();  // AVX-512 F, BW, VL and VNNI
+bool cpu_os_saves_zmm();  // the OS saves the AVX-512 registers (XCR0), needed by every zmm kernel
 // The alternative measured in bench/q8_dot.cpp: int8 widened to fp32, FMA with fp32 x (AVX2).
 float q8_dot_row_widen_avx2(const Q8Rows& w, int64_t r, const float* x, int64_t k);
 
