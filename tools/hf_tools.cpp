@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <numeric>
 
+#include "io/file_map.h"
 #include "moe/checked.h"
 #include "moe/error.h"
 #include "moe/runtime.h"
@@ -27,13 +28,20 @@ void print_hf_summary(const HfModel& model) {
     HfModel* m = const_cast<HfModel*>(&model);
     const std::string& dir = m->dir();
     const HfConfig& c = m->config();
+    // the files either mapped or copied into huge pages (io/file_map.h, MOE_HUGEPAGES)
+    const FileMapTotals held = file_map_totals();
+    const std::string how = held.huge == 0
+                                ? fmt::format("mapped {}, resident {}",
+                                              gb((double)m->weights().mapped_bytes()),
+                                              gb((double)m->weights().resident_bytes()))
+                                : fmt::format("{} copied into huge pages (MOE_HUGEPAGES=0: map)",
+                                              gb((double)m->weights().mapped_bytes()));
     std::fprintf(stderr,
-                 "model: %s (%s, %.3g M params, %d layers, %d experts top-%d, %zu file%s): mapped "
-                 "%s, resident %s, ready in %.0f ms\n",
+                 "model: %s (%s, %.3g M params, %d layers, %d experts top-%d, %zu file%s): %s, "
+                 "ready in %.0f ms\n",
                  dir.c_str(), c.model_type.c_str(), c.n_params() / 1e6, c.n_layers, c.n_experts,
                  c.top_k, m->weights().n_files(), m->weights().n_files() == 1 ? "" : "s",
-                 gb((double)m->weights().mapped_bytes()).c_str(),
-                 gb((double)m->weights().resident_bytes()).c_str(), g_load_ms);
+                 how.c_str(), g_load_ms);
 }
 
 std::vector<int32_t> parse_prompt_ids(const std::string& s, int vocab, const char* flag) {

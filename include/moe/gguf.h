@@ -73,8 +73,9 @@ struct GgufTensor {
 
 class GgufFile {
    public:
-    // Maps `path` read-only and parses it; errors name the path.
-    static GgufFile open(const std::string& path);
+    // Maps `path` read-only and parses it; errors name the path. model_weights: the tensors of a
+    // model to run, which may be copied into huge pages instead (io/file_map.h).
+    static GgufFile open(const std::string& path, bool model_weights = false);
     // Parses bytes that stay alive as long as the result is used (fuzzing, tests); `where` names
     // them in errors.
     static GgufFile parse(const uint8_t* data, size_t size, const std::string& where);

@@ -119,14 +119,17 @@ std::map<std::string, std::string> parse_safetensors_index(const std::string& te
 // inside the file: a truncated shard is caught here, not by a SIGBUS later).
 class WeightStore {
    public:
-    explicit WeightStore(const std::string& dir);
+    // model_weights: the weights of a model to run (HfModel), which may be copied into huge
+    // pages instead of mapped (io/file_map.h: MOE_HUGEPAGES); false for conversions.
+    explicit WeightStore(const std::string& dir, bool model_weights = false);
     // Random weights in memory for benchmarks (`moe bench generate --random`): every tensor of
     // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1. With q8_0,
     // the matrices hf_q8_eligible() names are Q8_0 blocks (GGML layout), the rest F32.
     static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
     // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
     // name (merged expert tensors sliced per expert), checked against the metadata.
-    static std::unique_ptr<WeightStore> from_gguf(const std::string& path, HfConfig* cfg);
+    static std::unique_ptr<WeightStore> from_gguf(const std::string& path, HfConfig* cfg,
+                                                  bool model_weights = false);
     // The same on a parsed file (kept alive by the store): fuzzing, tests.
     static std::unique_ptr<WeightStore> from_gguf(std::shared_ptr<const GgufFile> file,
                                                   HfConfig* cfg);

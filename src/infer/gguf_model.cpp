@@ -248,8 +248,9 @@ static std::string ne_str(const std::vector<int64_t>& ne) {
     return r + "]";
 }
 
-std::unique_ptr<WeightStore> WeightStore::from_gguf(const std::string& path, HfConfig* cfg) {
-    return from_gguf(std::make_shared<GgufFile>(GgufFile::open(path)), cfg);
+std::unique_ptr<WeightStore> WeightStore::from_gguf(const std::string& path, HfConfig* cfg,
+                                                    bool model_weights) {
+    return from_gguf(std::make_shared<GgufFile>(GgufFile::open(path, model_weights)), cfg);
 }
 
 std::unique_ptr<WeightStore> WeightStore::from_gguf(std::shared_ptr<const GgufFile> file,

@@ -116,13 +116,13 @@ static void hf_rope_tables(float* cos_t, float* sin_t, int p0, int p1, int hd, f
 
 HfModel::HfModel(const std::string& dir) : dir_(dir), impl_(std::make_unique<Impl>()) {
     if (is_gguf_file(dir)) {  // metadata and tensors in one file (src/infer/gguf_model.cpp)
-        store_ = WeightStore::from_gguf(dir, &cfg_);
+        store_ = WeightStore::from_gguf(dir, &cfg_, /*model_weights=*/true);
         bind_weights();
         return;
     }
     const std::string cfg_path = dir + "/config.json";
     cfg_ = hf_config_from_json(read_json_file(cfg_path, "a model config"), cfg_path);
-    store_ = std::make_unique<WeightStore>(dir);
+    store_ = std::make_unique<WeightStore>(dir, /*model_weights=*/true);
     bind_weights();
 }
 

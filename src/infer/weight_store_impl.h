@@ -27,8 +27,8 @@ struct Mapping {
     size_t size = 0;
     uint64_t data_start = 0;  // 8 + header length
     bool owned = true;        // unmapped by the store (false: kept alive by `keep`)
-    void* map_base = nullptr;  // a file's mapping or huge-page copy (io/file_map.h): what munmap
-    size_t map_len = 0;        // takes; null: base and size are the mapping
+    FileMap file;             // a file's mapping or huge-page copy (io/file_map.h); empty: base
+                              // and size are an anonymous mapping of their own (random weights)
 };
 
 struct TensorLoc {
@@ -46,12 +46,12 @@ struct WeightStore::Impl {
     ~Impl() {
         for (auto& m : maps)
             if (m.base && m.owned) {
-                if (m.map_base) munmap(m.map_base, m.map_len);
+                if (m.file.map_base) unmap_file(m.file);
                 else munmap((void*)m.base, m.size);
             }
     }
 
-    void map_file(const std::string& path) {
+    void map_file(const std::string& path, bool model_weights) {
         std::map<std::string, StHeaderEntry> header = read_safetensors_header(path);
         int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
@@ -64,7 +64,7 @@ struct WeightStore::Impl {
         m.path = path;
         FileMap fm;
         try {
-            fm = map_file_readonly(path, fd, (size_t)st.st_size);
+            fm = map_file_readonly(path, fd, (size_t)st.st_size, model_weights);
         } catch (...) {
             ::close(fd);
             throw;
@@ -72,8 +72,7 @@ struct WeightStore::Impl {
         ::close(fd);
         m.base = fm.data;
         m.size = fm.size;
-        m.map_base = fm.map_base;
-        m.map_len = fm.map_len;
+        m.file = fm;
         uint64_t hlen;
         std::memcpy(&hlen, m.base, 8);
         m.data_start = 8 + hlen;

@@ -46,7 +46,8 @@ std::map<std::string, std::string> parse_safetensors_index(const std::string& te
     return out;
 }
 
-WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>()) {
+WeightStore::WeightStore(const std::string& dir, bool model_weights)
+    : impl_(std::make_unique<Impl>()) {
     impl_->dir = dir;
     const std::string single = dir + "/model.safetensors";
     const std::string index = dir + "/model.safetensors.index.json";
@@ -60,7 +61,7 @@ WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>(
             if (!file_exists(p))
                 fail("{}: names shard {}, which is missing; copy every shard of the model", index,
                      f);
-            impl_->map_file(p);
+            impl_->map_file(p, model_weights);
         }
         for (auto& [name, f] : where) {
             auto it = impl_->tensors.find(name);
@@ -75,7 +76,7 @@ WeightStore::WeightStore(const std::string& dir) : impl_(std::make_unique<Impl>(
                      "shards do not match",
                      impl_->maps[loc.file].path, name, index);
     } else if (file_exists(single)) {
-        impl_->map_file(single);
+        impl_->map_file(single, model_weights);
     } else {
         fail("{}: has neither model.safetensors nor model.safetensors.index.json; give a Hugging "
              "Face model folder",
@@ -107,6 +108,7 @@ std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uin
     m.dir = "(random weights)";
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) fail("random weights: cannot map {} bytes", bytes);
+    madvise(p, bytes, MADV_HUGEPAGE);  // as a loaded model's copy (io/file_map.h); advice only
     Mapping mp;
     mp.path = m.dir;
     mp.base = (const uint8_t*)p;

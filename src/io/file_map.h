@@ -1,14 +1,19 @@
-// A read-only view of a whole file for the weight loaders (safetensors shards, GGUF): normally the
+// A read-only view of a whole file for the weight loaders (safetensors shards, GGUF): either the
 // file mapped (MAP_SHARED, PROT_READ: pages come from the page cache as tokens touch them, and a
-// model larger than RAM still runs); with MOE_HUGEPAGES=1 in the environment, a copy in
-// anonymous memory advised into transparent huge pages (madvise(MADV_HUGEPAGE), 2 MiB aligned).
-// Why: decode streams every chosen expert's rows once per token, and through 4 KiB pages the
-// m795 q8_0 model decoded at 57-65 tok/s beside 64-77 from huge pages (session 8, Intel VM,
-// alternated): a page walk every 4 KiB of a 250 MB stream per token. The copy costs the file's
-// size in RAM (not shared with the page cache's copy) and a read at start-up; where the anonymous
-// memory cannot be had, the file is mapped as usual and a note says so (under Linux's default
-// overcommit the reservation rarely fails: a model larger than free RAM may instead be killed
-// while it is read, so MOE_HUGEPAGES is for models that fit).
+// model larger than RAM still runs) or a copy in anonymous memory advised into transparent huge
+// pages (madvise(MADV_HUGEPAGE), 2 MiB aligned).
+// Why the copy: decode streams every chosen expert's rows once per token, and through the page
+// cache's 4 KiB pages it pays a page walk every 4 KiB: m795 f16 decoded at 30-31 tok/s mapped
+// beside 38-40 from huge pages (session 9, Intel VM, alternated; q8_0 57-65 vs 64-77 in session
+// 8). The copy costs the file's size in RAM (beside the page cache's copy, which the kernel may
+// drop) and a read at start-up.
+// Only weights loaded to run a model (HfModel) are copied; files read once (conversion, a GGUF's
+// tokenizer) are always mapped. For those weights MOE_HUGEPAGES chooses: 1 = always copy, 0 =
+// always map, unset = copy a file of 32 MiB or more when it fits in half of MemAvailable and
+// transparent huge pages are not "never" (smaller files gain nothing; a model that does not fit
+// is mapped and still runs). Any other value is refused.
+// Where the anonymous memory cannot be had, the file is mapped and a note says so (under Linux's
+// default overcommit the reservation rarely fails, hence the auto rule's margin).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -24,9 +29,18 @@ struct FileMap {
     bool huge = false;  // a huge-page copy
 };
 
-// fd open for reading, size its length (> 0). Errors name `path`. The caller closes fd.
-FileMap map_file_readonly(const std::string& path, int fd, size_t size);
+// fd open for reading, size its length (> 0); model_weights: the weights of a model to run (the
+// copy may be chosen), else mapped. Errors name `path`. The caller closes fd.
+FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool model_weights);
 void unmap_file(const FileMap& m);
-bool hugepage_copy_wanted();  // MOE_HUGEPAGES=1
+// The choice for model weights in a file of `size` bytes (MOE_HUGEPAGES and the rule above);
+// fails on a bad value.
+bool hugepage_copy_wanted(size_t size);
+
+// Bytes of the files held now as huge-page copies and as mappings (what `bench generate` reports).
+struct FileMapTotals {
+    size_t huge = 0, mapped = 0;
+};
+FileMapTotals file_map_totals();
 
 }  // namespace moe

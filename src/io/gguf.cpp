@@ -266,7 +266,7 @@ GgufValue read_value(Cursor& c, GgufType t, const std::string& key) {
 
 }  // namespace
 
-GgufFile GgufFile::open(const std::string& path) {
+GgufFile GgufFile::open(const std::string& path, bool model_weights) {
     check_readable_file(path);
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
@@ -282,7 +282,7 @@ GgufFile GgufFile::open(const std::string& path) {
     }
     auto m = std::make_shared<Mapping>();
     try {
-        m->map = map_file_readonly(path, fd, (size_t)st.st_size);
+        m->map = map_file_readonly(path, fd, (size_t)st.st_size, model_weights);
     } catch (...) {
         ::close(fd);
         throw;

@@ -227,23 +227,23 @@ __attribute__((target("avx2,fma,f16c"))) static inline float hsum_avx2(__m256 a)
 
 template <WType T>
 __attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(const float* x, const uint8_t* w,
-                                                               size_t rb, int K, float* out) {
+                                                               size_t rb, int K, float* out,
+                                                               const char* pf) {
     __m256 a[4][2];
     for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
     // Rows are short streams (a few KB) that the hardware prefetcher barely learns before they
-    // end; the next four rows follow these in memory, so fetch them at the rate this loop eats
-    // its own (4 x 16 values per step: the next group's bytes are spread over this group's steps).
-    const char* next = (const char*)w + 4 * rb;
+    // end: pf (rows further on, decode_rows says which) is fetched into L2 at the rate this
+    // loop eats its own rows (4 x 16 values per step: pf's bytes spread over this group's steps).
     const size_t step_bytes = 4 * 16 * sizeof(float) * wtype_size(T) / 4;  // 4 rows x 16 values
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        _mm_prefetch(next, _MM_HINT_T0);
-        _mm_prefetch(next + 64, _MM_HINT_T0);
+        _mm_prefetch(pf, _MM_HINT_T1);
+        _mm_prefetch(pf + 64, _MM_HINT_T1);
         if (step_bytes > 128) {
-            _mm_prefetch(next + 128, _MM_HINT_T0);
-            _mm_prefetch(next + 192, _MM_HINT_T0);
+            _mm_prefetch(pf + 128, _MM_HINT_T1);
+            _mm_prefetch(pf + 192, _MM_HINT_T1);
         }
-        next += step_bytes;
+        pf += step_bytes;
         const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
         for (int r = 0; r < 4; r++) {
             a[r][0] = _mm256_fmadd_ps(x0, load8_t<T>(w + r * rb, k), a[r][0]);
@@ -271,17 +271,17 @@ __attribute__((target("avx512f,avx512bw"))) static inline __m512 load16_t(const 
 template <WType T>
 __attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float* x,
                                                                     const uint8_t* w, size_t rb,
-                                                                    int K, float* out) {
+                                                                    int K, float* out,
+                                                                    const char* pf) {
     __m512 a[4][2];
     for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-    // the next four rows fetched at the rate this loop reads its own, as in dot4_avx2 (without
-    // it the loop read bf16 m795 at 27 tok/s, the AVX2 loop with it at 35-40)
-    const char* next = (const char*)w + 4 * rb;
+    // pf fetched into L2 at the rate this loop reads its own rows, as in dot4_avx2 (without any
+    // prefetch the loop read bf16 m795 at 27 tok/s, with the next rows into L1 at 35-40)
     const size_t step_bytes = 4 * 32 * wtype_size(T);  // 4 rows x 32 values
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        for (size_t o = 0; o < step_bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-        next += step_bytes;
+        for (size_t o = 0; o < step_bytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T1);
+        pf += step_bytes;
         const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
         for (int r = 0; r < 4; r++) {
             a[r][0] = _mm512_fmadd_ps(x0, load16_t<T>(w + r * rb, k), a[r][0]);
@@ -299,17 +299,20 @@ __attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float*
     }
 }
 
-static void dot4_scalar_f32(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+static void dot4_scalar_f32(const float* x, const uint8_t* w, size_t rb, int K, float* out,
+                            const char*) {
     for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f32, K);
 }
-static void dot4_scalar_f16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+static void dot4_scalar_f16(const float* x, const uint8_t* w, size_t rb, int K, float* out,
+                            const char*) {
     for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f16, K);
 }
-static void dot4_scalar_bf16(const float* x, const uint8_t* w, size_t rb, int K, float* out) {
+static void dot4_scalar_bf16(const float* x, const uint8_t* w, size_t rb, int K, float* out,
+                            const char*) {
     for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::bf16, K);
 }
 
-using Dot4Fn = void (*)(const float*, const uint8_t*, size_t, int, float*);
+using Dot4Fn = void (*)(const float*, const uint8_t*, size_t, int, float*, const char*);
 
 static Dot4Fn dot4_fn(WType t) {
     const int ti = t == WType::f32 ? 0 : t == WType::f16 ? 1 : 2;
@@ -537,6 +540,9 @@ static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const W
     }
 }
 
+static const int kDecodePrefetchRows = 8;
+static const size_t kDecodePieceBytes = (size_t)256 << 10;
+
 // Decode (M < 4) of BF16/F16/F32 weights: output columns n0 .. n1 - 1 (n0 a multiple of 4),
 // groups of four weight rows, each bound by reading W once.
 static void decode_rows(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
@@ -550,7 +556,13 @@ static void decode_rows(float* y, int ldy, const float* x, int ldx, const Weight
             float v[4];
             const float* xm = x + (size_t)m * ldx;
             if (g + 4 <= n1) {
-                dot4(xm, w.row(g), rb, K, v);
+                // Fetched into L2 while this group runs: the group two on (16 KB ahead at f16,
+                // d 1024), inside the piece (past its end the rows are another thread's); the
+                // first input row only. One group on and into L1 read 15-22 GB/s in a 2-thread
+                // f16 stream here, two on into L2 20-24 (the plain read: 24-26).
+                const int pg = g + kDecodePrefetchRows;
+                const char* pf = m == 0 && pg + 4 <= n1 ? (const char*)w.row(pg) : (const char*)w.row(g);
+                dot4(xm, w.row(g), rb, K, v, pf);
             } else {
                 for (int r = 0; g + r < n1; r++) v[r] = dot(xm, w.row(g + r), w.type, K);
             }
@@ -620,7 +632,7 @@ void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int 
     wgemm_batch(&job, 1);
 }
 
-// Every job is cut into pieces of output columns (decode: 64 rows of W; prefill: kNC / 128
+// Every job is cut into pieces of output columns (decode: ~256 KB of W; prefill: kNC / 128
 // rows, one packed panel's worth), and all pieces of all jobs go to the threads in one parallel
 // region, taken first come first served. Which thread computes a piece changes nothing: each
 // output is summed inside one piece in a fixed order. One region instead of one per product
@@ -654,7 +666,11 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         const bool bf = J.w.type == WType::bf16 && bf16_on;                // bf16 inputs
         if (J.M < 4) {
             P.kind = q8 ? JobKind::decode_q8 : bf ? JobKind::decode_bf16 : JobKind::decode;
-            P.rows_per_piece = 64;
+            // pieces of ~256 KB of W (at least 64 rows): m795 f16 decoded 45-47 tok/s beside
+            // 42-44 with 64 rows (128 KB; alternated, session 9): a stream a thread reads alone
+            // for longer, fewer restarts of its prefetch; q8_0 the same either way
+            P.rows_per_piece = std::max<int>(
+                64, (int)(kDecodePieceBytes / wtype_row_bytes(J.w.type, K)) / 4 * 4);
         } else if (bf) {
             P.kind = JobKind::packed_bf16;
             P.rows_per_piece = kNC;

@@ -9,6 +9,7 @@
 
 #include "hf_fixture.h"
 #include "infer/gguf_model.h"
+#include "io/file_map.h"
 #include "kernels/q8_gemm.h"
 #include "moe/error.h"
 #include "moe/gguf.h"
@@ -218,8 +219,23 @@ TEST_P(GgufFamily, ExportedFileHasTheFoldersLogits) {
     }
 }
 
+// MOE_HUGEPAGES for one scope (restored, or unset, when it ends, also when a check throws).
+struct HugePagesEnv {
+    std::string old;
+    bool had = false;
+    explicit HugePagesEnv(const char* v) {
+        if (const char* e = std::getenv("MOE_HUGEPAGES")) had = true, old = e;
+        setenv("MOE_HUGEPAGES", v, 1);
+    }
+    ~HugePagesEnv() {
+        if (had) setenv("MOE_HUGEPAGES", old.c_str(), 1);
+        else unsetenv("MOE_HUGEPAGES");
+    }
+};
+
 // MOE_HUGEPAGES=1 (io/file_map.h): the files copied into huge-page memory instead of mapped give
-// the same bits, for a GGUF file and a safetensors folder.
+// the same bits, for a GGUF file and a safetensors folder; the model holds them as copies while
+// it lives, and a GGUF opened only to be read (a tokenizer, a conversion) stays mapped.
 TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
     const json j = test::tiny_hf_config("mixtral");
     const std::string dir = test::temp_model_dir("gguf_huge");
@@ -229,25 +245,65 @@ TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
     write_gguf_model(dir, GgmlType::bf16, out);
     std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44, 96, 0};
     const int V = j["vocab_size"];
-    auto logits = [&](const std::string& path) {
+    const FileMapTotals before = file_map_totals();
+    auto logits = [&](const std::string& path, bool huge) {
         HfModel m(path);
+        const FileMapTotals now = file_map_totals();
+        EXPECT_EQ(huge, now.huge > before.huge) << path;
+        EXPECT_EQ(!huge, now.mapped > before.mapped) << path;
         const float* p = m.cache_feed(ids.data(), 8, true);
         return std::vector<float>(p, p + 8 * V);
     };
     for (const std::string& path : {out, dir}) {
-        const std::vector<float> mapped = logits(path);
-        ASSERT_EQ(0, setenv("MOE_HUGEPAGES", "1", 1));
-        std::vector<float> copied;
-        try {
-            copied = logits(path);
-        } catch (...) {
-            unsetenv("MOE_HUGEPAGES");
-            throw;
+        std::vector<float> mapped, copied;
+        {
+            HugePagesEnv env("0");
+            mapped = logits(path, false);
         }
-        unsetenv("MOE_HUGEPAGES");
+        {
+            HugePagesEnv env("1");
+            copied = logits(path, true);
+        }
         EXPECT_EQ(0, std::memcmp(mapped.data(), copied.data(), mapped.size() * 4)) << path;
     }
+    {
+        HugePagesEnv env("1");
+        GgufFile f = GgufFile::open(out);  // read once: mapped whatever MOE_HUGEPAGES says
+        EXPECT_EQ(file_map_totals().huge, before.huge);
+        auto tok = load_tokenizer(out);
+        EXPECT_EQ(file_map_totals().huge, before.huge);
+    }
+    EXPECT_EQ(file_map_totals().huge, before.huge);  // the copies went with their models
+    EXPECT_EQ(file_map_totals().mapped, before.mapped);
     std::filesystem::remove_all(dir);
+}
+
+// The automatic choice (MOE_HUGEPAGES unset): small files are mapped (a copy gains nothing
+// below 32 MiB), and so is a file larger than half the available memory; a bad value is refused
+// with a message naming the variable.
+TEST(GgufHugePages, AutoRuleAndBadValues) {
+    {
+        HugePagesEnv env("");
+        EXPECT_FALSE(hugepage_copy_wanted(1 << 20));
+        EXPECT_FALSE(hugepage_copy_wanted((size_t)1 << 50));  // 1 PiB: never fits
+    }
+    {
+        HugePagesEnv env("1");
+        EXPECT_TRUE(hugepage_copy_wanted(1 << 20));
+    }
+    {
+        HugePagesEnv env("0");
+        EXPECT_FALSE(hugepage_copy_wanted((size_t)64 << 20));
+    }
+    for (const char* bad : {"yes", "2", "on", " 1"}) {
+        HugePagesEnv env(bad);
+        try {
+            hugepage_copy_wanted((size_t)64 << 20);
+            ADD_FAILURE() << "MOE_HUGEPAGES=" << bad << " was accepted";
+        } catch (const std::exception& e) {
+            EXPECT_NE(std::string(e.what()).find("MOE_HUGEPAGES"), std::string::npos) << e.what();
+        }
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Gguf, GgufFamily,
