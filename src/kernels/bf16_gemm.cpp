@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/bf16.h"
 #include "kernels/q8_gemm.h"
 #include "kernels/transpose_avx2.h"
@@ -173,7 +174,7 @@ void bf16_prefill_rows(float* y, int ldy, const uint16_t* xg, const WeightView& 
     }
     const int kNC = 128;  // rows of W per pass: 8 panels of 16
     const size_t panel = (size_t)(kBKC / 2) * kBNR;
-    static thread_local std::vector<uint32_t> bq;
+    static thread_local AlignedVector<uint32_t> bq;  // panels read by 512-bit loads
     if (bq.size() < (size_t)(kNC / kBNR) * panel) bq.resize((size_t)(kNC / kBNR) * panel);
     for (int c0 = n0; c0 < n1; c0 += kNC) {
         const int nc = std::min(kNC, n1 - c0), npan = (nc + kBNR - 1) / kBNR;

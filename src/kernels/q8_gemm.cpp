@@ -1,5 +1,6 @@
 #include "kernels/q8_gemm.h"
 
+#include "core/aligned_vector.h"
 #include "kernels/transpose_avx2.h"
 
 // GCC 12 warns about the "undefined" register its own AVX-512 intrinsics start from.
@@ -679,8 +680,8 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
         for (int m = 0; m < M && !accumulate; m++) std::fill(y + (size_t)m * ldy + n0, y + (size_t)m * ldy + n1, 0.f);
         return;
     }
-    static thread_local std::vector<int32_t> bq;
-    static thread_local std::vector<float> bd;
+    static thread_local AlignedVector<int32_t> bq;  // panels read by 512-bit loads
+    static thread_local AlignedVector<float> bd;
     if (bq.size() < (size_t)kQNC * kQKC / 2) bq.resize((size_t)kQNC * kQKC / 2);
     if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
     const bool avx2 = wgemm_isa() != WIsa::scalar;

@@ -1,5 +1,6 @@
 #include "kernels/typed_gemm.h"
 
+#include "core/aligned_vector.h"
 #include "kernels/bf16.h"
 
 // GCC 12 warns about the "undefined" register its own AVX-512 conversion intrinsics start from.
@@ -511,28 +512,29 @@ static void packed_rows_avx2(float* y, int ldy, const float* x, int ldx, const W
          ukernel_avx512<4, 2>, ukernel_avx512<5, 2>, ukernel_avx512<6, 2>, ukernel_avx512<7, 2>,
          ukernel_avx512<8, 2>}};
     const bool z = wgemm_isa() == WIsa::avx512;
-    static thread_local std::vector<float> bp;
-    if (bp.size() < (size_t)kNC * kKC) bp.resize((size_t)kNC * kKC);
+    static thread_local AlignedVector<float> bp_store;
+    if (bp_store.size() < (size_t)kNC * kKC) bp_store.resize((size_t)kNC * kKC);
+    float* bp = bp_store.data();
     for (int c0 = n0; c0 < n1; c0 += kNC) {
         const int nc = std::min(kNC, n1 - c0), np = (nc + kNR - 1) / kNR;
         for (int k0 = 0; k0 < K; k0 += kKC) {
             const int kc = std::min(kKC, K - k0);
             for (int p = 0; p < np; p++)
-                pack(&bp[(size_t)p * kKC * kNR], w, c0 + p * kNR, std::min(kNR, nc - p * kNR),
+                pack(bp + (size_t)p * kKC * kNR, w, c0 + p * kNR, std::min(kNR, nc - p * kNR),
                      k0, kc);
             const bool add = accumulate || k0 > 0;
             for (int m0 = 0; m0 < M && z; m0 += kMR512) {
                 const int mr = std::min(kMR512, M - m0);
                 const size_t panel = (size_t)kKC * kNR;
                 for (int p = 0; p < np; p += 2)
-                    uk512[p + 1 < np][mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[p * panel], panel,
+                    uk512[p + 1 < np][mr](kc, x + (size_t)m0 * ldx + k0, ldx, bp + p * panel, panel,
                                           y + (size_t)m0 * ldy + c0 + p * kNR, ldy, add,
                                           nc - p * kNR);
             }
             for (int m0 = 0; m0 < M && !z; m0 += kMR) {
                 const int mr = std::min(kMR, M - m0);
                 for (int p = 0; p < np; p++)
-                    uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, &bp[(size_t)p * kKC * kNR],
+                    uk[mr](kc, x + (size_t)m0 * ldx + k0, ldx, bp + (size_t)p * kKC * kNR,
                            y + (size_t)m0 * ldy + c0 + p * kNR, ldy, add,
                            std::min(kNR, nc - p * kNR));
             }
