@@ -1,9 +1,11 @@
-// Micro benchmark of the inference product wgemm (src/kernels/typed_gemm.h) at prefill sizes:
-// y [M, N] = x [M, K] W^T with W stored as F32, F16, BF16, Q8_0 and Q4_0, one expert's matrix
-// of the issue-9 shape by default (M tokens routed to it). GFLOP/s, median of 9 runs, for the
-// kernel wgemm picks on this CPU and, beside it, the AVX2 one (MOE_CPU_CAP's path).
+// Micro benchmark of the inference product wgemm (src/kernels/typed_gemm.h): y [M, N] =
+// x [M, K] W^T with W stored as F32, F16, BF16, Q8_0 and Q4_0, one expert's matrix of the
+// issue-9 shape by default (M tokens routed to it). GFLOP/s, median of 9 runs, for the kernel
+// wgemm picks on this CPU and, beside it, the AVX2 one (MOE_CPU_CAP's path); and the GB/s of W
+// the chosen kernel reads (decode: M = 1 with W larger than the caches, e.g. 1 262144 1024).
 //   build/bench_wgemm [M N K [threads]]
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +18,30 @@
 #include "moe/rng.h"
 
 using namespace moe;
+
+// Weights in 2 MiB pages where the kernel gives them, as a loaded model holds them (io/file_map.h):
+// decode of weights larger than the caches then reads what the model reads.
+template <class T>
+struct HugePageAllocator {
+    using value_type = T;
+    HugePageAllocator() = default;
+    template <class U>
+    HugePageAllocator(const HugePageAllocator<U>&) {}
+    T* allocate(size_t n) {
+        const size_t huge = (size_t)2 << 20, bytes = (n * sizeof(T) + huge - 1) / huge * huge;
+        void* p = std::aligned_alloc(huge, bytes);
+        if (!p) throw std::bad_alloc();
+        madvise(p, bytes, MADV_HUGEPAGE);
+        return (T*)p;
+    }
+    void deallocate(T* p, size_t) { std::free(p); }
+    template <class U>
+    bool operator==(const HugePageAllocator<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const HugePageAllocator<U>&) const { return false; }
+};
+template <class T>
+using HugeVec = std::vector<T, HugePageAllocator<T>>;
 
 template <class F>
 static double median_s(F f) {
@@ -38,12 +64,13 @@ int main(int argc, char** argv) {
         return 1;
     }
     Rng rng(1);
-    std::vector<float> w((size_t)N * K), x((size_t)M * K), y((size_t)M * N);
+    HugeVec<float> w((size_t)N * K);
+    std::vector<float> x((size_t)M * K), y((size_t)M * N);
     rng.fill_normal(w.data(), (int64_t)w.size(), 0.f, 1.f);
     rng.fill_normal(x.data(), (int64_t)x.size(), 0.f, 1.f);
-    std::vector<uint16_t> h16(w.size()), hb(w.size());
+    HugeVec<uint16_t> h16(w.size()), hb(w.size());
     for (size_t i = 0; i < w.size(); i++) h16[i] = f32_to_f16(w[i]), hb[i] = f32_to_bf16(w[i]);
-    std::vector<uint8_t> q8((size_t)N * (K / 32) * kQ8BlockBytes), q4((size_t)N * (K / 32) * kQ4BlockBytes);
+    HugeVec<uint8_t> q8((size_t)N * (K / 32) * kQ8BlockBytes), q4((size_t)N * (K / 32) * kQ4BlockBytes);
     for (int r = 0; r < N; r++) {
         quantize_row_q8_0(&w[(size_t)r * K], K, &q8[(size_t)r * (K / 32) * kQ8BlockBytes]);
         quantize_row_q4_0(&w[(size_t)r * K], K, &q4[(size_t)r * (K / 32) * kQ4BlockBytes]);
@@ -52,8 +79,8 @@ int main(int argc, char** argv) {
                                 {WType::bf16, N, K, hb.data()}, {WType::q8_0, N, K, q8.data()},
                                 {WType::q4_0, N, K, q4.data()}};
     const WIsa best = wgemm_isa();
-    printf("M=%d N=%d K=%d threads=%d: GFLOP/s\n| type | %s | avx2 |\n|---|---|---|\n", M, N, K,
-           omp_get_max_threads(), wisa_name(best));
+    printf("M=%d N=%d K=%d threads=%d: GFLOP/s (and GB/s of W)\n| type | %s | avx2 | %s GB/s |\n"
+           "|---|---|---|---|\n", M, N, K, omp_get_max_threads(), wisa_name(best), wisa_name(best));
     for (const WeightView& v : views) {
         double g[2];
         for (int i = 0; i < 2; i++) {
@@ -62,6 +89,7 @@ int main(int argc, char** argv) {
             g[i] = 2.0 * M * N * K / median_s([&] { wgemm(y.data(), N, x.data(), K, v, M); }) * 1e-9;
         }
         wgemm_set_isa(best);
-        printf("| %s | %.1f | %.1f |\n", wtype_name(v.type), g[0], g[1]);
+        const double gbs = g[0] / (2.0 * M * K) * wtype_row_bytes(v.type, K);  // W's bytes / time
+        printf("| %s | %.1f | %.1f | %.1f |\n", wtype_name(v.type), g[0], g[1], gbs);
     }
 }
