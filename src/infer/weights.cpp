@@ -56,13 +56,16 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
             parse_safetensors_index(read_file(index), index);
         std::set<std::string> files;  // each shard once, in name order
         for (auto& [name, f] : where) files.insert(f);
+        size_t model_bytes = 0;  // the shards together decide mapped or copied (io/file_map.h)
         for (auto& f : files) {
             const std::string p = dir + "/" + f;
             if (!file_exists(p))
                 fail("{}: names shard {}, which is missing; copy every shard of the model", index,
                      f);
-            impl_->map_file(p, model_weights);
+            struct stat st;
+            if (::stat(p.c_str(), &st) == 0 && st.st_size > 0) model_bytes += (size_t)st.st_size;
         }
+        for (auto& f : files) impl_->map_file(dir + "/" + f, model_weights ? model_bytes : 0);
         for (auto& [name, f] : where) {
             auto it = impl_->tensors.find(name);
             if (it == impl_->tensors.end() || impl_->maps[it->second.file].path != dir + "/" + f)
@@ -76,7 +79,9 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
                      "shards do not match",
                      impl_->maps[loc.file].path, name, index);
     } else if (file_exists(single)) {
-        impl_->map_file(single, model_weights);
+        struct stat st;
+        const size_t bytes = ::stat(single.c_str(), &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 0;
+        impl_->map_file(single, model_weights ? bytes : 0);
     } else {
         fail("{}: has neither model.safetensors nor model.safetensors.index.json; give a Hugging "
              "Face model folder",

@@ -9,8 +9,8 @@
 // drop) and a read at start-up.
 // Only weights loaded to run a model (HfModel) are copied; files read once (conversion, a GGUF's
 // tokenizer) are always mapped. For those weights MOE_HUGEPAGES chooses: 1 = always copy, 0 =
-// always map, unset = copy a file of 32 MiB or more when it fits in half of MemAvailable and
-// transparent huge pages are not "never" (smaller files gain nothing; a model that does not fit
+// always map, unset = copy a model of 32 MiB or more when it fits in half of MemAvailable and
+// transparent huge pages are not "never" (smaller ones gain nothing; a model that does not fit
 // is mapped and still runs). Any other value is refused.
 // Where the anonymous memory cannot be had, the file is mapped and a note says so (under Linux's
 // default overcommit the reservation rarely fails, hence the auto rule's margin).
@@ -29,13 +29,15 @@ struct FileMap {
     bool huge = false;  // a huge-page copy
 };
 
-// fd open for reading, size its length (> 0); model_weights: the weights of a model to run (the
-// copy may be chosen), else mapped. Errors name `path`. The caller closes fd.
-FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool model_weights);
+// fd open for reading, size its length (> 0). model_bytes: 0 for a file read once (mapped), else
+// the size of the whole model this file is part of (its shards together), whose weights are to
+// run: the copy may be chosen (the rule above, on the whole model). Errors name `path`. The
+// caller closes fd.
+FileMap map_file_readonly(const std::string& path, int fd, size_t size, size_t model_bytes);
 void unmap_file(const FileMap& m);
-// The choice for model weights in a file of `size` bytes (MOE_HUGEPAGES and the rule above);
+// The choice for the weights of a model of `model_bytes` (MOE_HUGEPAGES and the rule above);
 // fails on a bad value.
-bool hugepage_copy_wanted(size_t size);
+bool hugepage_copy_wanted(size_t model_bytes);
 
 // Bytes of the files held now as huge-page copies and as mappings (what `bench generate` reports).
 struct FileMapTotals {

@@ -282,7 +282,8 @@ GgufFile GgufFile::open(const std::string& path, bool model_weights) {
     }
     auto m = std::make_shared<Mapping>();
     try {
-        m->map = map_file_readonly(path, fd, (size_t)st.st_size, model_weights);
+        m->map = map_file_readonly(path, fd, (size_t)st.st_size,
+                                   model_weights ? (size_t)st.st_size : 0);
     } catch (...) {
         ::close(fd);
         throw;
