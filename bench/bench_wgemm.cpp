@@ -5,7 +5,6 @@
 // the chosen kernel reads (decode: M = 1 with W larger than the caches, e.g. 1 262144 1024).
 //   build/bench_wgemm [M N K [threads]]
 #include <omp.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -13,6 +12,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/q8_gemm.h"
 #include "kernels/typed_gemm.h"
 #include "moe/rng.h"
@@ -22,26 +22,7 @@ using namespace moe;
 // Weights in 2 MiB pages where the kernel gives them, as a loaded model holds them (io/file_map.h):
 // decode of weights larger than the caches then reads what the model reads.
 template <class T>
-struct HugePageAllocator {
-    using value_type = T;
-    HugePageAllocator() = default;
-    template <class U>
-    HugePageAllocator(const HugePageAllocator<U>&) {}
-    T* allocate(size_t n) {
-        const size_t huge = (size_t)2 << 20, bytes = (n * sizeof(T) + huge - 1) / huge * huge;
-        void* p = std::aligned_alloc(huge, bytes);
-        if (!p) throw std::bad_alloc();
-        madvise(p, bytes, MADV_HUGEPAGE);
-        return (T*)p;
-    }
-    void deallocate(T* p, size_t) { std::free(p); }
-    template <class U>
-    bool operator==(const HugePageAllocator<U>&) const { return true; }
-    template <class U>
-    bool operator!=(const HugePageAllocator<U>&) const { return false; }
-};
-template <class T>
-using HugeVec = std::vector<T, HugePageAllocator<T>>;
+using HugeVec = HugePageVector<T>;
 
 template <class F>
 static double median_s(F f) {

@@ -3,15 +3,13 @@
 // reads and the speed a measured memory bandwidth allows (issue 9). Figures are medians.
 //   moe bench generate --random mixtral-795m --type bf16
 //   moe bench generate DIR --json
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "core/simd.h"
 #include "io/file_map.h"
 #include "kernels/typed_gemm.h"
@@ -109,15 +107,15 @@ MOE_SIMD_CLONES static float sum_block(const float* p, size_t n) {
 // the bound is the best the machine reads, whichever way the weights are held.
 struct BandwidthProbe {
     static constexpr size_t n = (size_t)1 << 28;  // 1 GiB of floats
-    std::unique_ptr<float, decltype(&std::free)> buf{nullptr, &std::free};
+    HugePageVector<float> buf;
     double best = 0;
     int passes = 0;
     BandwidthProbe() {
-        const size_t huge = (size_t)2 << 20;
-        buf.reset((float*)std::aligned_alloc(huge, n * sizeof(float)));
-        if (!buf) fail("bench generate: no 1 GiB of memory for the bandwidth measurement");
-        madvise(buf.get(), n * sizeof(float), MADV_HUGEPAGE);  // advice: failure is harmless
-        std::fill(buf.get(), buf.get() + n, 1.0f);
+        try {
+            buf.assign(n, 1.0f);
+        } catch (const std::bad_alloc&) {
+            fail("bench generate: no 1 GiB of memory for the bandwidth measurement; free some");
+        }
     }
     // Three passes now; `best` keeps the fastest of every pass so far. Measured between the
     // timed runs, as the machine's bandwidth drifts (26-31 GB/s within minutes here, and a pass
@@ -127,7 +125,7 @@ struct BandwidthProbe {
         for (int pass = 0; pass < 3; pass++, passes++) {
             const double t0 = now_seconds();
             float total = 0;
-            const float* b = buf.get();
+            const float* b = buf.data();
 #pragma omp parallel for reduction(+ : total) schedule(static)
             for (long c = 0; c < 256; c++) total += sum_block(b + (size_t)c * (n / 256), n / 256);
             const double dt = now_seconds() - t0;
