@@ -51,8 +51,8 @@ struct WeightStore::Impl {
             }
     }
 
-    // model_bytes: the whole model's size when it is loaded to run, else 0 (io/file_map.h)
-    void map_file(const std::string& path, size_t model_bytes) {
+    // copy: into huge pages instead of mapped (io/file_map.h; decided once per model)
+    void map_file(const std::string& path, bool copy) {
         std::map<std::string, StHeaderEntry> header = read_safetensors_header(path);
         int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) fail("{}: cannot open: {}; check the path", path, std::strerror(errno));
@@ -65,7 +65,7 @@ struct WeightStore::Impl {
         m.path = path;
         FileMap fm;
         try {
-            fm = map_file_readonly(path, fd, (size_t)st.st_size, model_bytes);
+            fm = map_file_readonly(path, fd, (size_t)st.st_size, copy);
         } catch (...) {
             ::close(fd);
             throw;

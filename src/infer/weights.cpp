@@ -65,7 +65,8 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
             struct stat st;
             if (::stat(p.c_str(), &st) == 0 && st.st_size > 0) model_bytes += (size_t)st.st_size;
         }
-        for (auto& f : files) impl_->map_file(dir + "/" + f, model_weights ? model_bytes : 0);
+        const bool copy = model_weights && hugepage_copy_wanted(model_bytes);
+        for (auto& f : files) impl_->map_file(dir + "/" + f, copy);
         for (auto& [name, f] : where) {
             auto it = impl_->tensors.find(name);
             if (it == impl_->tensors.end() || impl_->maps[it->second.file].path != dir + "/" + f)
@@ -81,7 +82,7 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
     } else if (file_exists(single)) {
         struct stat st;
         const size_t bytes = ::stat(single.c_str(), &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 0;
-        impl_->map_file(single, model_weights ? bytes : 0);
+        impl_->map_file(single, model_weights && hugepage_copy_wanted(bytes));
     } else {
         fail("{}: has neither model.safetensors nor model.safetensors.index.json; give a Hugging "
              "Face model folder",

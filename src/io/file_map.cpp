@@ -39,7 +39,7 @@ static bool thp_available() {
     return ok;
 }
 
-bool hugepage_copy_wanted(size_t model_bytes) {  // read at every file opened (a few per model)
+bool hugepage_copy_wanted(size_t model_bytes) {  // asked once per model loaded
     const char* e = std::getenv("MOE_HUGEPAGES");
     if (e && *e) {
         if (std::strcmp(e, "1") == 0) return true;
@@ -63,8 +63,8 @@ static FileMap map_shared(const std::string& path, int fd, size_t size) {
     return m;
 }
 
-FileMap map_file_readonly(const std::string& path, int fd, size_t size, size_t model_bytes) {
-    if (model_bytes == 0 || !hugepage_copy_wanted(model_bytes)) return map_shared(path, fd, size);
+FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool copy) {
+    if (!copy) return map_shared(path, fd, size);
     const size_t huge = (size_t)2 << 20;
     const size_t len = (size + huge - 1) / huge * huge + huge;  // room to align the start
     void* raw = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -29,11 +29,11 @@ struct FileMap {
     bool huge = false;  // a huge-page copy
 };
 
-// fd open for reading, size its length (> 0). model_bytes: 0 for a file read once (mapped), else
-// the size of the whole model this file is part of (its shards together), whose weights are to
-// run: the copy may be chosen (the rule above, on the whole model). Errors name `path`. The
-// caller closes fd.
-FileMap map_file_readonly(const std::string& path, int fd, size_t size, size_t model_bytes);
+// fd open for reading, size its length (> 0). copy: into huge pages (the caller asked
+// hugepage_copy_wanted once for the whole model, its shards together, so that a model is not
+// half copied as the copies use up the memory), else mapped. Errors name `path`. The caller
+// closes fd.
+FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool copy);
 void unmap_file(const FileMap& m);
 // The choice for the weights of a model of `model_bytes` (MOE_HUGEPAGES and the rule above);
 // fails on a bad value.

@@ -283,7 +283,7 @@ GgufFile GgufFile::open(const std::string& path, bool model_weights) {
     auto m = std::make_shared<Mapping>();
     try {
         m->map = map_file_readonly(path, fd, (size_t)st.st_size,
-                                   model_weights ? (size_t)st.st_size : 0);
+                                   model_weights && hugepage_copy_wanted((size_t)st.st_size));
     } catch (...) {
         ::close(fd);
         throw;
