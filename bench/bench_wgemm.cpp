@@ -19,11 +19,6 @@
 
 using namespace moe;
 
-// Weights in 2 MiB pages where the kernel gives them, as a loaded model holds them (io/file_map.h):
-// decode of weights larger than the caches then reads what the model reads.
-template <class T>
-using HugeVec = HugePageVector<T>;
-
 template <class F>
 static double median_s(F f) {
     std::vector<double> t;
@@ -45,13 +40,15 @@ int main(int argc, char** argv) {
         return 1;
     }
     Rng rng(1);
-    HugeVec<float> w((size_t)N * K);
+    // W in 2 MiB pages where the kernel gives them, as a loaded model holds its weights
+    // (io/file_map.h): decode of a W larger than the caches reads what the model reads
+    HugePageVector<float> w((size_t)N * K);
     std::vector<float> x((size_t)M * K), y((size_t)M * N);
     rng.fill_normal(w.data(), (int64_t)w.size(), 0.f, 1.f);
     rng.fill_normal(x.data(), (int64_t)x.size(), 0.f, 1.f);
-    HugeVec<uint16_t> h16(w.size()), hb(w.size());
+    HugePageVector<uint16_t> h16(w.size()), hb(w.size());
     for (size_t i = 0; i < w.size(); i++) h16[i] = f32_to_f16(w[i]), hb[i] = f32_to_bf16(w[i]);
-    HugeVec<uint8_t> q8((size_t)N * (K / 32) * kQ8BlockBytes), q4((size_t)N * (K / 32) * kQ4BlockBytes);
+    HugePageVector<uint8_t> q8((size_t)N * (K / 32) * kQ8BlockBytes), q4((size_t)N * (K / 32) * kQ4BlockBytes);
     for (int r = 0; r < N; r++) {
         quantize_row_q8_0(&w[(size_t)r * K], K, &q8[(size_t)r * (K / 32) * kQ8BlockBytes]);
         quantize_row_q4_0(&w[(size_t)r * K], K, &q4[(size_t)r * (K / 32) * kQ4BlockBytes]);

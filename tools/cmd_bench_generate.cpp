@@ -188,20 +188,21 @@ static int run_bench_generate(const BenchGenOptions& o) {
     }
     // how the loaded files hold the weights (io/file_map.h: MOE_HUGEPAGES and its auto rule)
     const FileMapTotals held = file_map_totals();
-    const char* memory = !o.random.empty()               ? "random"
-                         : held.huge > 0 && held.mapped == 0 ? "huge_pages"
-                         : held.huge > 0                     ? "mixed"
-                                                             : "mapped";
+    struct Held {
+        const char* key;   // JSON weights_memory
+        const char* text;  // the cpu line
+    };
+    const Held memory = !o.random.empty() ? Held{"random", "random, in memory"}
+                        : held.huge > 0 && held.mapped == 0
+                            ? Held{"huge_pages", "copied into huge pages"}
+                        : held.huge > 0 ? Held{"mixed", "partly copied into huge pages"}
+                                        : Held{"mapped", "mapped"};
     const double bw = bw_probe.best;
     const double bpt = bytes_per_token(c, esize), bound = bw * 1e9 / bpt;
     const double pp_med = median(pp), tg_med = median(tg);
     std::printf("cpu: %s; %d threads; weights %s, %s; read bandwidth %.1f GB/s (best of %d passes over 1 GiB, between the runs)\n\n",
-                cpu_name().c_str(), get_threads(), wtype_name(probe.type),
-                std::strcmp(memory, "huge_pages") == 0 ? "copied into huge pages"
-                : std::strcmp(memory, "mixed") == 0    ? "partly copied into huge pages"
-                : std::strcmp(memory, "mapped") == 0   ? "mapped"
-                                                       : "random, in memory",
-                bw, bw_probe.passes);
+                cpu_name().c_str(), get_threads(), wtype_name(probe.type), memory.text, bw,
+                bw_probe.passes);
     std::printf("| model | params | type | threads | test | t/s | bytes/token | bound t/s |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
     std::printf("| %s | %.0f M | %s | %d | pp%d | %.1f | - | - |\n", label.c_str(),
@@ -221,7 +222,7 @@ static int run_bench_generate(const BenchGenOptions& o) {
                             {"decode_runs", tg},
                             {"bytes_per_token", bpt},
                             {"bandwidth_gb_s", bw},
-                            {"weights_memory", memory},
+                            {"weights_memory", memory.key},
                             {"bound_tok_s", bound},
                             {"isa", wisa_name(wgemm_isa())}};
         std::printf("%s\n", j.dump().c_str());

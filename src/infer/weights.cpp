@@ -46,6 +46,12 @@ std::map<std::string, std::string> parse_safetensors_index(const std::string& te
     return out;
 }
 
+// A file's size in bytes, 0 where it cannot be read (map_file reports that case itself).
+static size_t file_bytes(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 0;
+}
+
 WeightStore::WeightStore(const std::string& dir, bool model_weights)
     : impl_(std::make_unique<Impl>()) {
     impl_->dir = dir;
@@ -62,8 +68,7 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
             if (!file_exists(p))
                 fail("{}: names shard {}, which is missing; copy every shard of the model", index,
                      f);
-            struct stat st;
-            if (::stat(p.c_str(), &st) == 0 && st.st_size > 0) model_bytes += (size_t)st.st_size;
+            model_bytes += file_bytes(p);
         }
         const bool copy = model_weights && hugepage_copy_wanted(model_bytes);
         for (auto& f : files) impl_->map_file(dir + "/" + f, copy);
@@ -80,9 +85,7 @@ WeightStore::WeightStore(const std::string& dir, bool model_weights)
                      "shards do not match",
                      impl_->maps[loc.file].path, name, index);
     } else if (file_exists(single)) {
-        struct stat st;
-        const size_t bytes = ::stat(single.c_str(), &st) == 0 && st.st_size > 0 ? (size_t)st.st_size : 0;
-        impl_->map_file(single, model_weights && hugepage_copy_wanted(bytes));
+        impl_->map_file(single, model_weights && hugepage_copy_wanted(file_bytes(single)));
     } else {
         fail("{}: has neither model.safetensors nor model.safetensors.index.json; give a Hugging "
              "Face model folder",
