@@ -86,6 +86,10 @@ class GgufFile {
     uint64_t data_offset() const { return data_offset_; }
     uint64_t file_size() const { return size_; }
     const uint8_t* base() const { return base_; }
+    // The tensors are a huge-page copy of the file (io/file_map.h), which its one user, a model's
+    // weight store, may rewrite in place between set_writable(true) and set_writable(false).
+    bool is_private_copy() const;
+    void set_writable(bool writable) const;
 
     const std::vector<std::pair<std::string, GgufValue>>& kv() const { return kv_; }
     const std::vector<GgufTensor>& tensors() const { return tensors_; }

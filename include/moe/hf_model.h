@@ -23,9 +23,10 @@ class GgufFile;
 // How a weight is stored. q8_0 is GGML's Q8_0 (blocks of 32 values along a row, each an fp16
 // scale d and 32 int8 q, value = d * q; src/kernels/q8_gemm.h), in one of two layouts:
 //   GGML's block_q8_0 (scales == nullptr): each row is cols / 32 blocks of 34 bytes {d, q[32]}
-//     in `data`, as a GGUF file holds them (zero-copy views of Q8_0 tensors);
+//     in `data`, as a GGUF file holds them (zero-copy views of a mapped file's Q8_0 tensors);
 //   split (scales != nullptr): `data` holds the int8 values [rows, cols] and `scales` the fp16 d
-//     [rows, cols / 32], as moe.cpp's int8 safetensors hold them (docs/formats.md).
+//     [rows, cols / 32], as moe.cpp's int8 safetensors hold them (docs/formats.md), and as the
+//     store rewrites a GGUF's Q8_0 tensors copied into huge pages (and random q8_0 weights).
 // cols % 32 == 0 always (refused at load otherwise).
 // q4_0 is GGML's Q4_0 (blocks of 32: an fp16 d and 16 bytes of 4-bit q, value = d * (q - 8);
 // src/kernels/q8_gemm.h), GGML's block_q4_0 layout only (18 bytes a block; scales == nullptr).
@@ -124,7 +125,7 @@ class WeightStore {
     explicit WeightStore(const std::string& dir, bool model_weights = false);
     // Random weights in memory for benchmarks (`moe bench generate --random`): every tensor of
     // hf_tensor_shapes(c) in type t, matrices uniform in +-0.05 and norm weights 1. With q8_0,
-    // the matrices hf_q8_eligible() names are Q8_0 blocks (GGML layout), the rest F32.
+    // the matrices hf_q8_eligible() names are Q8_0 (split layout, as a copied GGUF's), the rest F32.
     static std::unique_ptr<WeightStore> random(const HfConfig& c, WType t, uint64_t seed);
     // A .gguf file (src/infer/gguf_model.cpp): *cfg from its metadata, every tensor under its HF
     // name (merged expert tensors sliced per expert), checked against the metadata.
@@ -145,6 +146,8 @@ class WeightStore {
     WeightView get(const std::string& name, const std::vector<int64_t>& shape);
     // A small tensor converted to fp32 (norms, biases, router): a copy owned by the caller.
     std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape);
+    // Whether any tensor is int8 (I8, a `moe quantize --type int8` folder's values).
+    bool holds_int8() const;
     // Names present in the files that get()/get_f32() never asked for.
     std::vector<std::string> unused() const;
     uint64_t mapped_bytes() const;    // the size of every mapping

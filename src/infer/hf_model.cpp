@@ -200,20 +200,10 @@ void HfModel::bind_weights() {
     }
     // Int8 matrices only where config.json says the folder is quantised (moe quantize writes
     // both): a stray I8 tensor is a damaged or foreign file, not ours to guess about.
-    if (c.quantization.empty()) {
-        std::vector<const WeightView*> all = {&m.embed, &m.head};
-        for (auto& L : m.layers) {
-            for (auto* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.sg, &L.su, &L.sd, &L.dg, &L.du, &L.dd})
-                all.push_back(v);
-            for (auto* vs : {&L.eg, &L.eu, &L.ed})
-                for (auto& v : *vs) all.push_back(&v);
-        }
-        for (const WeightView* v : all)
-            if (v->type == WType::q8_0 && v->scales)
-                fail("{}: holds int8 (I8) matrices but config.json has no 'moe_cpp_quantization' "
-                     "block; restore the config.json that moe quantize wrote",
-                     dir);
-    }
+    if (c.quantization.empty() && w.holds_int8())
+        fail("{}: holds int8 (I8) matrices but config.json has no 'moe_cpp_quantization' block; "
+             "restore the config.json that moe quantize wrote",
+             dir);
     // A tensor the family does not have means a variant we would run wrongly: refuse it.
     for (const std::string& name : w.unused()) {
         if (name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0)

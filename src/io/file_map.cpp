@@ -63,6 +63,12 @@ static FileMap map_shared(const std::string& path, int fd, size_t size) {
     return m;
 }
 
+void file_map_set_writable(const FileMap& m, bool writable) {
+    if (!m.huge) fail("internal: only a huge-page copy of a file may be written");
+    if (mprotect((void*)m.data, m.size, writable ? PROT_READ | PROT_WRITE : PROT_READ) != 0)
+        fail("cannot change the protection of a model's copy in memory: {}", std::strerror(errno));
+}
+
 FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool copy) {
     if (!copy) return map_shared(path, fd, size);
     const size_t huge = (size_t)2 << 20;

@@ -35,6 +35,10 @@ struct FileMap {
 // closes fd.
 FileMap map_file_readonly(const std::string& path, int fd, size_t size, bool copy);
 void unmap_file(const FileMap& m);
+// A huge-page copy is ours: the loaders may rewrite it (GGML's Q8_0 blocks into the split layout,
+// kernels/q8_gemm.h) between set_writable(m, true) and set_writable(m, false). Mappings of files
+// are never written (a no-op for them would hide a bug: it fails).
+void file_map_set_writable(const FileMap& m, bool writable);
 // The choice for the weights of a model of `model_bytes` (MOE_HUGEPAGES and the rule above);
 // fails on a bad value.
 bool hugepage_copy_wanted(size_t model_bytes);

@@ -266,6 +266,12 @@ GgufValue read_value(Cursor& c, GgufType t, const std::string& key) {
 
 }  // namespace
 
+bool GgufFile::is_private_copy() const { return map_ && map_->map.huge; }
+void GgufFile::set_writable(bool writable) const {
+    if (!is_private_copy()) fail("{}: internal: a mapped GGUF file is never written", where_);
+    file_map_set_writable(map_->map, writable);
+}
+
 GgufFile GgufFile::open(const std::string& path, bool model_weights) {
     check_readable_file(path);
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -46,6 +46,12 @@ void quantize_row_q8_0(const float* x, int64_t k, void* out);
 // The inverse: k / 32 GGML blocks -> k floats (d * q, exact in fp32).
 void dequantize_row_q8_0(const void* in, int64_t k, float* out);
 
+// GGML blocks -> the split layout, in place: `rows` rows of k / 32 blocks at p (rows * k / 32 *
+// 34 bytes) become the int8 values [rows, k] followed by the fp16 scales [rows, k / 32] (the same
+// bytes in all). The loaders do this to Q8_0 weights held in memory of their own (a model copied
+// into huge pages), where decode's 512-bit VNNI loop reads two whole blocks per load.
+void q8_0_blocks_to_split(uint8_t* p, int64_t rows, int64_t k);
+
 constexpr size_t kQ4BlockBytes = 18;  // GGML block_q4_0: fp16 d + 16 bytes of nibbles
 
 // One Q4_0 block: qs[16] and the fp16 bits of d (d = m / -8, computed in fp32).

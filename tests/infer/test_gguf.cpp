@@ -234,15 +234,18 @@ struct HugePagesEnv {
 };
 
 // MOE_HUGEPAGES=1 (io/file_map.h): the files copied into huge-page memory instead of mapped give
-// the same bits, for a GGUF file and a safetensors folder; the model holds them as copies while
-// it lives, and a GGUF opened only to be read (a tokenizer, a conversion) stays mapped.
+// the same bits, for a GGUF file (BF16, and Q8_0, whose copy is rewritten into the split layout)
+// and a safetensors folder, prompt and decode; the model holds them as copies while it lives,
+// and a GGUF opened only to be read (a tokenizer, a conversion) stays mapped.
 TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
-    const json j = test::tiny_hf_config("mixtral");
+    json j = test::tiny_hf_config("mixtral");
+    j["intermediate_size"] = 256;  // Q8_0 rows; the down products' 8 blocks run the 512-bit loop
     const std::string dir = test::temp_model_dir("gguf_huge");
     test::write_hf_dir(dir, j, test::tiny_hf_tensors(j, 12), WType::bf16);
     write_char_vocab(dir, (int)j["vocab_size"]);
-    const std::string out = dir + "/m.gguf";
+    const std::string out = dir + "/m.gguf", out_q8 = dir + "/m.q8_0.gguf";
     write_gguf_model(dir, GgmlType::bf16, out);
+    write_gguf_model(dir, GgmlType::q8_0, out_q8);
     std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44, 96, 0};
     const int V = j["vocab_size"];
     const FileMapTotals before = file_map_totals();
@@ -251,10 +254,24 @@ TEST(GgufHugePages, CopyGivesTheMappedModelsBits) {
         const FileMapTotals now = file_map_totals();
         EXPECT_EQ(huge, now.huge > before.huge) << path;
         EXPECT_EQ(!huge, now.mapped > before.mapped) << path;
+        if (path == out_q8) {
+            // a copy's Q8_0 matrices are rewritten into the split layout (scales apart), a mapped
+            // file's stay GGML blocks; the attention q/k (permuted into memory of the store's
+            // own for arch llama) are split either way
+            const HfConfig& c = m.config();
+            const WeightView e = m.weights().get(c.expert_name(0, 1, 0), {c.expert_ff, c.hidden_size});
+            EXPECT_EQ(huge, e.scales != nullptr) << path;
+            const WeightView q = m.weights().get(
+                "model.layers.0.self_attn.q_proj.weight", {c.n_heads * c.head_dim, c.hidden_size});
+            EXPECT_NE(nullptr, q.scales) << path;
+        }
         const float* p = m.cache_feed(ids.data(), 8, true);
-        return std::vector<float>(p, p + 8 * V);
+        std::vector<float> all(p, p + 8 * V);
+        const float* t = m.cache_feed(&ids[0], 1);  // one decoded token (the decode loops)
+        all.insert(all.end(), t, t + V);
+        return all;
     };
-    for (const std::string& path : {out, dir}) {
+    for (const std::string& path : {out, out_q8, dir}) {
         std::vector<float> mapped, copied;
         {
             HugePagesEnv env("0");

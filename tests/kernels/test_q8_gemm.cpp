@@ -107,6 +107,18 @@ TEST(Q8Format, BothLayoutsWidenToTheSameValues) {
     EXPECT_EQ(3 * kQ8BlockBytes, wtype_row_bytes(WType::q8_0, 96));
 }
 
+// The loaders' in-place rewrite of GGML blocks (kernels/q8_gemm.h): exactly make_q8's split
+// arrays, values then scales, in the same bytes.
+TEST(Q8Format, BlocksRewrittenInPlaceAreTheSplitLayout) {
+    for (int K : {32, 96, 1056}) {
+        Q8Matrix m = make_q8(7, K, 40 + K);
+        std::vector<uint8_t> p = m.blocks;
+        q8_0_blocks_to_split(p.data(), 7, K);
+        EXPECT_EQ(0, std::memcmp(p.data(), m.q.data(), m.q.size())) << K;
+        EXPECT_EQ(0, std::memcmp(p.data() + m.q.size(), m.d.data(), m.d.size() * 2)) << K;
+    }
+}
+
 // The ISAs: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (each test skips what this CPU lacks).
 class Q8Isa : public ::testing::TestWithParam<WIsa> {
    protected:
@@ -333,6 +345,32 @@ TEST_P(Q8Isa, DecodeIsIndependentOfThreads) {
     wgemm(y2.data(), 513, x.data(), 1024, m.split(), 2);
     omp_set_num_threads(saved);
     EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * 4));
+}
+
+// AVX-512 VNNI reads the split layout with its own loop (two blocks per 512-bit load); it must
+// give the 256-bit loop's numbers on GGML blocks bit for bit (the same block integers, the same
+// fp32 operations in the same order), so a model copied into huge pages (split) and the same
+// file mapped (GGML blocks) agree exactly. Weights of -128 (never written by the quantiser, but
+// a file may hold them) and inputs at +-127 included.
+TEST(Q8Vnni, SplitLoopEqualsTheGgmlLoopBitForBit) {
+    if (!q8_cpu_has_vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+    for (int K : {32, 256, 288, 1024, 1056, 4096 + 96}) {
+        Q8Matrix m = make_q8(11, K, 300 + K);
+        for (size_t i = 0; i < m.q.size(); i += 37) m.q[i] = -128;
+        for (size_t b = 0; b < m.q.size() / 32; b++)  // the same values in GGML's blocks
+            std::memcpy(&m.blocks[b * kQ8BlockBytes + 2], &m.q[b * 32], 32);
+        std::vector<float> x = test::randn(K, 9 + K);
+        x[0] = 1e6f;  // the block's largest: qx = 127
+        std::vector<int8_t> qx(K);
+        std::vector<float> dx(K / 32);
+        q8_quantize_activation(x.data(), K, qx.data(), dx.data());
+        const Q8Rows G = q8_rows(m.ggml()), S = q8_rows(m.split());
+        for (int r = 0; r < 11; r++) {
+            const float a = q8_dot_row(2, G, r, qx.data(), dx.data(), K);
+            const float b = q8_dot_row(2, S, r, qx.data(), dx.data(), K);
+            EXPECT_EQ(0, std::memcmp(&a, &b, 4)) << "K=" << K << " row " << r << ": " << a << " vs " << b;
+        }
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, Q8Isa, ::testing::Values(WIsa::scalar, WIsa::avx2, WIsa::avx512),
