@@ -29,7 +29,9 @@ class GgufFile;
 //     store rewrites a GGUF's Q8_0 tensors copied into huge pages (and random q8_0 weights).
 // cols % 32 == 0 always (refused at load otherwise).
 // q4_0 is GGML's Q4_0 (blocks of 32: an fp16 d and 16 bytes of 4-bit q, value = d * (q - 8);
-// src/kernels/q8_gemm.h), GGML's block_q4_0 layout only (18 bytes a block; scales == nullptr).
+// src/kernels/q8_gemm.h), in GGML's block_q4_0 layout (18 bytes a block; scales == nullptr) or
+// split (`data` the blocks' 16 bytes of nibbles [rows, cols / 2], `scales` the fp16 d [rows,
+// cols / 32]: `moe quantize --type int4`, and a GGUF's Q4_0 copied into huge pages).
 enum class WType { f32, f16, bf16, q8_0, q4_0 };
 const char* wtype_name(WType t);      // "F32", "F16", "BF16" (safetensors spelling), "Q8_0", "Q4_0"
 size_t wtype_size(WType t);           // bytes per value (q8_0: 1, the int8; scales aside; q4_0: 0)
@@ -42,12 +44,14 @@ struct WeightView {
     WType type = WType::f32;
     int64_t rows = 0, cols = 0;
     const void* data = nullptr;
-    const void* scales = nullptr;  // q8_0 split layout only (see WType)
+    const void* scales = nullptr;  // q8_0 / q4_0 split layout only (see WType)
     // Bytes from one row to the next in `data`.
     size_t row_stride() const {
-        return type == WType::q8_0 && scales ? (size_t)cols : wtype_row_bytes(type, cols);
+        if (scales) return type == WType::q4_0 ? (size_t)cols / 2 : (size_t)cols;
+        return wtype_row_bytes(type, cols);
     }
-    // Row r in `data`: its values, or for q8_0 its blocks (GGML layout) / int8 values (split).
+    // Row r in `data`: its values, or for q8_0 its blocks (GGML layout) / int8 values (split;
+    // q4_0: its nibbles).
     const uint8_t* row(int64_t r) const { return (const uint8_t*)data + (size_t)r * row_stride(); }
 };
 
@@ -146,8 +150,8 @@ class WeightStore {
     WeightView get(const std::string& name, const std::vector<int64_t>& shape);
     // A small tensor converted to fp32 (norms, biases, router): a copy owned by the caller.
     std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape);
-    // Whether any tensor is int8 (I8, a `moe quantize --type int8` folder's values).
-    bool holds_int8() const;
+    // Whether a tensor is stored as `dtype` ("I8" / "U8": `moe quantize --type int8 / int4`).
+    bool holds_dtype(const std::string& dtype) const;
     // Names present in the files that get()/get_f32() never asked for.
     std::vector<std::string> unused() const;
     uint64_t mapped_bytes() const;    // the size of every mapping
@@ -157,8 +161,8 @@ class WeightStore {
 
    private:
     WeightStore();
-    WeightView get_int8(const std::string& name, const std::vector<int64_t>& shape,
-                        const void* values);
+    WeightView get_quantized(const std::string& name, const std::vector<int64_t>& shape,
+                              const void* values, WType t);
     std::unique_ptr<Impl> impl_;
 };
 

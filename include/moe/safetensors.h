@@ -1,7 +1,7 @@
 // safetensors (the Hugging Face tensor file): 8-byte little-endian header length, a JSON header
 // {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then raw little-endian data.
 // Reading validates everything (header size, offsets inside the file, sizes matching shapes) and
-// converts F32/F16/BF16/I32/I64/I8 to float. Writing is atomic (file_io.h).
+// converts F32/F16/BF16/I32/I64/I8/U8 to float. Writing is atomic (file_io.h).
 #pragma once
 #include <map>
 #include <string>
@@ -12,7 +12,7 @@
 namespace moe {
 
 struct StTensor {
-    std::string dtype;  // dtype as stored: "F32", "BF16", "F16", "I32", "I64", "I8"
+    std::string dtype;  // dtype as stored: "F32", "BF16", "F16", "I32", "I64", "I8", "U8"
     Shape shape;
     std::vector<float> data;  // converted to float
 };

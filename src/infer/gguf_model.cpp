@@ -340,13 +340,13 @@ std::unique_ptr<WeightStore> WeightStore::from_gguf(std::shared_ptr<const GgufFi
         e.end = e.begin + slice;
         m.tensors[s.hf] = {0, e};
     }
-    // Q8_0 matrices in memory of our own into the split layout (WeightStore::Impl::split_q8_0):
-    // the permuted q/k always, the rest when the file is a huge-page copy (a mapped file is the
-    // page cache's and is read in GGML's blocks).
-    if (perm) m.split_q8_0(1);
+    // Q8_0 / Q4_0 matrices in memory of our own into the split layout
+    // (WeightStore::Impl::split_blocks): the permuted q/k always, the rest when the file is a
+    // huge-page copy (a mapped file is the page cache's and is read in GGML's blocks).
+    if (perm) m.split_blocks(1);
     if (f.is_private_copy()) {
         f.set_writable(true);
-        m.split_q8_0(0);
+        m.split_blocks(0);
         f.set_writable(false);
     }
     return ws;

@@ -280,8 +280,9 @@ HfConfig hf_config_from_json(const json& j, const std::string& where) {
         if (!q.is_object())
             fail("{}: must be an object; restore the config.json moe quantize wrote", w);
         auto key = [&](const char* k) { return q.contains(k) ? q[k] : json(); };
-        c.quantization = checked_str(key("type"), w + ": key 'type'", Range::one_of("int8"));
-        checked_str(key("format"), w + ": key 'format'", Range::one_of("q8_0"));
+        c.quantization = checked_str(key("type"), w + ": key 'type'", Range::one_of("int8|int4"));
+        checked_str(key("format"), w + ": key 'format'",
+                    Range::one_of(c.quantization == "int8" ? "q8_0" : "q4_0"));
         checked_int(key("block_size"), w + ": key 'block_size'", Range::in(32, 32));
         checked_str(key("scale_dtype"), w + ": key 'scale_dtype'", Range::one_of("F16"));
     }

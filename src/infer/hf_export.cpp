@@ -98,17 +98,20 @@ bool is_router(const std::string& name) {
     return ends(".gate.weight") || ends("shared_expert_gate.weight");
 }
 
-const char* dtype_of(WType t) { return t == WType::q8_0 ? "I8" : wtype_name(t); }
+const char* dtype_of(WType t) {
+    return t == WType::q8_0 ? "I8" : t == WType::q4_0 ? "U8" : wtype_name(t);
+}
 
 struct OutTensor {
     std::string name;  // in the file
     std::vector<int64_t> shape;
-    WType type;           // f32 / bf16 / f16, or q8_0: the I8 values
-    bool scales = false;  // the F16 scales of the q8_0 tensor `of`
+    WType type;           // f32 / bf16 / f16, or q8_0: the I8 values (q4_0: the U8 nibbles)
+    bool scales = false;  // the F16 scales of the q8_0 (q4_0) tensor `of`
     WeightView src;
     uint64_t bytes = 0;
     int shard = 0;
-    size_t elem() const { return scales ? 2 : wtype_size(type); }
+    size_t elem() const { return scales ? 2 : type == WType::q4_0 ? 1 : wtype_size(type); }
+    bool quantized() const { return type == WType::q8_0 || type == WType::q4_0; }
 };
 
 // Rows r0 .. r0 + n - 1 of t in its output encoding, appended to out.
@@ -123,7 +126,9 @@ void encode_rows(const OutTensor& t, int64_t r0, int64_t n, std::string& out) {
             "damaged",
             t.name, r0 + bad / K, bad % K);
     const size_t at = out.size();
-    const size_t per_row = t.scales ? (size_t)(K / 32) * 2 : (size_t)K * wtype_size(t.type);
+    const size_t per_row = t.scales                    ? (size_t)(K / 32) * 2
+                           : t.type == WType::q4_0 ? (size_t)K / 2
+                                                   : (size_t)K * wtype_size(t.type);
     out.resize(at + per_row * (size_t)n);
     uint8_t* o = (uint8_t*)&out[at];
 #pragma omp parallel for schedule(static) if (n * K >= (1 << 16))
@@ -137,6 +142,12 @@ void encode_rows(const OutTensor& t, int64_t r0, int64_t n, std::string& out) {
                     quantize_block_q8_0(x + b * 32, t.scales ? q : (int8_t*)dst + b * 32);
                 if (t.scales) std::memcpy(dst + 2 * b, &d, 2);
             }
+        } else if (t.type == WType::q4_0) {  // a block's 16 bytes of nibbles, as GGML's block_q4_0
+            uint8_t qs[16];
+            for (int64_t b = 0; b < K / 32; b++) {
+                const uint16_t d = quantize_block_q4_0(x + b * 32, t.scales ? qs : dst + b * 16);
+                if (t.scales) std::memcpy(dst + 2 * b, &d, 2);
+            }
         } else if (t.type == WType::f32) {
             std::memcpy(dst, x, (size_t)K * 4);
         } else {
@@ -146,15 +157,17 @@ void encode_rows(const OutTensor& t, int64_t r0, int64_t n, std::string& out) {
             }
         }
     }
-    // Values an F16 (or a Q8_0 scale: max|x| / 127) cannot hold are refused, not made inf.
+    // Values an F16 (or a scale: Q8_0's max|x| / 127, Q4_0's max|x| / 8) cannot hold are
+    // refused, not made inf.
+    const float limit = !t.scales ? 65504.f : t.type == WType::q4_0 ? 65504.f * 8 : 65504.f * 127;
     if (t.type == WType::f16 || t.scales)
         for (int64_t i = 0; i < n * K; i++)
-            if (std::fabs(rows[(size_t)i]) > (t.scales ? 65504.f * 127.f : 65504.f))
+            if (std::fabs(rows[(size_t)i]) > limit)
                 fail(
                     "tensor {}: |value| {} at row {} is too large for {}; use --type/--dtype "
                     "bf16 or f32",
                     t.name, std::fabs(rows[(size_t)i]), r0 + i / K,
-                    t.scales ? "int8's fp16 scales" : "F16");
+                    !t.scales ? "F16" : t.type == WType::q4_0 ? "int4's fp16 scales" : "int8's fp16 scales");
 }
 
 struct File {
@@ -206,8 +219,9 @@ void write_shard(const std::string& path, std::vector<const OutTensor*> ts) {
 
 HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
                                 const HfExportOptions& o) {
-    if (o.type != "f32" && o.type != "bf16" && o.type != "f16" && o.type != "int8")
-        usage_fail("--type: '{}' is not allowed (expected one of: f32 | bf16 | f16 | int8)",
+    if (o.type != "f32" && o.type != "bf16" && o.type != "f16" && o.type != "int8" &&
+        o.type != "int4")
+        usage_fail("--type: '{}' is not allowed (expected one of: f32 | bf16 | f16 | int8 | int4)",
                    o.type);
     std::string dir = src;
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
@@ -247,7 +261,9 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
     const WType want = o.type == "f32"    ? WType::f32
                        : o.type == "bf16" ? WType::bf16
                        : o.type == "f16"  ? WType::f16
-                                          : WType::q8_0;
+                       : o.type == "int8" ? WType::q8_0
+                                          : WType::q4_0;
+    const bool quantize = want == WType::q8_0 || want == WType::q4_0;
     std::vector<OutTensor> ts;
     HfExportResult res;
     res.bytes_in = store.mapped_bytes();
@@ -258,16 +274,17 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
         const bool small = shape.size() == 1 || is_router(name);
         OutTensor t{name, shape, want, false, v};
         if (small) t.type = want == WType::f32 ? WType::f32 : kept;
-        if (want == WType::q8_0 && !small && !hf_q8_eligible(name, shape)) t.type = kept;
+        if (quantize && !small && !hf_q8_eligible(name, shape)) t.type = kept;
         const int64_t rows = shape.size() == 1 ? 1 : shape[0], K = shape.back();
-        t.bytes = (uint64_t)rows * K * wtype_size(t.type);
+        t.bytes = t.type == WType::q4_0 ? (uint64_t)rows * K / 2 : (uint64_t)rows * K * wtype_size(t.type);
+        if (t.type == WType::q4_0) t.shape = {rows, K / 2};
         ts.push_back(t);
         res.n_tensors++;
-        if (t.type == WType::q8_0) {
-            OutTensor s{hf_q8_scale_name(name), {rows, K / 32}, WType::q8_0, true, v};
+        if (t.quantized()) {
+            OutTensor s{hf_q8_scale_name(name), {rows, K / 32}, t.type, true, v};
             s.bytes = (uint64_t)rows * (K / 32) * 2;
             ts.push_back(s);
-            res.n_int8++;
+            res.n_quantized++;
         }
     }
     // Shards: tensors in order, a new file when the next would pass the size (a tensor larger
@@ -276,7 +293,7 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
     uint64_t in_shard = 0;
     for (size_t i = 0; i < ts.size(); i++) {
         uint64_t b = ts[i].bytes;
-        const bool pair = ts[i].type == WType::q8_0 && !ts[i].scales;
+        const bool pair = ts[i].quantized() && !ts[i].scales;
         if (pair) b += ts[i + 1].bytes;
         if (o.shard_bytes && in_shard > 0 && in_shard + b > o.shard_bytes) {
             shard++;
@@ -329,6 +346,17 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
                 {"layout",
                  "<name> I8 [rows, cols] and <name>_scale F16 [rows, cols/32]; "
                  "value = scale * int8 per block of 32 along a row"}};
+        else if (want == WType::q4_0)
+            j["moe_cpp_quantization"] = {
+                {"type", "int4"},
+                {"format", "q4_0"},
+                {"block_size", 32},
+                {"scale_dtype", "F16"},
+                {"scale_suffix", "_scale"},
+                {"layout",
+                 "<name> U8 [rows, cols/2] and <name>_scale F16 [rows, cols/32]; block b of a "
+                 "row is bytes 16b..16b+15, byte j = q_j | q_(j+16) << 4 (GGML's block_q4_0 "
+                 "nibbles); value = scale * (q - 8)"}};
         else
             j["torch_dtype"] = o.type == "f32"    ? "float32"
                                : o.type == "bf16" ? "bfloat16"

@@ -198,12 +198,17 @@ void HfModel::bind_weights() {
             L.dd = w.get(f + "down_proj.weight", {d, fd});
         }
     }
-    // Int8 matrices only where config.json says the folder is quantised (moe quantize writes
-    // both): a stray I8 tensor is a damaged or foreign file, not ours to guess about.
-    if (c.quantization.empty() && w.holds_int8())
-        fail("{}: holds int8 (I8) matrices but config.json has no 'moe_cpp_quantization' block; "
-             "restore the config.json that moe quantize wrote",
-             dir);
+    // Int8 (int4) matrices only where config.json says the folder is quantised so (moe quantize
+    // writes both): a stray I8 or U8 tensor is a damaged or foreign file, not ours to guess about.
+    for (const char* q : {"int8", "int4"}) {
+        const char* dtype = q[3] == '8' ? "I8" : "U8";
+        if (c.quantization != q && w.holds_dtype(dtype))
+            fail("{}: holds {} ({}) matrices but config.json has {}; restore the config.json that "
+                 "moe quantize wrote",
+                 dir, q, dtype,
+                 c.quantization.empty() ? std::string("no 'moe_cpp_quantization' block")
+                                        : "'moe_cpp_quantization' of type " + c.quantization);
+    }
     // A tensor the family does not have means a variant we would run wrongly: refuse it.
     for (const std::string& name : w.unused()) {
         if (name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0)

@@ -31,10 +31,11 @@ struct Mapping {
                               // and size are an anonymous mapping of their own (random weights)
 };
 
-// A q8_0 matrix this store rewrote into the split layout in its own memory: the int8 values
-// [rows, cols], then the fp16 scales [rows, cols / 32]. A dtype only this store has (as "Q8_0",
-// GGML's blocks, is for a GGUF's tensors and random weights).
+// A q8_0 (q4_0) matrix this store rewrote into the split layout in its own memory: the int8
+// values [rows, cols] (the nibbles [rows, cols / 2]), then the fp16 scales [rows, cols / 32].
+// Dtypes only this store has (as "Q8_0" / "Q4_0", GGML's blocks, are for a GGUF's tensors).
 inline const char* const kQ8SplitDtype = "Q8_0 split";
+inline const char* const kQ4SplitDtype = "Q4_0 split";
 
 struct TensorLoc {
     int file = 0;
@@ -56,12 +57,13 @@ struct WeightStore::Impl {
             }
     }
 
-    // The Q8_0 matrices of maps[file] (GGML blocks, dtype "Q8_0") rewritten in place into the
-    // split layout (kernels/q8_gemm.h), dtype kQ8SplitDtype. Only for memory the store owns and
-    // may write: a huge-page copy (made writable around the call), its permuted q/k, random
-    // weights. Why: decode's AVX-512 VNNI loop reads two whole blocks per 512-bit load there
-    // (weights.cpp has the figures). A tensor two names share is rewritten once.
-    void split_q8_0(int file);
+    // The Q8_0 and Q4_0 matrices of maps[file] (GGML blocks, dtype "Q8_0" / "Q4_0") rewritten in
+    // place into the split layout (kernels/q8_gemm.h), dtype kQ8SplitDtype / kQ4SplitDtype. Only
+    // for memory the store owns and may write: a huge-page copy (made writable around the call),
+    // its permuted q/k, random weights. Why: decode's AVX-512 VNNI loop reads two whole Q8_0
+    // blocks per 512-bit load there (weights.cpp has the figures). A tensor two names share is
+    // rewritten once.
+    void split_blocks(int file);
 
     // copy: into huge pages instead of mapped (io/file_map.h; decided once per model)
     void map_file(const std::string& path, bool copy) {

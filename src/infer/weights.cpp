@@ -171,7 +171,7 @@ std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uin
         }
         off += (size_of(name, shape) + 63) / 64 * 64;
     }
-    m.split_q8_0(0);  // as a GGUF's Q8_0 copied into huge pages
+    m.split_blocks(0);  // as a GGUF's Q8_0 / Q4_0 copied into huge pages
     return ws;
 }
 
@@ -179,22 +179,24 @@ std::unique_ptr<WeightStore> WeightStore::random(const HfConfig& c, WType t, uin
 // folder (split) with the 512-bit loop at 65-73% of the bandwidth bound, the same weights in
 // GGML blocks (the GGUF) at 62-63% with the 256-bit loop and 56-59% with a 512-bit loop that
 // assembles two blocks from two 256-bit loads.
-void WeightStore::Impl::split_q8_0(int file) {
+void WeightStore::Impl::split_blocks(int file) {
     std::set<uint64_t> done;  // begin offsets already rewritten
     Mapping& mp = maps[file];
     for (auto& [name, loc] : tensors) {
         StHeaderEntry& e = loc.entry;
-        if (loc.file != file || e.dtype != "Q8_0" || e.shape.dims.size() != 2) continue;
+        const bool q4 = e.dtype == "Q4_0";
+        if (loc.file != file || (e.dtype != "Q8_0" && !q4) || e.shape.dims.size() != 2) continue;
         if (done.insert(e.begin).second)
-            q8_0_blocks_to_split((uint8_t*)mp.base + mp.data_start + e.begin, e.shape.dims[0],
+            ggml_blocks_to_split(q4 ? WType::q4_0 : WType::q8_0,
+                                 (uint8_t*)mp.base + mp.data_start + e.begin, e.shape.dims[0],
                                  e.shape.dims[1]);
-        e.dtype = kQ8SplitDtype;
+        e.dtype = q4 ? kQ4SplitDtype : kQ8SplitDtype;
     }
 }
 
-bool WeightStore::holds_int8() const {
+bool WeightStore::holds_dtype(const std::string& dtype) const {
     for (const auto& [name, loc] : impl_->tensors)
-        if (loc.entry.dtype == "I8") return true;
+        if (loc.entry.dtype == dtype) return true;
     return false;
 }
 
@@ -214,10 +216,16 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
     const Mapping& m = impl_->maps[it->second.file];
     const StHeaderEntry& e = it->second.entry;
     std::vector<int64_t> got(e.shape.dims.begin(), e.shape.dims.end());
-    if (got != shape)
-        fail("{}: tensor {}: shape {} but config.json implies {}; the weights and config.json "
+    // int4 (U8): two values a byte, so a matrix [rows, cols] is stored [rows, cols / 2]
+    const bool int4 = e.dtype == "U8";
+    if (int4 && (shape.size() != 2 || shape[1] % 32 != 0))
+        fail("{}: tensor {} is int4 (U8), but {}; only matrices whose rows are whole blocks of "
+             "32 are quantised (norms and biases stay float): re-run moe quantize",
+             m.path, name, shape.size() != 2 ? "it is a vector" : "its width is not a multiple of 32");
+    if (int4 ? got != std::vector<int64_t>{shape[0], shape[1] / 2} : got != shape)
+        fail("{}: tensor {}: shape {} but config.json implies {}{}; the weights and config.json "
              "do not match",
-             m.path, name, shape_str(got), shape_str(shape));
+             m.path, name, shape_str(got), shape_str(shape), int4 ? " (int4: [rows, cols / 2])" : "");
     WeightView w;
     w.rows = shape.size() == 1 ? 1 : shape[0];
     w.cols = shape.back();
@@ -234,8 +242,10 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
         w.type = WType::q4_0;
     else if (e.dtype == kQ8SplitDtype)
         w.type = WType::q8_0, w.scales = m.base + at + (size_t)w.rows * (size_t)w.cols;
-    else if (e.dtype == "I8")
-        return get_int8(name, shape, m.base + at);
+    else if (e.dtype == kQ4SplitDtype)
+        w.type = WType::q4_0, w.scales = m.base + at + (size_t)w.rows * (size_t)w.cols / 2;
+    else if (e.dtype == "I8" || int4)
+        return get_quantized(name, shape, m.base + at, int4 ? WType::q4_0 : WType::q8_0);
     else
         fail("{}: tensor {}: dtype {} is not a weight type; moe.cpp reads F32, BF16, F16 and I8 "
              "(with scales)",
@@ -254,39 +264,42 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
 
 // An int8 matrix (moe quantize --type int8): I8 values [rows, cols] and F16 scales
 // <name>_scale [rows, cols / 32], one per block of 32 along a row: a q8_0 view in the split
-// layout, pointing into both mappings (docs/formats.md).
-WeightView WeightStore::get_int8(const std::string& name, const std::vector<int64_t>& shape,
-                                 const void* values) {
+// layout, pointing into both mappings (docs/formats.md). int4 (t = q4_0, `--type int4`): U8
+// nibbles [rows, cols / 2] (Q4_0's 16 bytes per block) and the same scales: a q4_0 view.
+WeightView WeightStore::get_quantized(const std::string& name, const std::vector<int64_t>& shape,
+                                      const void* values, WType t) {
     const std::string& path = impl_->maps[impl_->tensors[name].file].path;
+    const char* kind = t == WType::q4_0 ? "int4 (U8)" : "int8 (I8)";
     if (shape.size() != 2)
-        fail("{}: tensor {} is int8 (I8), but it is a vector; only matrices are quantised (norms "
-             "and biases stay float): re-run moe quantize",
-             path, name);
+        fail("{}: tensor {} is {}, but it is a vector; only matrices are quantised (norms and "
+             "biases stay float): re-run moe quantize",
+             path, name, kind);
     if (shape[1] % 32 != 0)
-        fail("{}: tensor {} is int8 (I8) with {} columns, not a multiple of the block size 32; "
-             "keep it in a float type",
-             path, name, shape[1]);
+        fail("{}: tensor {} is {} with {} columns, not a multiple of the block size 32; keep it "
+             "in a float type",
+             path, name, kind, shape[1]);
     const std::string sn = hf_q8_scale_name(name);
     auto it = impl_->tensors.find(sn);
     if (it == impl_->tensors.end())
-        fail("{}: tensor {} is int8 (I8) but its scales {} are missing; a quantised checkpoint "
-             "needs both: re-run moe quantize",
-             impl_->dir, name, sn);
+        fail("{}: tensor {} is {} but its scales {} are missing; a quantised checkpoint needs "
+             "both: re-run moe quantize",
+             impl_->dir, name, kind, sn);
     const Mapping& sm = impl_->maps[it->second.file];
     const StHeaderEntry& se = it->second.entry;
     const std::vector<int64_t> want = {shape[0], shape[1] / 32};
     std::vector<int64_t> got(se.shape.dims.begin(), se.shape.dims.end());
     if (se.dtype != "F16" || got != want)
-        fail("{}: scales {} of int8 tensor {}: {} {} but F16 {} is needed (one per 32 values of "
-             "a row); re-run moe quantize",
-             sm.path, sn, name, se.dtype, shape_str(got), shape_str(want));
+        fail("{}: scales {} of {} tensor {}: {} {} but F16 {} is needed (one per 32 values of a "
+             "row); re-run moe quantize",
+             sm.path, sn, t == WType::q4_0 ? "int4" : "int8", name, se.dtype, shape_str(got),
+             shape_str(want));
     const uint64_t at = sm.data_start + se.begin;
     if (at % 2 != 0)
         fail("{}: tensor {} starts at byte {}, not a multiple of its 2-byte elements; rewrite "
              "the file with a standard writer",
              sm.path, sn, at);
     WeightView w;
-    w.type = WType::q8_0;
+    w.type = t;
     w.rows = shape[0];
     w.cols = shape[1];
     w.data = values;

@@ -19,6 +19,7 @@ static size_t dtype_size(const std::string& dt) {
     if (dt == "F16" || dt == "BF16") return 2;
     if (dt == "I64" || dt == "F64") return 8;
     if (dt == "I8") return 1;  // int8 weights (moe quantize; scales in a separate F16 tensor)
+    if (dt == "U8") return 1;  // int4 weights, two a byte (moe quantize --type int4)
     return 0;
 }
 
@@ -33,7 +34,7 @@ static StHeaderEntry parse_entry(const std::string& path, const std::string& nam
         fail("{}: header entry lacks dtype, shape or data_offsets; the file is damaged", what);
     StHeaderEntry t;
     t.dtype =
-        checked_str(v["dtype"], what + ": dtype", Range::one_of("F32|F16|BF16|F64|I32|I64|I8"));
+        checked_str(v["dtype"], what + ": dtype", Range::one_of("F32|F16|BF16|F64|I32|I64|I8|U8"));
     const json& sh = v["shape"];
     if (!sh.is_array() || sh.size() > 8)
         fail("{}: shape must be an array of at most 8 integers, got {}; the file is damaged", what,
@@ -162,6 +163,8 @@ void SafetensorsReader::parse(const std::string& file) {
                 t.data[i] = f16_to_f32(h);
             } else if (t.dtype == "I8") {
                 t.data[i] = (float)(int8_t)src[i];
+            } else if (t.dtype == "U8") {
+                t.data[i] = (float)src[i];
             } else if (t.dtype == "I32") {
                 int32_t x;
                 std::memcpy(&x, src + 4 * i, 4);

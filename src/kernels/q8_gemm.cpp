@@ -50,18 +50,19 @@ void dequantize_row_q8_0(const void* in, int64_t k, float* out) {
     }
 }
 
-void q8_0_blocks_to_split(uint8_t* p, int64_t rows, int64_t k) {
+void ggml_blocks_to_split(WType t, uint8_t* p, int64_t rows, int64_t k) {
     const int64_t nb = k / kQ8Block;
-    const size_t bytes = (size_t)rows * (size_t)nb * kQ8BlockBytes;
+    const size_t bb = t == WType::q4_0 ? kQ4BlockBytes : kQ8BlockBytes, qb = bb - 2;
+    const size_t bytes = (size_t)rows * (size_t)nb * bb;
     std::vector<uint8_t> blocks(p, p + bytes);
     uint8_t* q = p;
-    uint8_t* d = p + (size_t)rows * (size_t)k;
+    uint8_t* d = p + (size_t)rows * (size_t)nb * qb;
 #pragma omp parallel for schedule(static) if (bytes >= ((size_t)1 << 20))
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t* src = &blocks[((size_t)r * nb + b) * kQ8BlockBytes];
-            std::memcpy(d + ((size_t)r * nb + b) * 2, src, 2);
-            std::memcpy(q + (size_t)r * k + (size_t)b * kQ8Block, src + 2, kQ8Block);
+            const size_t i = (size_t)r * nb + b;
+            std::memcpy(d + i * 2, &blocks[i * bb], 2);
+            std::memcpy(q + i * qb, &blocks[i * bb + 2], qb);
         }
 }
 
@@ -117,10 +118,11 @@ uint16_t Q8Rows::scale_bits(int64_t r, int64_t b) const {
 Q8Rows q8_rows(const WeightView& w) {
     Q8Rows r;
     const size_t nb = (size_t)(w.cols / kQ8Block);
-    if (w.scales) {  // split: int8 [rows, cols], fp16 [rows, cols / 32]
+    if (w.scales) {  // split: int8 [rows, cols] (Q4_0: nibbles [rows, cols / 2]), fp16 [rows, cols / 32]
+        const size_t qb = w.type == WType::q4_0 ? kQ8Block / 2 : kQ8Block;
         r.q = (const uint8_t*)w.data;
-        r.q_row = (size_t)w.cols;
-        r.q_blk = kQ8Block;
+        r.q_row = nb * qb;
+        r.q_blk = qb;
         r.d = (const uint8_t*)w.scales;
         r.d_row = nb * 2;
         r.d_blk = 2;

@@ -46,11 +46,12 @@ void quantize_row_q8_0(const float* x, int64_t k, void* out);
 // The inverse: k / 32 GGML blocks -> k floats (d * q, exact in fp32).
 void dequantize_row_q8_0(const void* in, int64_t k, float* out);
 
-// GGML blocks -> the split layout, in place: `rows` rows of k / 32 blocks at p (rows * k / 32 *
-// 34 bytes) become the int8 values [rows, k] followed by the fp16 scales [rows, k / 32] (the same
-// bytes in all). The loaders do this to Q8_0 weights held in memory of their own (a model copied
-// into huge pages), where decode's 512-bit VNNI loop reads two whole blocks per load.
-void q8_0_blocks_to_split(uint8_t* p, int64_t rows, int64_t k);
+// GGML blocks -> the split layout, in place: `rows` rows of k / 32 blocks at p (t = q8_0: rows *
+// k / 32 * 34 bytes; q4_0: 18 a block) become the values (int8 [rows, k]; q4_0: the blocks' 16
+// bytes of nibbles, [rows, k / 2]) followed by the fp16 scales [rows, k / 32] (the same bytes in
+// all). The loaders do this to weights held in memory of their own (a model copied into huge
+// pages), where decode's 512-bit VNNI loop reads two whole Q8_0 blocks per load.
+void ggml_blocks_to_split(WType t, uint8_t* p, int64_t rows, int64_t k);
 
 constexpr size_t kQ4BlockBytes = 18;  // GGML block_q4_0: fp16 d + 16 bytes of nibbles
 

@@ -13,6 +13,7 @@
 #include "kernels/q8_gemm.h"
 #include "moe/error.h"
 #include "moe/gguf.h"
+#include "moe/hf_export.h"
 #include "moe/hf_model.h"
 #include "moe/tokenizer.h"
 
@@ -321,6 +322,47 @@ TEST(GgufHugePages, AutoRuleAndBadValues) {
             EXPECT_NE(std::string(e.what()).find("MOE_HUGEPAGES"), std::string::npos) << e.what();
         }
     }
+}
+
+// `moe quantize --type int4` (U8 nibbles + F16 scales, the split layout) and `moe convert --to
+// gguf --type q4_0` (GGML's blocks) quantise the same values the same way: each family's int4
+// folder gives the Q4_0 file's logits bit for bit, the file mapped (GGML blocks) or copied into
+// huge pages (rewritten into the split layout), prompt and one decoded token.
+TEST_P(GgufFamily, Int4FolderRunsAsTheQ4File) {
+    const std::string fam = GetParam();
+    json j = test::tiny_hf_config(fam);  // every matrix in whole blocks of 32
+    if (j.contains("moe_intermediate_size")) j["moe_intermediate_size"] = 64;
+    j["intermediate_size"] = 64;
+    if (j.contains("shared_expert_intermediate_size")) j["shared_expert_intermediate_size"] = 32;
+    if (j.contains("head_dim")) j["head_dim"] = 16;
+    const std::string dir = test::temp_model_dir("gguf_int4_" + fam);
+    test::write_hf_dir(dir, j, test::tiny_hf_tensors(j, 13), WType::f32);
+    write_char_vocab(dir, (int)j["vocab_size"]);
+    const std::string q4 = dir + "/q4.gguf", int4 = dir + "/int4";
+    write_gguf_model(dir, GgmlType::q4_0, q4);
+    HfExportOptions o;
+    o.type = "int4";
+    const HfExportResult r = export_hf_folder(dir, int4, o);
+    EXPECT_GT(r.n_quantized, 0);
+    std::vector<int32_t> ids = {3, 9, 27, 81, 5, 44, 96, 0};
+    const int V = j["vocab_size"];
+    auto logits = [&](const std::string& path, const char* huge) {
+        HugePagesEnv env(huge);
+        HfModel m(path);
+        const float* p = m.cache_feed(ids.data(), 8, true);
+        std::vector<float> v(p, p + 8 * V);
+        const float* t = m.cache_feed(&ids[1], 1);
+        v.insert(v.end(), t, t + V);
+        return v;
+    };
+    const std::vector<float> want = logits(q4, "0");
+    for (const auto& [path, huge] : {std::pair<std::string, const char*>{q4, "1"},
+                                     {int4, "0"}, {int4, "1"}}) {
+        const std::vector<float> got = logits(path, huge);
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4))
+            << fam << ": " << path << " MOE_HUGEPAGES=" << huge;
+    }
+    std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Gguf, GgufFamily,

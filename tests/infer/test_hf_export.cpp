@@ -129,7 +129,7 @@ TEST_P(Export, Int8HoldsTheQ8BlocksAndRunsAsTheFixturesInt8Folder) {
         for (size_t i = 0; i < q.size(); i++) ASSERT_EQ((float)q[i], qv[i]) << t.name << " " << i;
         for (size_t i = 0; i < d.size(); i++) ASSERT_EQ(f16_to_f32(d[i]), sv[i]) << t.name;
     }
-    EXPECT_EQ(n_int8, r.n_int8);
+    EXPECT_EQ(n_int8, r.n_quantized);
     EXPECT_GT(n_int8, 10);
     EXPECT_EQ("int8", json::parse(read_file(dst + "/config.json"))["moe_cpp_quantization"]["type"]);
     auto a = logits_of(dst), b = logits_of(ref);
@@ -228,13 +228,16 @@ TEST(Export, RefusesWhatItCannotWrite) {
     test::write_hf_dir(src, j, ts, WType::f32);
     EXPECT_NE(std::string::npos, error_of("int8", dst).find("already exists"));  // dst made above
     std::filesystem::remove_all(dst);
-    EXPECT_NE(std::string::npos, error_of("int4", dst).find("--type"));
+    EXPECT_NE(std::string::npos, error_of("int3", dst).find("--type"));
     // A value F16 cannot hold, a NaN in a matrix: named, and nothing left behind.
     ts[2].data[40] = 1e6f;  // lm_head
     test::write_hf_dir(src, j, ts, WType::f32);
     std::string e = error_of("f16", dst);
     EXPECT_NE(std::string::npos, e.find("lm_head.weight")) << e;
     EXPECT_NE(std::string::npos, e.find("too large for F16")) << e;
+    EXPECT_FALSE(std::filesystem::exists(dst));
+    e = error_of("int4", dst);  // Q4_0's scale would be 1e6 / 8, past F16's 65504
+    EXPECT_NE(std::string::npos, e.find("too large for int4's fp16 scales")) << e;
     EXPECT_FALSE(std::filesystem::exists(dst));
     EXPECT_EQ("(no error)", error_of("int8", dst));  // int8's scales hold 1e6 / 127
     std::filesystem::remove_all(dst);

@@ -1,13 +1,15 @@
 // Int8 (Q8_0) checkpoints in the engine, for every family: the int8 folder against the F32
 // folder of the same dequantised values (only the activation quantisation of the decode kernel
 // separates them) and against the original F32 weights (the weights' rounding too), KV-cache
-// decode against full recomputation at int8, random q8_0 weights, and every malformed int8
-// folder refused with a message naming the tensor.
+// decode against full recomputation at int8, random q8_0 weights, and every malformed int8 or
+// int4 folder refused with a message naming the tensor (int4's numbers: test_gguf.cpp, against
+// the Q4_0 GGUF of the same weights).
 #include <fstream>
 
 #include "hf_fixture.h"
 #include "moe/error.h"
 #include "moe/hf_model.h"
+#include "kernels/q8_gemm.h"
 
 namespace moe {
 namespace {
@@ -235,8 +237,17 @@ TEST(HfQ8, RefusesMalformedInt8Folders) {
          "not a multiple of the block size 32"},
         {"int8 without the config block", [](json& j) { j.erase("moe_cpp_quantization"); },
          [](SafetensorsWriter&, const HfTensor&) { return false; }, "moe_cpp_quantization"},
-        {"unknown quantisation type", [](json& j) { j["moe_cpp_quantization"]["type"] = "int4"; },
+        {"unknown quantisation type", [](json& j) { j["moe_cpp_quantization"]["type"] = "int3"; },
          [](SafetensorsWriter&, const HfTensor&) { return false; }, "key 'type'"},
+        {"int4 type with q8_0's format", [](json& j) { j["moe_cpp_quantization"]["type"] = "int4"; },
+         [](SafetensorsWriter&, const HfTensor&) { return false; }, "key 'format'"},
+        {"int4 block over int8 tensors",
+         [](json& j) {
+             j["moe_cpp_quantization"]["type"] = "int4";
+             j["moe_cpp_quantization"]["format"] = "q4_0";
+         },
+         [](SafetensorsWriter&, const HfTensor&) { return false; },
+         "holds int8 (I8) matrices but config.json has 'moe_cpp_quantization' of type int4"},
         {"another block size", [](json& j) { j["moe_cpp_quantization"]["block_size"] = 64; },
          [](SafetensorsWriter&, const HfTensor&) { return false; }, "key 'block_size'"},
         {"an int8 norm", nullptr,
@@ -264,6 +275,119 @@ TEST(HfQ8, RefusesMalformedInt8Folders) {
     j["moe_cpp_quantization"] = quant;
     const std::string dir = test::temp_model_dir("q8good");
     write_q8_custom(dir, j, test::tiny_hf_tensors(j, 1),
+                    [](SafetensorsWriter&, const HfTensor&) { return false; });
+    EXPECT_EQ("(no error)", error_of(dir));
+    std::filesystem::remove_all(dir);
+}
+
+// ---- int4 folders (moe quantize --type int4) -------------------------------------------------
+
+// The int4 encoding of an eligible tensor: U8 nibbles [rows, cols / 2] and F16 scales.
+void q4_split(const HfTensor& t, std::vector<uint8_t>* q, std::vector<uint16_t>* d) {
+    const int64_t rows = t.shape[0], cols = t.shape[1], nb = cols / 32;
+    std::vector<uint8_t> blocks((size_t)(rows * nb) * kQ4BlockBytes);
+    for (int64_t r = 0; r < rows; r++)
+        quantize_row_q4_0(&t.data[(size_t)(r * cols)], cols, &blocks[(size_t)(r * nb) * kQ4BlockBytes]);
+    ggml_blocks_to_split(WType::q4_0, blocks.data(), rows, cols);
+    q->assign(blocks.begin(), blocks.begin() + rows * cols / 2);
+    d->resize((size_t)(rows * nb));
+    std::memcpy(d->data(), blocks.data() + rows * cols / 2, d->size() * 2);
+}
+
+void write_q4_custom(const std::string& dir, json j, const std::vector<HfTensor>& ts,
+                     const Edit& edit) {
+    write_file_atomic(dir + "/config.json", j.dump(2));
+    SafetensorsWriter w;
+    for (const HfTensor& t : ts) {
+        if (edit(w, t)) continue;
+        if (hf_q8_eligible(t.name, t.shape)) {
+            std::vector<uint8_t> q;
+            std::vector<uint16_t> d;
+            q4_split(t, &q, &d);
+            w.add_raw(t.name, "U8", Shape({t.shape[0], t.shape[1] / 2}), q.data(), q.size());
+            w.add_raw(hf_q8_scale_name(t.name), "F16", Shape({t.shape[0], t.shape[1] / 32}),
+                      d.data(), d.size() * 2);
+        } else {
+            w.add(t.name, Shape(t.shape), t.data.data());
+        }
+    }
+    w.save(dir + "/model.safetensors");
+}
+
+TEST(HfQ4, RefusesMalformedInt4Folders) {
+    const std::string wq = "model.layers.0.self_attn.q_proj.weight";
+    json quant = {{"type", "int4"}, {"format", "q4_0"}, {"block_size", 32}, {"scale_dtype", "F16"}};
+    struct Case {
+        const char* name;
+        std::function<void(json&)> cfg;
+        Edit edit;
+        const char* fragment;
+    };
+    const Case cases[] = {
+        {"scales missing", nullptr,
+         [&](SafetensorsWriter& w, const HfTensor& t) {
+             if (t.name != wq) return false;
+             std::vector<uint8_t> q;
+             std::vector<uint16_t> d;
+             q4_split(t, &q, &d);
+             w.add_raw(t.name, "U8", Shape({t.shape[0], t.shape[1] / 2}), q.data(), q.size());
+             return true;
+         },
+         "is int4 (U8) but its scales model.layers.0.self_attn.q_proj.weight_scale are missing"},
+        {"values one byte a value", nullptr,
+         [&](SafetensorsWriter& w, const HfTensor& t) {
+             if (t.name != wq) return false;
+             std::vector<uint8_t> q(t.data.size(), 0x88);
+             w.add_raw(t.name, "U8", Shape(t.shape), q.data(), q.size());
+             return true;
+         },
+         "(int4: [rows, cols / 2])"},
+        {"scales of another shape", nullptr,
+         [&](SafetensorsWriter& w, const HfTensor& t) {
+             if (t.name != wq) return false;
+             std::vector<uint8_t> q;
+             std::vector<uint16_t> d;
+             q4_split(t, &q, &d);
+             w.add_raw(t.name, "U8", Shape({t.shape[0], t.shape[1] / 2}), q.data(), q.size());
+             w.add_raw(hf_q8_scale_name(t.name), "F16", Shape({t.shape[0] * t.shape[1] / 32}),
+                       d.data(), d.size() * 2);
+             return true;
+         },
+         "of int4 tensor"},
+        {"int4 without the config block", [](json& j) { j.erase("moe_cpp_quantization"); },
+         [](SafetensorsWriter&, const HfTensor&) { return false; },
+         "holds int4 (U8) matrices but config.json has no 'moe_cpp_quantization' block"},
+        {"an int8 block over int4 tensors",
+         [](json& j) {
+             j["moe_cpp_quantization"]["type"] = "int8";
+             j["moe_cpp_quantization"]["format"] = "q8_0";
+         },
+         [](SafetensorsWriter&, const HfTensor&) { return false; },
+         "holds int4 (U8) matrices but config.json has 'moe_cpp_quantization' of type int8"},
+        {"int4 norm (a vector)", nullptr,
+         [](SafetensorsWriter& w, const HfTensor& t) {
+             if (t.name != "model.norm.weight") return false;
+             std::vector<uint8_t> q(t.data.size() / 2, 0x88);
+             w.add_raw(t.name, "U8", Shape({(int64_t)q.size()}), q.data(), q.size());
+             return true;
+         },
+         "it is a vector"},
+    };
+    for (const Case& c : cases) {
+        json j = q8_config("mixtral");
+        j["moe_cpp_quantization"] = quant;
+        if (c.cfg) c.cfg(j);
+        auto ts = test::tiny_hf_tensors(j, 1);
+        const std::string dir = test::temp_model_dir("q4bad");
+        write_q4_custom(dir, j, ts, c.edit);
+        const std::string e = error_of(dir);
+        EXPECT_NE(std::string::npos, e.find(c.fragment)) << c.name << ": " << e;
+        std::filesystem::remove_all(dir);
+    }
+    json j = q8_config("mixtral");
+    j["moe_cpp_quantization"] = quant;
+    const std::string dir = test::temp_model_dir("q4good");
+    write_q4_custom(dir, j, test::tiny_hf_tensors(j, 1),
                     [](SafetensorsWriter&, const HfTensor&) { return false; });
     EXPECT_EQ("(no error)", error_of(dir));
     std::filesystem::remove_all(dir);

@@ -18,7 +18,12 @@ namespace {
 struct Q4Matrix {
     int rows, cols;
     std::vector<uint8_t> blocks;  // GGML block_q4_0
+    std::vector<uint8_t> split_bytes;  // the same, split: nibbles [rows, cols / 2], then scales
     WeightView view() const { return {WType::q4_0, rows, cols, blocks.data()}; }
+    WeightView split() const {
+        return {WType::q4_0, rows, cols, split_bytes.data(),
+                split_bytes.data() + (size_t)rows * cols / 2};
+    }
 };
 
 Q4Matrix make_q4(int rows, int cols, uint64_t seed) {
@@ -26,10 +31,12 @@ Q4Matrix make_q4(int rows, int cols, uint64_t seed) {
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < cols; k++) v[(size_t)r * cols + k] *= std::ldexp(1.0f, (r % 7) - 3);
     if (rows > 1) std::fill(v.begin() + cols, v.begin() + cols + 32, 0.f);  // d = 0: zeros
-    Q4Matrix m{rows, cols, std::vector<uint8_t>((size_t)rows * (cols / 32) * kQ4BlockBytes)};
+    Q4Matrix m{rows, cols, std::vector<uint8_t>((size_t)rows * (cols / 32) * kQ4BlockBytes), {}};
     for (int r = 0; r < rows; r++)
         quantize_row_q4_0(&v[(size_t)r * cols], cols,
                           m.blocks.data() + (size_t)r * (cols / 32) * kQ4BlockBytes);
+    m.split_bytes = m.blocks;
+    ggml_blocks_to_split(WType::q4_0, m.split_bytes.data(), rows, cols);
     return m;
 }
 
@@ -261,6 +268,24 @@ TEST_P(Q4Isa, PrefillEqualsDecodeRowByRow) {
             }
         }
     }
+}
+
+// The split layout (`moe quantize --type int4`, a GGUF's Q4_0 copied into huge pages) holds the
+// same blocks: every kernel gives the GGML layout's bits on it, prefill and decode.
+TEST_P(Q4Isa, SplitLayoutGivesTheSameBits) {
+    for (int K : {32, 96, 288, 1056})
+        for (int M : {1, 2, 6}) {
+            const int N = 37;
+            Q4Matrix m = make_q4(N, K, 170 + K);
+            std::vector<float> x = test::randn((size_t)M * K, 180 + K), a(M * N), b(M * N);
+            wgemm(a.data(), N, x.data(), K, m.view(), M);
+            wgemm(b.data(), N, x.data(), K, m.split(), M);
+            EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << "M=" << M << " K=" << K;
+            std::vector<float> wa((size_t)N * K), wb((size_t)N * K);
+            widen_rows(wa.data(), m.view(), 0, N);
+            widen_rows(wb.data(), m.split(), 0, N);
+            EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4)) << "K=" << K;
+        }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, Q4Isa, ::testing::Values(WIsa::scalar, WIsa::avx2, WIsa::avx512),

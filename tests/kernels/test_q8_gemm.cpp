@@ -113,7 +113,7 @@ TEST(Q8Format, BlocksRewrittenInPlaceAreTheSplitLayout) {
     for (int K : {32, 96, 1056}) {
         Q8Matrix m = make_q8(7, K, 40 + K);
         std::vector<uint8_t> p = m.blocks;
-        q8_0_blocks_to_split(p.data(), 7, K);
+        ggml_blocks_to_split(WType::q8_0, p.data(), 7, K);
         EXPECT_EQ(0, std::memcmp(p.data(), m.q.data(), m.q.size())) << K;
         EXPECT_EQ(0, std::memcmp(p.data() + m.q.size(), m.d.data(), m.d.size() * 2)) << K;
     }
