@@ -1,8 +1,10 @@
 #include "kernels/bf16_gemm.h"
 
 // GCC 12 warns about the "undefined" register its own AVX-512 intrinsics start from.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 #include <immintrin.h>
 

@@ -4,8 +4,10 @@
 #include "kernels/bf16.h"
 
 // GCC 12 warns about the "undefined" register its own AVX-512 conversion intrinsics start from.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 #include <cpuid.h>
 #include <immintrin.h>
