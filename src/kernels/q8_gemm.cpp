@@ -266,6 +266,29 @@ static float dot_scalar(const Q8Rows& w, int64_t r, const int8_t* qx, const floa
 // three rounds; 512 bytes ahead: 14-15, 1 KB: 16-19).
 static const int kQ8PrefetchBytes = 2048;
 
+// The tail of every eight-block decode loop below: lanes 2i and 2i + 1 of t added into lane i
+// (i < 8: the eight block sums), then acc += sums * d_w * dx (the eight fp16 scales side by side
+// at d16), and at the end the eight lanes of acc added in one fixed order.
+__attribute__((target("avx2,fma,f16c,avx512f"))) static inline __m256i pair_sums8(__m512i t) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    return _mm512_castsi512_si256(
+        _mm512_add_epi32(_mm512_permutexvar_epi32(ev, t), _mm512_permutexvar_epi32(od, t)));
+}
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 add_scaled8(__m256 acc, __m256i v,
+                                                                         const uint8_t* d16,
+                                                                         const float* dx) {
+    const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)d16)),
+                                    _mm256_loadu_ps(dx));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);
+}
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 acc) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    return _mm_cvtss_f32(s4);
+}
+
 // Eight blocks at a time (AVX2, and AVX-512 VNNI with dpbusd for maddubs + madd): each block's
 // integer sum as eight int32 lanes, the eight blocks reduced into one vector (lane j = block
 // b + j) by a tree of hadds, then one convert and one FMA with the eight blocks' scales
@@ -334,10 +357,7 @@ __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni"))) static inline __m25
         const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(dx + b));             \
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);                                     \
     }                                                                                              \
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));            \
-    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                                    \
-    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));                                                      \
-    float out = _mm_cvtss_f32(s4);                                                                 \
+    float out = hsum8(acc);                                                                        \
     if (b < nb) out += dot_scalar<Q4>(w, r, qx, dx, b, nb); /* blocks past the last group */       \
     return out;
 
@@ -389,16 +409,9 @@ dot_split_vnni512(const Q8Rows& w, int64_t r, const int8_t* qx, const float* dx,
                                              _mm512_permutex2var_epi32(z[2], od, z[3]));
         const __m512i t = _mm512_add_epi32(_mm512_permutex2var_epi32(s01, ev, s23),
                                            _mm512_permutex2var_epi32(s01, od, s23));
-        const __m256i v = _mm512_castsi512_si256(
-            _mm512_add_epi32(_mm512_permutexvar_epi32(ev, t), _mm512_permutexvar_epi32(od, t)));
-        const __m128i h = _mm_loadu_si128((const __m128i*)(d + 2 * b));
-        const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(dx + b));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);
+        acc = add_scaled8(acc, pair_sums8(t), d + 2 * b, dx + b);
     }
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-    float out = _mm_cvtss_f32(s4);
+    float out = hsum8(acc);
     if (b < nb) out += dot_scalar<false>(w, r, qx, dx, b, nb);
     return out;
 }
@@ -480,17 +493,10 @@ dot_q4_split_vnni512(const Q8Rows& w, int64_t r, const int8_t* qx, const int8_t*
         }
         const __m512i t = _mm512_add_epi32(_mm512_permutex2var_epi32(z[0], ev, z[1]),
                                            _mm512_permutex2var_epi32(z[0], od, z[1]));
-        __m256i v = _mm512_castsi512_si256(
-            _mm512_add_epi32(_mm512_permutexvar_epi32(ev, t), _mm512_permutexvar_epi32(od, t)));
-        v = _mm256_sub_epi32(v, _mm256_loadu_si256((const __m256i*)(sx8 + b)));
-        const __m128i hs = _mm_loadu_si128((const __m128i*)(d + 2 * b));
-        const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(hs), _mm256_loadu_ps(dx + b));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc);
+        const __m256i v = _mm256_sub_epi32(pair_sums8(t), _mm256_loadu_si256((const __m256i*)(sx8 + b)));
+        acc = add_scaled8(acc, v, d + 2 * b, dx + b);
     }
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-    float out = _mm_cvtss_f32(s4);
+    float out = hsum8(acc);
     if (b < nb) out += dot_scalar<true>(w, r, qx, dx, b, nb);
     return out;
 }

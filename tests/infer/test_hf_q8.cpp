@@ -173,19 +173,38 @@ std::string error_of(const std::string& dir) {
     return "(no error)";
 }
 
-// An int8 mixtral folder written tensor by tensor; `edit` may replace what one tensor becomes.
+// The int4 encoding of an eligible tensor: U8 nibbles [rows, cols / 2] and F16 scales.
+void q4_split(const HfTensor& t, std::vector<uint8_t>* q, std::vector<uint16_t>* d) {
+    const int64_t rows = t.shape[0], cols = t.shape[1], nb = cols / 32;
+    std::vector<uint8_t> blocks((size_t)(rows * nb) * kQ4BlockBytes);
+    for (int64_t r = 0; r < rows; r++)
+        quantize_row_q4_0(&t.data[(size_t)(r * cols)], cols, &blocks[(size_t)(r * nb) * kQ4BlockBytes]);
+    ggml_blocks_to_split(WType::q4_0, blocks.data(), rows, cols);
+    q->assign(blocks.begin(), blocks.begin() + rows * cols / 2);
+    d->resize((size_t)(rows * nb));
+    std::memcpy(d->data(), blocks.data() + rows * cols / 2, d->size() * 2);
+}
+
+// An int8 (int4: int4 = true) mixtral folder written tensor by tensor; `edit` may replace what
+// one tensor becomes.
 using Edit = std::function<bool(SafetensorsWriter&, const HfTensor&)>;
 void write_q8_custom(const std::string& dir, json j, const std::vector<HfTensor>& ts,
-                     const Edit& edit) {
+                     const Edit& edit, bool int4 = false) {
     write_file_atomic(dir + "/config.json", j.dump(2));
     SafetensorsWriter w;
     for (const HfTensor& t : ts) {
         if (edit(w, t)) continue;
         if (hf_q8_eligible(t.name, t.shape)) {
             std::vector<int8_t> q;
+            std::vector<uint8_t> u;
             std::vector<uint16_t> d;
-            test::q8_split(t, &q, &d);
-            w.add_raw(t.name, "I8", Shape(t.shape), q.data(), q.size());
+            if (int4) {
+                q4_split(t, &u, &d);
+                w.add_raw(t.name, "U8", Shape({t.shape[0], t.shape[1] / 2}), u.data(), u.size());
+            } else {
+                test::q8_split(t, &q, &d);
+                w.add_raw(t.name, "I8", Shape(t.shape), q.data(), q.size());
+            }
             w.add_raw(hf_q8_scale_name(t.name), "F16", Shape({t.shape[0], t.shape[1] / 32}),
                       d.data(), d.size() * 2);
         } else {
@@ -280,39 +299,7 @@ TEST(HfQ8, RefusesMalformedInt8Folders) {
     std::filesystem::remove_all(dir);
 }
 
-// ---- int4 folders (moe quantize --type int4) -------------------------------------------------
-
-// The int4 encoding of an eligible tensor: U8 nibbles [rows, cols / 2] and F16 scales.
-void q4_split(const HfTensor& t, std::vector<uint8_t>* q, std::vector<uint16_t>* d) {
-    const int64_t rows = t.shape[0], cols = t.shape[1], nb = cols / 32;
-    std::vector<uint8_t> blocks((size_t)(rows * nb) * kQ4BlockBytes);
-    for (int64_t r = 0; r < rows; r++)
-        quantize_row_q4_0(&t.data[(size_t)(r * cols)], cols, &blocks[(size_t)(r * nb) * kQ4BlockBytes]);
-    ggml_blocks_to_split(WType::q4_0, blocks.data(), rows, cols);
-    q->assign(blocks.begin(), blocks.begin() + rows * cols / 2);
-    d->resize((size_t)(rows * nb));
-    std::memcpy(d->data(), blocks.data() + rows * cols / 2, d->size() * 2);
-}
-
-void write_q4_custom(const std::string& dir, json j, const std::vector<HfTensor>& ts,
-                     const Edit& edit) {
-    write_file_atomic(dir + "/config.json", j.dump(2));
-    SafetensorsWriter w;
-    for (const HfTensor& t : ts) {
-        if (edit(w, t)) continue;
-        if (hf_q8_eligible(t.name, t.shape)) {
-            std::vector<uint8_t> q;
-            std::vector<uint16_t> d;
-            q4_split(t, &q, &d);
-            w.add_raw(t.name, "U8", Shape({t.shape[0], t.shape[1] / 2}), q.data(), q.size());
-            w.add_raw(hf_q8_scale_name(t.name), "F16", Shape({t.shape[0], t.shape[1] / 32}),
-                      d.data(), d.size() * 2);
-        } else {
-            w.add(t.name, Shape(t.shape), t.data.data());
-        }
-    }
-    w.save(dir + "/model.safetensors");
-}
+// ---- bad int4 folders (moe quantize --type int4) ---------------------------------------------
 
 TEST(HfQ4, RefusesMalformedInt4Folders) {
     const std::string wq = "model.layers.0.self_attn.q_proj.weight";
@@ -379,7 +366,7 @@ TEST(HfQ4, RefusesMalformedInt4Folders) {
         if (c.cfg) c.cfg(j);
         auto ts = test::tiny_hf_tensors(j, 1);
         const std::string dir = test::temp_model_dir("q4bad");
-        write_q4_custom(dir, j, ts, c.edit);
+        write_q8_custom(dir, j, ts, c.edit, true);
         const std::string e = error_of(dir);
         EXPECT_NE(std::string::npos, e.find(c.fragment)) << c.name << ": " << e;
         std::filesystem::remove_all(dir);
@@ -387,8 +374,8 @@ TEST(HfQ4, RefusesMalformedInt4Folders) {
     json j = q8_config("mixtral");
     j["moe_cpp_quantization"] = quant;
     const std::string dir = test::temp_model_dir("q4good");
-    write_q4_custom(dir, j, test::tiny_hf_tensors(j, 1),
-                    [](SafetensorsWriter&, const HfTensor&) { return false; });
+    write_q8_custom(dir, j, test::tiny_hf_tensors(j, 1),
+                    [](SafetensorsWriter&, const HfTensor&) { return false; }, true);
     EXPECT_EQ("(no error)", error_of(dir));
     std::filesystem::remove_all(dir);
 }
