@@ -214,15 +214,37 @@ void write_q8_custom(const std::string& dir, json j, const std::vector<HfTensor>
     w.save(dir + "/model.safetensors");
 }
 
+// A folder that `edit` / `cfg` damage, refused with a message holding `fragment`.
+struct Case {
+    const char* name;
+    std::function<void(json&)> cfg;
+    Edit edit;
+    const char* fragment;
+};
+
+// Every case written on `base` (int8 or int4) is refused as it says; and the folder written the
+// same way undamaged loads.
+void expect_refused(const json& base, bool int4, const std::vector<Case>& cases) {
+    for (const Case& c : cases) {
+        json j = base;
+        if (c.cfg) c.cfg(j);
+        auto ts = test::tiny_hf_tensors(j, 1);
+        const std::string dir = test::temp_model_dir("qbad");
+        write_q8_custom(dir, j, ts, c.edit, int4);
+        const std::string e = error_of(dir);
+        EXPECT_NE(std::string::npos, e.find(c.fragment)) << c.name << ": " << e;
+        std::filesystem::remove_all(dir);
+    }
+    const std::string dir = test::temp_model_dir("qgood");
+    write_q8_custom(dir, base, test::tiny_hf_tensors(base, 1),
+                    [](SafetensorsWriter&, const HfTensor&) { return false; }, int4);
+    EXPECT_EQ("(no error)", error_of(dir));
+    std::filesystem::remove_all(dir);
+}
+
 TEST(HfQ8, RefusesMalformedInt8Folders) {
     const std::string wq = "model.layers.0.self_attn.q_proj.weight";
     json quant = {{"type", "int8"}, {"format", "q8_0"}, {"block_size", 32}, {"scale_dtype", "F16"}};
-    struct Case {
-        const char* name;
-        std::function<void(json&)> cfg;
-        Edit edit;
-        const char* fragment;
-    };
     auto scales_as = [&](const char* dtype, std::vector<int64_t> shape) {
         return [=](SafetensorsWriter& w, const HfTensor& t) {
             if (t.name != wq) return false;
@@ -278,25 +300,9 @@ TEST(HfQ8, RefusesMalformedInt8Folders) {
          },
          "it is a vector"},
     };
-    for (const Case& c : cases) {
-        json j = test::tiny_hf_config("mixtral");
-        j["moe_cpp_quantization"] = quant;
-        if (c.cfg) c.cfg(j);
-        auto ts = test::tiny_hf_tensors(j, 1);
-        const std::string dir = test::temp_model_dir("q8bad");
-        write_q8_custom(dir, j, ts, c.edit);
-        const std::string e = error_of(dir);
-        EXPECT_NE(std::string::npos, e.find(c.fragment)) << c.name << ": " << e;
-        std::filesystem::remove_all(dir);
-    }
-    // and the good folder written the same way loads
-    json j = test::tiny_hf_config("mixtral");
-    j["moe_cpp_quantization"] = quant;
-    const std::string dir = test::temp_model_dir("q8good");
-    write_q8_custom(dir, j, test::tiny_hf_tensors(j, 1),
-                    [](SafetensorsWriter&, const HfTensor&) { return false; });
-    EXPECT_EQ("(no error)", error_of(dir));
-    std::filesystem::remove_all(dir);
+    json base = test::tiny_hf_config("mixtral");
+    base["moe_cpp_quantization"] = quant;
+    expect_refused(base, false, cases);
 }
 
 // ---- bad int4 folders (moe quantize --type int4) ---------------------------------------------
@@ -304,13 +310,7 @@ TEST(HfQ8, RefusesMalformedInt8Folders) {
 TEST(HfQ4, RefusesMalformedInt4Folders) {
     const std::string wq = "model.layers.0.self_attn.q_proj.weight";
     json quant = {{"type", "int4"}, {"format", "q4_0"}, {"block_size", 32}, {"scale_dtype", "F16"}};
-    struct Case {
-        const char* name;
-        std::function<void(json&)> cfg;
-        Edit edit;
-        const char* fragment;
-    };
-    const Case cases[] = {
+    const std::vector<Case> cases = {
         {"scales missing", nullptr,
          [&](SafetensorsWriter& w, const HfTensor& t) {
              if (t.name != wq) return false;
@@ -360,24 +360,9 @@ TEST(HfQ4, RefusesMalformedInt4Folders) {
          },
          "it is a vector"},
     };
-    for (const Case& c : cases) {
-        json j = q8_config("mixtral");
-        j["moe_cpp_quantization"] = quant;
-        if (c.cfg) c.cfg(j);
-        auto ts = test::tiny_hf_tensors(j, 1);
-        const std::string dir = test::temp_model_dir("q4bad");
-        write_q8_custom(dir, j, ts, c.edit, true);
-        const std::string e = error_of(dir);
-        EXPECT_NE(std::string::npos, e.find(c.fragment)) << c.name << ": " << e;
-        std::filesystem::remove_all(dir);
-    }
-    json j = q8_config("mixtral");
-    j["moe_cpp_quantization"] = quant;
-    const std::string dir = test::temp_model_dir("q4good");
-    write_q8_custom(dir, j, test::tiny_hf_tensors(j, 1),
-                    [](SafetensorsWriter&, const HfTensor&) { return false; }, true);
-    EXPECT_EQ("(no error)", error_of(dir));
-    std::filesystem::remove_all(dir);
+    json base = q8_config("mixtral");
+    base["moe_cpp_quantization"] = quant;
+    expect_refused(base, true, cases);
 }
 
 }  // namespace
