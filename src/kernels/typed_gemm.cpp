@@ -303,53 +303,6 @@ __attribute__((target("avx512f,avx512bw"))) static void dot4_avx512(const float*
     }
 }
 
-// BF16 decode on AVX-512 with half the widening work: a 512-bit load of 32 weights, and
-// vpunpcklwd / vpunpckhwd against zero put each bf16 in the high half of an fp32 lane (exactly its
-// value), one instruction per 16 weights where vpmovzxwd + vpslld took two (and two 256-bit
-// loads). The unpacks take words 0-3, 8-11, 16-19, 24-27 (low) and 4-7, 12-15, ... (high) of
-// each 32, so the input row is permuted the same way once per product (bf16_permute_input;
-// columns past the last whole 32 stay in place and run as in dot4_avx512). The products are
-// the same; they are summed in other lanes than the f32/f16 loops', so the sums round
-// differently (within fp32 rounding). m795 bf16 decode: +1.8% and +3.4% (medians of two sets of
-// 10 adjacent pairs, session 10).
-static void bf16_permute_input(const float* x, int K, float* xp) {
-    int k = 0;
-    for (; k + 32 <= K; k += 32)
-        for (int q = 0; q < 4; q++)
-            for (int i = 0; i < 4; i++) {
-                xp[k + 4 * q + i] = x[k + 8 * q + i];
-                xp[k + 16 + 4 * q + i] = x[k + 8 * q + 4 + i];
-            }
-    for (; k < K; k++) xp[k] = x[k];
-}
-
-__attribute__((target("avx512f,avx512bw"))) static void dot4_bf16_unpack_avx512(
-    const float* xp, const uint8_t* w, size_t rb, int K, float* out, const char* pf) {
-    __m512 a[4][2];
-    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        for (int o = 0; o < 256; o += 64) _mm_prefetch(pf + o, _MM_HINT_T1);
-        pf += 256;  // as dot4_avx512: the rows two groups on, at this loop's pace
-        const __m512 x0 = _mm512_loadu_ps(xp + k), x1 = _mm512_loadu_ps(xp + k + 16);
-        for (int r = 0; r < 4; r++) {
-            const __m512i v = _mm512_loadu_si512((const void*)(w + r * rb + 2 * k));
-            a[r][0] = _mm512_fmadd_ps(x0, _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v)), a[r][0]);
-            a[r][1] = _mm512_fmadd_ps(x1, _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v)), a[r][1]);
-        }
-    }
-    for (; k + 16 <= K; k += 16) {
-        const __m512 x0 = _mm512_loadu_ps(xp + k);
-        for (int r = 0; r < 4; r++)
-            a[r][0] = _mm512_fmadd_ps(x0, load16_t<WType::bf16>(w + r * rb, k), a[r][0]);
-    }
-    for (int r = 0; r < 4; r++) {
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
-        if (k < K) out[r] += dot_scalar(xp + k, w + r * rb + 2 * k, WType::bf16, K - k);
-    }
-}
-
 static void dot4_scalar_f32(const float* x, const uint8_t* w, size_t rb, int K, float* out,
                             const char*) {
     for (int r = 0; r < 4; r++) out[r] = dot_scalar(x, w + r * rb, WType::f32, K);
@@ -605,12 +558,10 @@ static const size_t kDecodeTailPieceBytes = (size_t)64 << 10;
 
 // Decode (M < 4) of BF16/F16/F32 weights: output columns n0 .. n1 - 1 (n0 a multiple of 4),
 // groups of four weight rows, each bound by reading W once.
-// permuted: BF16 on AVX-512 with x from bf16_permute_input (dot4_bf16_unpack_avx512; the last
-// rows, past a group of four, each as four copies of itself).
 static void decode_rows(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
-                        bool accumulate, int n0, int n1, bool permuted = false) {
+                        bool accumulate, int n0, int n1) {
     const DotFn dot = dot_fn();
-    const Dot4Fn dot4 = permuted ? dot4_bf16_unpack_avx512 : dot4_fn(w.type);
+    const Dot4Fn dot4 = dot4_fn(w.type);
     const int K = (int)w.cols;
     const size_t rb = (size_t)K * wtype_size(w.type);
     for (int g = n0; g < n1; g += 4)
@@ -626,15 +577,7 @@ static void decode_rows(float* y, int ldy, const float* x, int ldx, const Weight
                 const char* pf = m == 0 && pg + 4 <= n1 ? (const char*)w.row(pg) : (const char*)w.row(g);
                 dot4(xm, w.row(g), rb, K, v, pf);
             } else {
-                for (int r = 0; g + r < n1; r++) {
-                    if (!permuted) {
-                        v[r] = dot(xm, w.row(g + r), w.type, K);
-                        continue;
-                    }
-                    float t[4];
-                    dot4(xm, w.row(g + r), 0, K, t, (const char*)w.row(g + r));
-                    v[r] = t[0];
-                }
+                for (int r = 0; g + r < n1; r++) v[r] = dot(xm, w.row(g + r), w.type, K);
             }
             for (int r = 0; r < 4 && g + r < n1; r++) {
                 float& o = y[(size_t)m * ldy + g + r];
@@ -694,8 +637,7 @@ static void wgemm_sgemm_panels(float* y, int ldy, const float* x, int ldx, const
 // How a job runs: decode kernels (every CPU), the packed AVX2 / AVX-512 prefill kernels, or the
 // OpenBLAS panels (prefill without AVX2, a parallel region of its own).
 // BF16 on CPUs with AVX-512 BF16: vdpbf16ps kernels on bf16-rounded inputs (bf16_gemm.h).
-// BF16 decode on AVX-512 otherwise: decode_bf16p, the unpacking loop on permuted inputs.
-enum class JobKind { decode, decode_q8, decode_bf16, decode_bf16p, packed, packed_q8, packed_bf16, panels };
+enum class JobKind { decode, decode_q8, decode_bf16, packed, packed_q8, packed_bf16, panels };
 
 void wgemm(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
            bool accumulate) {
@@ -722,11 +664,10 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
     static thread_local std::vector<int8_t> arena8;
     static thread_local std::vector<int16_t> arena16;  // q8 prefill's int16, or bf16 bits
     static thread_local std::vector<float> arena_sc;
-    static thread_local std::vector<float> arena32;  // decode_bf16p's permuted inputs
     prep.assign((size_t)n_jobs, Prep{});
     const WIsa isa = wgemm_isa();
     const bool bf16_on = bf16_dp_active();
-    size_t n8 = 0, n16 = 0, nsc = 0, n32 = 0;
+    size_t n8 = 0, n16 = 0, nsc = 0;
     int64_t work = 0;
     int total = 0;
     for (int j = 0; j < n_jobs; j++) {
@@ -738,10 +679,7 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         const bool q8 = J.w.type == WType::q8_0 || J.w.type == WType::q4_0;  // int8 inputs
         const bool bf = J.w.type == WType::bf16 && bf16_on;                // bf16 inputs
         if (J.M < 4) {
-            P.kind = q8                                              ? JobKind::decode_q8
-                     : bf                                            ? JobKind::decode_bf16
-                     : J.w.type == WType::bf16 && isa == WIsa::avx512 ? JobKind::decode_bf16p
-                                                                     : JobKind::decode;
+            P.kind = q8 ? JobKind::decode_q8 : bf ? JobKind::decode_bf16 : JobKind::decode;
             // pieces of ~256 KB of W (at least 64 rows): m795 f16 decoded 45-47 tok/s beside
             // 42-44 with 64 rows (128 KB; alternated, session 9): a stream a thread reads alone
             // for longer, fewer restarts of its prefetch; q8_0 the same either way
@@ -768,8 +706,7 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         }
         total += P.pieces;
         work += (int64_t)J.M * N * K;
-        const bool perm = P.kind == JobKind::decode_bf16p;
-        if (!q8 && !bf && !perm) continue;
+        if (!q8 && !bf) continue;
         for (int i = 0; i < j && P.shares < 0; i++)
             if (prep[i].kind == P.kind && prep[i].shares < 0 && jobs[i].x == J.x &&
                 jobs[i].ldx == J.ldx && jobs[i].M == J.M && jobs[i].w.cols == K)
@@ -777,11 +714,6 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         if (P.shares >= 0) {
             P.in_off = prep[P.shares].in_off;
             P.sc_off = prep[P.shares].sc_off;
-            continue;
-        }
-        if (perm) {
-            P.in_off = n32;
-            n32 += (size_t)J.M * K;
             continue;
         }
         if (bf) {  // bf16 bits in the int16 arena, no scales
@@ -804,7 +736,6 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
     if (arena8.size() < n8) arena8.resize(n8);
     if (arena16.size() < n16) arena16.resize(n16);
     if (arena_sc.size() < nsc) arena_sc.resize(nsc);
-    if (arena32.size() < n32) arena32.resize(n32);
     // The products OpenBLAS runs, one after another, each threaded inside.
     for (int j = 0; j < n_jobs; j++)
         if (prep[j].kind == JobKind::panels)
@@ -822,10 +753,6 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
             q8_prefill_quantize(J.x, J.ldx, J.M, J.w.cols, &arena16[P.in_off], &arena_sc[P.sc_off]);
         else if (P.kind == JobKind::decode_bf16)
             bf16_decode_convert(J.x, J.ldx, J.M, J.w.cols, (uint16_t*)&arena16[P.in_off]);
-        else if (P.kind == JobKind::decode_bf16p)
-            for (int m = 0; m < J.M; m++)
-                bf16_permute_input(J.x + (size_t)m * J.ldx, (int)J.w.cols,
-                                   &arena32[P.in_off + (size_t)m * J.w.cols]);
         else if (P.kind == JobKind::packed_bf16)
             bf16_prefill_convert(J.x, J.ldx, J.M, J.w.cols, (uint16_t*)&arena16[P.in_off]);
     }
@@ -833,7 +760,6 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
     const int8_t* a8 = arena8.data();
     const int16_t* a16 = arena16.data();
     const float* asc = arena_sc.data();
-    const float* a32 = arena32.data();
     // Piece i of the whole list: the job it belongs to, found by a walk (a few dozen jobs).
     auto run_piece = [&](int i) {
         int j = 0;
@@ -853,10 +779,6 @@ void wgemm_batch(const WgemmJob* jobs, int n_jobs) {
         switch (P.kind) {
             case JobKind::decode:
                 decode_rows(J.y, J.ldy, J.x, J.ldx, J.w, J.M, J.accumulate, n0, n1);
-                break;
-            case JobKind::decode_bf16p:
-                decode_rows(J.y, J.ldy, a32 + P.in_off, (int)J.w.cols, J.w, J.M, J.accumulate, n0,
-                            n1, true);
                 break;
             case JobKind::decode_q8:
                 q8_decode_rows(J.y, J.ldy, a8 + P.in_off, asc + P.sc_off, J.w, J.M, J.accumulate, n0, n1);
