@@ -111,6 +111,11 @@ struct OutTensor {
     uint64_t bytes = 0;
     int shard = 0;
     size_t elem() const { return scales ? 2 : type == WType::q4_0 ? 1 : wtype_size(type); }
+    // Bytes of one row in the file (int4: two values a byte; scales: one fp16 per 32 values).
+    size_t row_bytes() const {
+        const size_t K = (size_t)src.cols;
+        return scales ? K / 32 * 2 : type == WType::q4_0 ? K / 2 : K * wtype_size(type);
+    }
     bool quantized() const { return type == WType::q8_0 || type == WType::q4_0; }
 };
 
@@ -126,9 +131,7 @@ void encode_rows(const OutTensor& t, int64_t r0, int64_t n, std::string& out) {
             "damaged",
             t.name, r0 + bad / K, bad % K);
     const size_t at = out.size();
-    const size_t per_row = t.scales                    ? (size_t)(K / 32) * 2
-                           : t.type == WType::q4_0 ? (size_t)K / 2
-                                                   : (size_t)K * wtype_size(t.type);
+    const size_t per_row = t.row_bytes();
     out.resize(at + per_row * (size_t)n);
     uint8_t* o = (uint8_t*)&out[at];
 #pragma omp parallel for schedule(static) if (n * K >= (1 << 16))
@@ -276,13 +279,13 @@ HfExportResult export_hf_folder(const std::string& src, const std::string& dst,
         if (small) t.type = want == WType::f32 ? WType::f32 : kept;
         if (quantize && !small && !hf_q8_eligible(name, shape)) t.type = kept;
         const int64_t rows = shape.size() == 1 ? 1 : shape[0], K = shape.back();
-        t.bytes = t.type == WType::q4_0 ? (uint64_t)rows * K / 2 : (uint64_t)rows * K * wtype_size(t.type);
-        if (t.type == WType::q4_0) t.shape = {rows, K / 2};
+        t.bytes = (uint64_t)rows * t.row_bytes();
+        if (t.type == WType::q4_0) t.shape = {rows, K / 2};  // as stored
         ts.push_back(t);
         res.n_tensors++;
         if (t.quantized()) {
             OutTensor s{hf_q8_scale_name(name), {rows, K / 32}, t.type, true, v};
-            s.bytes = (uint64_t)rows * (K / 32) * 2;
+            s.bytes = (uint64_t)rows * s.row_bytes();
             ts.push_back(s);
             res.n_quantized++;
         }

@@ -200,8 +200,7 @@ void HfModel::bind_weights() {
     }
     // Int8 (int4) matrices only where config.json says the folder is quantised so (moe quantize
     // writes both): a stray I8 or U8 tensor is a damaged or foreign file, not ours to guess about.
-    for (const char* q : {"int8", "int4"}) {
-        const char* dtype = q[3] == '8' ? "I8" : "U8";
+    for (const auto& [q, dtype] : {std::pair<const char*, const char*>{"int8", "I8"}, {"int4", "U8"}}) {
         if (c.quantization != q && w.holds_dtype(dtype))
             fail("{}: holds {} ({}) matrices but config.json has {}; restore the config.json that "
                  "moe quantize wrote",

@@ -216,12 +216,20 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
     const Mapping& m = impl_->maps[it->second.file];
     const StHeaderEntry& e = it->second.entry;
     std::vector<int64_t> got(e.shape.dims.begin(), e.shape.dims.end());
-    // int4 (U8): two values a byte, so a matrix [rows, cols] is stored [rows, cols / 2]
+    // int8 (I8) and int4 (U8) hold only matrices of whole 32-blocks; int4 two values a byte, so a
+    // matrix [rows, cols] is stored [rows, cols / 2]
     const bool int4 = e.dtype == "U8";
-    if (int4 && (shape.size() != 2 || shape[1] % 32 != 0))
-        fail("{}: tensor {} is int4 (U8), but {}; only matrices whose rows are whole blocks of "
-             "32 are quantised (norms and biases stay float): re-run moe quantize",
-             m.path, name, shape.size() != 2 ? "it is a vector" : "its width is not a multiple of 32");
+    if (int4 || e.dtype == "I8") {
+        const char* kind = int4 ? "int4 (U8)" : "int8 (I8)";
+        if (shape.size() != 2)
+            fail("{}: tensor {} is {}, but it is a vector; only matrices are quantised (norms and "
+                 "biases stay float): re-run moe quantize",
+                 m.path, name, kind);
+        if (shape[1] % 32 != 0)
+            fail("{}: tensor {} is {} with {} columns, not a multiple of the block size 32; keep "
+                 "it in a float type",
+                 m.path, name, kind, shape[1]);
+    }
     if (int4 ? got != std::vector<int64_t>{shape[0], shape[1] / 2} : got != shape)
         fail("{}: tensor {}: shape {} but config.json implies {}{}; the weights and config.json "
              "do not match",
@@ -268,16 +276,7 @@ WeightView WeightStore::get(const std::string& name, const std::vector<int64_t>&
 // nibbles [rows, cols / 2] (Q4_0's 16 bytes per block) and the same scales: a q4_0 view.
 WeightView WeightStore::get_quantized(const std::string& name, const std::vector<int64_t>& shape,
                                       const void* values, WType t) {
-    const std::string& path = impl_->maps[impl_->tensors[name].file].path;
     const char* kind = t == WType::q4_0 ? "int4 (U8)" : "int8 (I8)";
-    if (shape.size() != 2)
-        fail("{}: tensor {} is {}, but it is a vector; only matrices are quantised (norms and "
-             "biases stay float): re-run moe quantize",
-             path, name, kind);
-    if (shape[1] % 32 != 0)
-        fail("{}: tensor {} is {} with {} columns, not a multiple of the block size 32; keep it "
-             "in a float type",
-             path, name, kind, shape[1]);
     const std::string sn = hf_q8_scale_name(name);
     auto it = impl_->tensors.find(sn);
     if (it == impl_->tensors.end())
