@@ -167,6 +167,16 @@ def main():
                 bj = last_json(run([moe, "bench", "generate", g, "--prefill", "8", "--decode", "4",
                                     "--reps", "1", "--json"]))
                 check(bj.get("decode_tok_s", 0) > 0, "%s: bench generate on the GGUF runs" % tag)
+                # the KV cache a decoded token reads: fp32 keys and values of the positions so
+                # far in every layer, the mean over positions 8 .. 11 (9 .. 12 of them)
+                with open(os.path.join(d, "config.json")) as f:
+                    cfg = json.load(f)
+                hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+                kv = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * hd * 4 * 10.5
+                check(abs(bj.get("kv_bytes_per_token", 0) - kv) <= 1e-9 * kv and
+                      bj["bytes_per_token"] == bj["weight_bytes_per_token"] + bj["kv_bytes_per_token"],
+                      "%s: bench generate counts the KV cache's bytes (%s vs %.0f)" %
+                      (tag, bj.get("kv_bytes_per_token"), kv))
                 g2 = d + ".retyped.gguf"
                 run([moe, "convert", g, "--to", "gguf", "--type", "bf16", "--out", g2])
                 g3 = d + ".direct-bf16.gguf"
