@@ -15,8 +15,8 @@
 // what lets the inner loop run on int8 (measured against widening int8 -> fp32 FMAs in
 // bench/q8_dot.cpp: docs/formats.md has the figures).
 // Prefill (M >= 4): the inputs quantised the same way and each block's integer sum taken
-// exactly, on int16 panels by vpmaddwd (AVX2, 6 x 16 tiles) or vpdpwssd (AVX-512 VNNI, 6 x 32
-// tiles): q8_gemm_prefill, the same bits either way; without AVX2 the inputs rounded to dx * qx
+// exactly, on int16 panels by vpmaddwd (AVX2, 6 x 16 tiles) or on int8 panels by vpdpbusd
+// (AVX-512 VNNI, 6 x 32 tiles, the inputs offset by 128): q8_gemm_prefill, the same bits either way; without AVX2 the inputs rounded to dx * qx
 // (q8_round_activation_rows) and typed_gemm's widened fp32 panels. The same products as decode
 // either way, summed in another order.
 //
@@ -79,8 +79,8 @@ void q8_widen_rows(float* out, const WeightView& w, int64_t r0, int64_t n);
 
 // y [M, N] (= or +=) x [M, K] W^T for a q8_0 or q4_0 W, M >= 4 (prefill, grouped experts): the
 // inputs quantised as decode quantises them, each block's products summed exactly in int32 (AVX2
-// vpmaddwd on int16 panels, or plain loops), then fma(isum, dw * dx) in block order. The _ref
-// is the plain loop: the same operations in the same order, so the two agree bit for bit.
+// vpmaddwd on int16 panels, AVX-512 VNNI vpdpbusd on int8 ones, or plain loops), then
+// fma(isum, dw * dx) in block order. The _ref is the plain loop: the same operations in the same order, so the two agree bit for bit.
 void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
                      bool accumulate);
 void q8_gemm_prefill_ref(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
@@ -93,7 +93,8 @@ void q8_gemm_decode(float* y, int ldy, const float* x, int ldx, const WeightView
 // Both in pieces, for wgemm_batch (typed_gemm.h): the inputs quantised once per product, then
 // any range of output columns n0 .. n1 - 1 on any thread; a column's value does not depend on
 // the range it was computed in.
-// Prefill's input layout: int16 [q8_prefill_input_size(M, K)], fp32 scales [that / 32].
+// Prefill's inputs: int16 [q8_prefill_input_size(M, K)] (on VNNI CPUs holding the int8 layout,
+// half of it), fp32 scales [that / 32].
 size_t q8_prefill_input_size(int M, int64_t K);
 void q8_prefill_quantize(const float* x, int ldx, int M, int64_t K, int16_t* xg, float* dx);
 void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, const WeightView& w,

@@ -9,7 +9,7 @@
 //     FMA tiles; the same FMA chain per output, so the same bits); without AVX2, OpenBLAS sgemm
 //     on widened panels.
 // Q8_0 and Q4_0 weights (src/kernels/q8_gemm.h): decode by int8 dot products; prefill by
-// integer block sums on int16 panels (AVX-512 VNNI vpdpwssd or AVX2 vpmaddwd), or without AVX2
+// integer block sums on int8 panels (AVX-512 VNNI vpdpbusd) or int16 ones (AVX2 vpmaddwd), or without AVX2
 // the inputs rounded as decode rounds them and the OpenBLAS panels above.
 // BF16 on AVX-512 BF16 CPUs can run vdpbf16ps kernels on bf16-rounded inputs instead
 // (src/kernels/bf16_gemm.h, opt-in: MOE_BF16_DOT=1).
