@@ -263,8 +263,11 @@ static float dot_scalar(const Q8Rows& w, int64_t r, const int8_t* qx, const floa
 // memory: one stream per thread. The hardware prefetcher alone kept it at 13-14 GB/s on one
 // thread here (the loads of the weights stalled; perf put half the kernel's samples on them);
 // asking for the line 2 KB ahead every two blocks reads 17-20 GB/s (bench_q8_dot, 14336 x 4096,
-// three rounds; 512 bytes ahead: 14-15, 1 KB: 16-19).
-static const int kQ8PrefetchBytes = 2048;
+// three rounds; 512 bytes ahead: 14-15, 1 KB: 16-19). 4 KB: m795 decode (2 threads, split
+// layout) +2-7% at q8_0 (two sets of adjacent pairs) and +5.5% at q4_0 over 2 KB; 8 KB the same
+// as 4 (session 11). A core here reads ~11 GB/s at ~200 ns from memory: ~2 KB in flight, so
+// 2 KB ahead left no slack.
+static const int kQ8PrefetchBytes = 4096;
 
 // The tail of every eight-block decode loop below: lanes 2i and 2i + 1 of t added into lane i
 // (i < 8: the eight block sums), then acc += sums * d_w * dx (the eight fp16 scales side by side
