@@ -120,6 +120,7 @@ struct BandwidthProbe {
     HugePageVector<float> buf;
     double best = 0;
     int passes = 0;
+    std::vector<double> rates;  // every pass, GB/s (their median is printed beside the best)
     BandwidthProbe() {
         try {
             buf.assign(n, 1.0f);
@@ -140,7 +141,8 @@ struct BandwidthProbe {
             for (long c = 0; c < 256; c++) total += sum_block(b + (size_t)c * (n / 256), n / 256);
             const double dt = now_seconds() - t0;
             sink = sink + total;
-            best = std::max(best, n * 4.0 / dt / 1e9);
+            rates.push_back(n * 4.0 / dt / 1e9);
+            best = std::max(best, rates.back());
         }
     }
 };
@@ -212,9 +214,10 @@ static int run_bench_generate(const BenchGenOptions& o) {
     const double kv_bpt = kv_bytes_per_token(c, o.prefill, o.decode);
     const double bpt = weight_bpt + kv_bpt, bound = bw * 1e9 / bpt;
     const double pp_med = median(pp), tg_med = median(tg);
-    std::printf("cpu: %s; %d threads; weights %s, %s; read bandwidth %.1f GB/s (best of %d passes over 1 GiB, between the runs)\n",
+    const double bw_median = median(bw_probe.rates);
+    std::printf("cpu: %s; %d threads; weights %s, %s; read bandwidth %.1f GB/s (best of %d passes over 1 GiB, between the runs; median %.1f)\n",
                 cpu_name().c_str(), get_threads(), wtype_name(probe.type), memory.text, bw,
-                bw_probe.passes);
+                bw_probe.passes, bw_median);
     std::printf("bytes/token: weights %.1f MB + KV cache %.1f MB (fp32, the mean over the decoded positions)\n\n",
                 weight_bpt / 1e6, kv_bpt / 1e6);
     std::printf("| model | params | type | threads | test | t/s | bytes/token | bound t/s |\n");
@@ -238,6 +241,7 @@ static int run_bench_generate(const BenchGenOptions& o) {
                             {"weight_bytes_per_token", weight_bpt},
                             {"kv_bytes_per_token", kv_bpt},
                             {"bandwidth_gb_s", bw},
+                            {"bandwidth_median_gb_s", bw_median},
                             {"weights_memory", memory.key},
                             {"bound_tok_s", bound},
                             {"isa", wisa_name(wgemm_isa())}};

@@ -177,6 +177,9 @@ def main():
                       bj["bytes_per_token"] == bj["weight_bytes_per_token"] + bj["kv_bytes_per_token"],
                       "%s: bench generate counts the KV cache's bytes (%s vs %.0f)" %
                       (tag, bj.get("kv_bytes_per_token"), kv))
+                check(0 < bj.get("bandwidth_median_gb_s", 0) <= bj["bandwidth_gb_s"],
+                      "%s: bench generate's probe median (%s) within (0, best %s]" %
+                      (tag, bj.get("bandwidth_median_gb_s"), bj["bandwidth_gb_s"]))
                 g2 = d + ".retyped.gguf"
                 run([moe, "convert", g, "--to", "gguf", "--type", "bf16", "--out", g2])
                 g3 = d + ".direct-bf16.gguf"
