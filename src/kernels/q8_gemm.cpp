@@ -897,42 +897,25 @@ void q8_prefill_quantize(const float* x, int ldx, int M, int64_t K, int16_t* xg,
     }
 }
 
-// q8_prefill_rows on int8 panels: the same walk (column chunks of kQNC, 256-column passes,
-// panels packed with the next one's rows prefetched), tiles of 6 rows x 32 columns.
-static void prefill_rows_i8(float* y, int ldy, const uint8_t* xg, const float* dx,
-                            const Q8Rows& R, bool q4, int M, int K, bool accumulate, int n0,
-                            int n1, int32_t* bqp, int32_t* bsp, float* bdp) {
-    const int nb = K / kQ8Block;
-    const auto pack = q4 ? pack_q8_i8<true> : pack_q8_i8<false>;
-    const size_t pq = (size_t)(kQKC / 4) * kQNR, pd = (size_t)(kQKC / kQ8Block) * kQNR;
+// The walk both panel kinds take over output columns n0 .. n1 - 1: chunks of kQNC weight rows,
+// passes of kQKC columns; each pass's panels packed, pack(p, row0, rows, k0, kc), then
+// tiles(c0, nc, np, k0, kc) runs every tile of input rows on them. While a panel is packed the
+// next one's bytes (or the next pass's first panel) are asked into the cache: each row is read
+// 256 columns at a time, too short a stream for the hardware prefetcher to learn.
+template <class Pack, class Tiles>
+static void prefill_walk(const Q8Rows& R, int K, int n0, int n1, Pack pack, Tiles tiles) {
     for (int c0 = n0; c0 < n1; c0 += kQNC) {
         const int nc = std::min(kQNC, n1 - c0), np = (nc + kQNR - 1) / kQNR;
         for (int k0 = 0; k0 < K; k0 += kQKC) {
-            const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
+            const int kc = std::min(kQKC, K - k0);
             for (int p = 0; p < np; p++) {
                 if (p + 1 < np)
                     prefetch_q8_rows(R, c0 + (p + 1) * kQNR, std::min(kQNR, nc - (p + 1) * kQNR), k0, kc);
                 else if (k0 + kQKC < K)
                     prefetch_q8_rows(R, c0, std::min(kQNR, nc), k0 + kQKC, std::min(kQKC, K - k0 - kQKC));
-                pack(bqp + p * pq, bsp + p * pd, bdp + p * pd, R, c0 + p * kQNR,
-                     std::min(kQNR, nc - p * kQNR), k0, kc);
+                pack(p, c0 + p * kQNR, std::min(kQNR, nc - p * kQNR), k0, kc);
             }
-            const bool add = accumulate || k0 > 0;
-            for (int m0 = 0; m0 < M; m0 += kQMR) {  // two panels per tile
-                const int mr = std::min(kQMR, M - m0);
-                const uint8_t* xa = xg + (size_t)m0 * K + (size_t)k0 * kQMR;
-                const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
-                for (int p = 0; p < np; p += 2) {
-                    float* ya = y + (size_t)m0 * ldy + c0 + p * kQNR;
-                    const int ncols = nc - p * kQNR;
-                    if (p + 1 < np)
-                        ukernel_i8_vnni<2>(nblk, xa, da, nb, bqp + p * pq, bsp + p * pd,
-                                           bdp + p * pd, pq, pd, ya, ldy, add, mr, ncols);
-                    else
-                        ukernel_i8_vnni<1>(nblk, xa, da, nb, bqp + p * pq, bsp + p * pd,
-                                           bdp + p * pd, pq, pd, ya, ldy, add, mr, ncols);
-                }
-            }
+            tiles(c0, nc, np, k0, kc);
         }
     }
 }
@@ -949,51 +932,69 @@ void q8_prefill_rows(float* y, int ldy, const int16_t* xg, const float* dx, cons
     static thread_local AlignedVector<int32_t> bs;  // the int8 panels' block sums
     if (bq.size() < (size_t)kQNC * kQKC / 2) bq.resize((size_t)kQNC * kQKC / 2);
     if (bd.size() < (size_t)kQNC * kQKC / kQ8Block) bd.resize((size_t)kQNC * kQKC / kQ8Block);
-    const bool avx2 = wgemm_isa() != WIsa::scalar;
     const Q8Rows R = q8_rows(w);
-    if (prefill_int8()) {
+    const bool q4 = w.type == WType::q4_0;
+    int32_t* bqp = bq.data();  // pointers, not the thread_local names, go into the lambdas
+    float* bdp = bd.data();
+    const size_t pd = (size_t)(kQKC / kQ8Block) * kQNR;  // a panel's scales (and block sums)
+    if (prefill_int8()) {  // AVX-512 VNNI: int8 panels, tiles of two panels (6 x 32)
         if (bs.size() < (size_t)kQNC * kQKC / kQ8Block) bs.resize((size_t)kQNC * kQKC / kQ8Block);
-        prefill_rows_i8(y, ldy, (const uint8_t*)xg, dx, R, w.type == WType::q4_0, M, K,
-                        accumulate, n0, n1, bq.data(), bs.data(), bd.data());
+        int32_t* bsp = bs.data();
+        const uint8_t* xg8 = (const uint8_t*)xg;
+        const size_t pq = (size_t)(kQKC / 4) * kQNR;
+        const auto pack = q4 ? pack_q8_i8<true> : pack_q8_i8<false>;
+        prefill_walk(
+            R, K, n0, n1,
+            [&](int p, int row0, int nr, int k0, int kc) {
+                pack(bqp + p * pq, bsp + p * pd, bdp + p * pd, R, row0, nr, k0, kc);
+            },
+            [&](int c0, int nc, int np, int k0, int kc) {
+                const bool add = accumulate || k0 > 0;
+                for (int m0 = 0; m0 < M; m0 += kQMR) {
+                    const int mr = std::min(kQMR, M - m0);
+                    const uint8_t* xa = xg8 + (size_t)m0 * K + (size_t)k0 * kQMR;
+                    const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
+                    for (int p = 0; p < np; p += 2) {
+                        float* ya = y + (size_t)m0 * ldy + c0 + p * kQNR;
+                        const int ncols = nc - p * kQNR;
+                        if (p + 1 < np)
+                            ukernel_i8_vnni<2>(kc / kQ8Block, xa, da, nb, bqp + p * pq, bsp + p * pd,
+                                               bdp + p * pd, pq, pd, ya, ldy, add, mr, ncols);
+                        else
+                            ukernel_i8_vnni<1>(kc / kQ8Block, xa, da, nb, bqp + p * pq, bsp + p * pd,
+                                               bdp + p * pd, pq, pd, ya, ldy, add, mr, ncols);
+                    }
+                }
+            });
         return;
     }
-    const auto pack = w.type == WType::q4_0 ? pack_q8_i16<true> : pack_q8_i16<false>;
-    for (int c0 = n0; c0 < n1; c0 += kQNC) {
-        const int nc = std::min(kQNC, n1 - c0), np = (nc + kQNR - 1) / kQNR;
-        for (int k0 = 0; k0 < K; k0 += kQKC) {
-            const int kc = std::min(kQKC, K - k0), nblk = kc / kQ8Block;
-            int32_t* bqp = bq.data();
-            float* bdp = bd.data();
-            for (int p = 0; p < np; p++) {
-                // the next panel's bytes (or the next column block's first panel) while this
-                // one is packed: each row is read 256 columns at a time, too short a stream
-                // for the hardware prefetcher to learn
-                if (p + 1 < np)
-                    prefetch_q8_rows(R, c0 + (p + 1) * kQNR, std::min(kQNR, nc - (p + 1) * kQNR), k0, kc);
-                else if (k0 + kQKC < K)
-                    prefetch_q8_rows(R, c0, std::min(kQNR, nc), k0 + kQKC, std::min(kQKC, K - k0 - kQKC));
-                pack(bqp + (size_t)p * (kQKC / 2) * kQNR,
-                     bdp + (size_t)p * (kQKC / kQ8Block) * kQNR, R, c0 + p * kQNR,
-                     std::min(kQNR, nc - p * kQNR), k0, kc, avx2);
-            }
+    // AVX2 or plain: int16 panels, tiles of one panel (6 x 16)
+    const bool avx2 = wgemm_isa() != WIsa::scalar;
+    const size_t pq = (size_t)(kQKC / 2) * kQNR;
+    const auto pack = q4 ? pack_q8_i16<true> : pack_q8_i16<false>;
+    prefill_walk(
+        R, K, n0, n1,
+        [&](int p, int row0, int nr, int k0, int kc) {
+            pack(bqp + p * pq, bdp + p * pd, R, row0, nr, k0, kc, avx2);
+        },
+        [&](int c0, int nc, int np, int k0, int kc) {
             const bool add = accumulate || k0 > 0;
             for (int m0 = 0; m0 < M; m0 += kQMR) {
                 const int mr = std::min(kQMR, M - m0);
+                const int16_t* xa = xg + (size_t)m0 * K + (size_t)k0 * kQMR;
+                const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
                 for (int p = 0; p < np; p++) {
-                    const int16_t* xa = xg + (size_t)m0 * K + (size_t)k0 * kQMR;
-                    const float* da = dx + (size_t)m0 * nb + k0 / kQ8Block;
-                    const int32_t* bqa = bqp + (size_t)p * (kQKC / 2) * kQNR;
-                    const float* bda = bdp + (size_t)p * (kQKC / kQ8Block) * kQNR;
                     float* ya = y + (size_t)m0 * ldy + c0 + p * kQNR;
                     const int nr = std::min(kQNR, nc - p * kQNR);
                     if (avx2)
-                        ukernel_i16_avx2(nblk, xa, da, nb, bqa, bda, ya, ldy, add, mr, nr);
+                        ukernel_i16_avx2(kc / kQ8Block, xa, da, nb, bqp + p * pq, bdp + p * pd, ya, ldy,
+                                         add, mr, nr);
                     else
-                        ukernel_i16_scalar(mr, nblk, xa, da, nb, bqa, bda, ya, ldy, add, nr);
+                        ukernel_i16_scalar(mr, kc / kQ8Block, xa, da, nb, bqp + p * pq, bdp + p * pd,
+                                           ya, ldy, add, nr);
                 }
             }
-        }
-    }
+        });
 }
 
 void q8_gemm_prefill(float* y, int ldy, const float* x, int ldx, const WeightView& w, int M,
